@@ -1,0 +1,112 @@
+//! Command line: `wombatfs mount <MOUNTPOINT> [--cache-dir DIR] [--store URL] [--foreground] [-o OPT,...]`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::config::{parse_compression, FileSettings, Settings, StoreUrl};
+
+/// wombatfs: a tiered, content-addressed, restart-proof FUSE filesystem for KV caches.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log filter (e.g. `info`, `wombatfs=debug`).
+    #[arg(long, global = true, env = "WOMBATFS_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Mount a wombatfs tree.
+    Mount(MountArgs),
+}
+
+/// Arguments of `mount`.
+#[derive(clap::Args, Debug)]
+pub struct MountArgs {
+    /// Directory to mount on (must exist).
+    pub mountpoint: PathBuf,
+    /// Local cache dir [default: /var/lib/wombatfs as root, $XDG_CACHE_HOME/wombatfs otherwise].
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Object store URL [default: file://<cache-dir>/objects].
+    #[arg(long)]
+    pub store: Option<String>,
+    /// Stay in the foreground; exit 0 after an unmount.
+    #[arg(long, short = 'f')]
+    pub foreground: bool,
+    /// FUSE mount options, comma separated (allow_other, allow_root, ro, …).
+    #[arg(short = 'o', value_delimiter = ',')]
+    pub options: Vec<String>,
+    /// TOML file with settings; command-line flags win.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Kernel entry/attribute cache TTL in seconds [default: 3600].
+    #[arg(long)]
+    pub attr_ttl: Option<u64>,
+    /// FUSE worker threads [default: 4].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Compression of enveloped objects: auto, none, zstd[:LEVEL] [default: auto].
+    #[arg(long)]
+    pub compression: Option<String>,
+    #[arg(long, env = "XDG_CACHE_HOME", hide = true)]
+    xdg_cache_home: Option<PathBuf>,
+    #[arg(long, env = "HOME", hide = true)]
+    home: Option<PathBuf>,
+}
+
+impl MountArgs {
+    /// Resolve flags, file and defaults into validated settings.
+    pub fn settings(&self) -> Result<Settings> {
+        let file = match &self.config {
+            Some(p) => FileSettings::load(p)?,
+            None => FileSettings::default(),
+        };
+        let cache_dir = match self.cache_dir.clone().or(file.cache_dir) {
+            Some(d) => d,
+            None => default_cache_dir(self.xdg_cache_home.as_deref(), self.home.as_deref())?,
+        };
+        let cache_dir = absolute(&cache_dir)?;
+        let store = match self.store.clone().or(file.store) {
+            Some(s) => StoreUrl::parse(&s)?,
+            None => StoreUrl::Local(cache_dir.join("objects")),
+        };
+        let compression = parse_compression(self.compression.as_deref().or(file.compression.as_deref()).unwrap_or("auto"))?;
+        let mountpoint = absolute(&self.mountpoint)?;
+        let s = Settings {
+            mountpoint,
+            cache_dir,
+            store,
+            foreground: self.foreground,
+            mount_options: self.options.iter().filter(|o| !o.is_empty()).cloned().collect(),
+            attr_ttl: std::time::Duration::from_secs(self.attr_ttl.or(file.attr_ttl_secs).unwrap_or(3600)),
+            threads: self.threads.or(file.threads).unwrap_or(4),
+            max_file_size: file.max_file_size.unwrap_or(1 << 40),
+            compression,
+        };
+        s.validate()?;
+        Ok(s)
+    }
+}
+
+fn absolute(p: &std::path::Path) -> Result<PathBuf> {
+    std::path::absolute(p).with_context(|| format!("cannot resolve path {}", p.display()))
+}
+
+fn default_cache_dir(xdg: Option<&std::path::Path>, home: Option<&std::path::Path>) -> Result<PathBuf> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return Ok(PathBuf::from("/var/lib/wombatfs"));
+    }
+    match (xdg, home) {
+        (Some(x), _) if x.is_absolute() => Ok(x.join("wombatfs")),
+        (_, Some(h)) => Ok(h.join(".cache").join("wombatfs")),
+        _ => anyhow::bail!("no --cache-dir given and neither XDG_CACHE_HOME nor HOME is set"),
+    }
+}

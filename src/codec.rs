@@ -1,0 +1,169 @@
+//! The object envelope of DESIGN §6: `WBFS` magic, format version, codec (raw | zstd),
+//! raw length, blake3 of the raw bytes, then the payload.
+//!
+//! ```text
+//! offset size field
+//! 0      4    magic  b"WBFS"
+//! 4      1    format version (1)
+//! 5      1    codec: 0 = raw, 1 = zstd
+//! 6      2    reserved, zero
+//! 8      8    raw length, little endian
+//! 16     32   blake3 of the raw bytes
+//! 48     ..   payload
+//! ```
+
+use thiserror::Error;
+
+use crate::blob::BlobId;
+
+/// Envelope magic.
+pub const MAGIC: &[u8; 4] = b"WBFS";
+/// Current envelope format version.
+pub const VERSION: u8 = 1;
+/// Header length in bytes.
+pub const HEADER_LEN: usize = 48;
+
+/// How payloads are compressed when enveloped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    /// Never compress.
+    None,
+    /// Compress with zstd at this level; keep raw when it saves less than 3 %.
+    Auto(i32),
+    /// Always zstd at this level.
+    Zstd(i32),
+}
+
+/// Payload codec recorded in the header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Codec {
+    /// Payload is the raw bytes.
+    Raw = 0,
+    /// Payload is one zstd frame.
+    Zstd = 1,
+}
+
+/// Why an envelope could not be decoded.
+#[derive(Debug, Error)]
+pub enum CodecError {
+    /// Shorter than a header, wrong magic, or unknown version/codec.
+    #[error("not a wombatfs envelope: {0}")]
+    Malformed(&'static str),
+    /// zstd could not decode the payload.
+    #[error("zstd payload corrupt")]
+    Zstd(#[source] std::io::Error),
+    /// The decoded bytes do not hash to the recorded (or expected) id.
+    #[error("blob content does not match its hash (expected {expected}, got {actual})")]
+    HashMismatch {
+        /// the id that was expected
+        expected: BlobId,
+        /// the id of the bytes actually found
+        actual: BlobId,
+    },
+}
+
+/// Wrap raw bytes in an envelope, compressing as `compression` says.
+pub fn encode(raw: &[u8], compression: Compression) -> Vec<u8> {
+    let id = BlobId::of(raw);
+    let compressed = match compression {
+        Compression::None => None,
+        Compression::Zstd(level) => zstd::bulk::compress(raw, level).ok(),
+        Compression::Auto(level) => zstd::bulk::compress(raw, level)
+            .ok()
+            .filter(|c| (c.len() as u128) * 100 <= (raw.len() as u128) * 97),
+    };
+    let (codec, payload): (Codec, &[u8]) = match &compressed {
+        Some(c) => (Codec::Zstd, c),
+        None => (Codec::Raw, raw),
+    };
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.push(VERSION);
+    out.push(codec as u8);
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&(raw.len() as u64).to_le_bytes());
+    out.extend_from_slice(&id.0);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Decode an envelope and verify the raw bytes hash to `expected`.
+pub fn decode(env: &[u8], expected: &BlobId) -> Result<Vec<u8>, CodecError> {
+    if env.len() < HEADER_LEN {
+        return Err(CodecError::Malformed("shorter than header"));
+    }
+    if &env[..4] != MAGIC {
+        return Err(CodecError::Malformed("bad magic"));
+    }
+    if env[4] != VERSION {
+        return Err(CodecError::Malformed("unknown format version"));
+    }
+    let raw_len = u64::from_le_bytes(env[8..16].try_into().unwrap_or([0; 8]));
+    let payload = &env[HEADER_LEN..];
+    let raw = match env[5] {
+        0 => payload.to_vec(),
+        1 => {
+            let cap = usize::try_from(raw_len).map_err(|_| CodecError::Malformed("raw length"))?;
+            zstd::bulk::decompress(payload, cap).map_err(CodecError::Zstd)?
+        }
+        _ => return Err(CodecError::Malformed("unknown codec")),
+    };
+    if raw.len() as u64 != raw_len {
+        return Err(CodecError::Malformed("raw length does not match header"));
+    }
+    let actual = BlobId::of(&raw);
+    if &actual != expected {
+        return Err(CodecError::HashMismatch { expected: *expected, actual });
+    }
+    Ok(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_all_codecs() {
+        let compressible = vec![42u8; 100_000];
+        let random: Vec<u8> = (0..100_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        for data in [&compressible, &random, &Vec::new()] {
+            let id = BlobId::of(data);
+            for c in [Compression::None, Compression::Auto(1), Compression::Zstd(3)] {
+                let env = encode(data, c);
+                assert_eq!(&decode(&env, &id).unwrap(), data);
+            }
+        }
+        assert_eq!(encode(&compressible, Compression::Auto(1))[5], Codec::Zstd as u8);
+    }
+
+    #[test]
+    fn auto_keeps_incompressible_raw() {
+        let random: Vec<u8> = (0..65536u32).map(|i| blake3::hash(&i.to_le_bytes()).as_bytes()[0]).collect();
+        assert_eq!(encode(&random, Compression::Auto(1))[5], Codec::Raw as u8);
+    }
+
+    #[test]
+    fn corruption_is_detected() {
+        let data = b"some kv block".to_vec();
+        let id = BlobId::of(&data);
+        let mut env = encode(&data, Compression::None);
+        let last = env.len() - 1;
+        env[last] ^= 1;
+        assert!(matches!(decode(&env, &id), Err(CodecError::HashMismatch { .. })));
+        assert!(matches!(decode(b"WBF", &id), Err(CodecError::Malformed(_))));
+        let mut bad = encode(&data, Compression::None);
+        bad[0] = b'X';
+        assert!(matches!(decode(&bad, &id), Err(CodecError::Malformed(_))));
+    }
+
+    /// Pins the on-disk format: changing it must be a conscious format-version bump.
+    #[test]
+    fn envelope_snapshot() {
+        let env = encode(b"abc", Compression::None);
+        let expected_head = "5742465301000000030000000000000";
+        assert!(hex::encode(&env).starts_with(expected_head), "{}", hex::encode(&env));
+        assert_eq!(&env[16..48], blake3::hash(b"abc").as_bytes());
+        assert_eq!(&env[48..], b"abc");
+        assert_eq!(env.len(), HEADER_LEN + 3);
+    }
+}

@@ -1,0 +1,160 @@
+//! Settings: every knob of a mount, with defaults and validation. Values come from the
+//! command line, optionally layered over a TOML file (`--config`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::codec::Compression;
+
+/// A setting that cannot be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The config file could not be read or parsed.
+    #[error("config file {path}: {msg}")]
+    File {
+        /// the file
+        path: PathBuf,
+        /// what is wrong
+        msg: String,
+    },
+    /// A value is invalid.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Where blobs are made durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// A local directory with the object layout (`file:///path`).
+    Local(PathBuf),
+}
+
+impl StoreUrl {
+    /// Parse `file:///abs/path`. Unknown schemes are refused with the list of known ones.
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        if let Some(p) = s.strip_prefix("file://") {
+            let p = Path::new(p);
+            if !p.is_absolute() {
+                return Err(ConfigError::Invalid(format!("store URL {s:?}: the path must be absolute (file:///dir)")));
+            }
+            return Ok(StoreUrl::Local(p.to_path_buf()));
+        }
+        let scheme = s.split("://").next().filter(|_| s.contains("://")).unwrap_or(s);
+        Err(ConfigError::Invalid(format!(
+            "unknown store scheme {scheme:?} in {s:?}: supported is file:///absolute/path (s3:// is not built in this version)"
+        )))
+    }
+}
+
+/// Optional settings from a TOML file; every field is documented in `docs/configuration.md`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSettings {
+    /// cache directory
+    pub cache_dir: Option<PathBuf>,
+    /// object store URL
+    pub store: Option<String>,
+    /// kernel entry/attribute cache TTL in seconds
+    pub attr_ttl_secs: Option<u64>,
+    /// FUSE worker threads
+    pub threads: Option<usize>,
+    /// largest file in bytes
+    pub max_file_size: Option<u64>,
+    /// `auto`, `none` or `zstd[:LEVEL]`, for envelopes the store writes
+    pub compression: Option<String>,
+}
+
+impl FileSettings {
+    /// Read a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File { path: path.into(), msg: e.to_string() })?;
+        toml::from_str(&text).map_err(|e| ConfigError::File { path: path.into(), msg: e.to_string() })
+    }
+}
+
+/// Validated settings of one mount.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// where the mount appears
+    pub mountpoint: PathBuf,
+    /// local state: flat tier, staging, index, lock, log
+    pub cache_dir: PathBuf,
+    /// durable store
+    pub store: StoreUrl,
+    /// stay attached to the terminal
+    pub foreground: bool,
+    /// extra FUSE mount options (`-o`)
+    pub mount_options: Vec<String>,
+    /// kernel entry/attr cache lifetime
+    pub attr_ttl: Duration,
+    /// FUSE worker threads
+    pub threads: usize,
+    /// largest file (EFBIG beyond)
+    pub max_file_size: u64,
+    /// compression of enveloped objects
+    pub compression: Compression,
+}
+
+/// Parse `auto`, `none`, `zstd` or `zstd:LEVEL`.
+pub fn parse_compression(s: &str) -> Result<Compression, ConfigError> {
+    match s {
+        "auto" => Ok(Compression::Auto(1)),
+        "none" => Ok(Compression::None),
+        "zstd" => Ok(Compression::Zstd(3)),
+        _ => match s.strip_prefix("zstd:").and_then(|l| l.parse::<i32>().ok()) {
+            Some(l) if (1..=22).contains(&l) => Ok(Compression::Zstd(l)),
+            _ => Err(ConfigError::Invalid(format!("compression {s:?}: use auto, none, zstd or zstd:1..22"))),
+        },
+    }
+}
+
+impl Settings {
+    /// Check values that can be checked without touching the system.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.threads == 0 || self.threads > 256 {
+            return Err(ConfigError::Invalid(format!("threads = {}: use 1..=256", self.threads)));
+        }
+        if self.max_file_size == 0 {
+            return Err(ConfigError::Invalid("max_file_size must be > 0".into()));
+        }
+        if !self.cache_dir.is_absolute() {
+            return Err(ConfigError::Invalid(format!("cache dir {} must be an absolute path", self.cache_dir.display())));
+        }
+        if self.cache_dir.starts_with(&self.mountpoint) {
+            return Err(ConfigError::Invalid("the cache dir cannot be inside the mountpoint".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls() {
+        assert_eq!(StoreUrl::parse("file:///x/y").unwrap(), StoreUrl::Local("/x/y".into()));
+        assert!(StoreUrl::parse("file://rel").unwrap_err().to_string().contains("absolute"));
+        assert!(StoreUrl::parse("gopher://h/x").unwrap_err().to_string().contains("\"gopher\""));
+    }
+
+    #[test]
+    fn compression_values() {
+        assert_eq!(parse_compression("zstd:5").unwrap(), Compression::Zstd(5));
+        assert!(parse_compression("zstd:99").is_err());
+        assert!(parse_compression("lz4").is_err());
+    }
+
+    #[test]
+    fn file_settings_reject_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "threads = 8\nbogus = 1\n").unwrap();
+        assert!(FileSettings::load(&p).unwrap_err().to_string().contains("bogus"));
+        std::fs::write(&p, "threads = 8\nstore = \"file:///s\"\n").unwrap();
+        assert_eq!(FileSettings::load(&p).unwrap().threads, Some(8));
+    }
+}

@@ -1,0 +1,283 @@
+//! Running a mount: preflight checks, daemonizing, building the layers, serving until an
+//! unmount or a signal, and a clean shutdown.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::config::{Settings, StoreUrl};
+use crate::fs::core::{CoreOptions, FsCore};
+use crate::fs::fuse::WombatFuse;
+use crate::index::Index;
+use crate::store::BlobStore;
+use crate::tiers::local::LocalStore;
+use crate::tiers::ObjectStore;
+
+/// Mount and serve until unmounted. Without `foreground`, returns in the parent once the mount
+/// is live (or fails with the child's error).
+pub fn mount(s: Settings, log: &str) -> Result<()> {
+    preflight(&s)?;
+    let lock = lock_cache_dir(&s.cache_dir)?;
+    if s.foreground {
+        init_logging(log, None);
+        return serve(&s, None, lock);
+    }
+    let (rfd, wfd) = pipe()?;
+    // SAFETY: no threads exist yet (no runtime, no logging thread), so fork is sound.
+    match unsafe { libc::fork() } {
+        -1 => bail!("fork failed: {}", std::io::Error::last_os_error()),
+        0 => {
+            drop(rfd);
+            // SAFETY: setsid in the freshly forked child has no preconditions.
+            unsafe { libc::setsid() };
+            redirect_stdio();
+            let log_file = OpenOptions::new().create(true).append(true).open(s.cache_dir.join("wombatfs.log")).ok();
+            init_logging(log, log_file);
+            let mut report = wfd;
+            let res = serve(&s, Some(&mut report), lock);
+            if let Err(e) = &res {
+                tracing::error!(error = %format!("{e:#}"), "wombatfs stopped");
+                let _ = report.write_all(format!("{e:#}").as_bytes());
+            }
+            std::process::exit(if res.is_ok() { 0 } else { 1 });
+        }
+        _child => {
+            drop(wfd);
+            // the child writes "OK" once the mount is live (and keeps the pipe open), or its
+            // error and exits
+            let mut msg = Vec::new();
+            let mut rfd = rfd;
+            let mut buf = [0u8; 4096];
+            while !msg.starts_with(b"OK") {
+                match rfd.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => msg.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            let msg = String::from_utf8_lossy(&msg).into_owned();
+            match msg.strip_prefix("OK") {
+                Some(_) => Ok(()),
+                None if msg.is_empty() => bail!("the daemon exited during startup; see {}", s.cache_dir.join("wombatfs.log").display()),
+                None => Err(anyhow!(msg)),
+            }
+        }
+    }
+}
+
+fn pipe() -> Result<(File, File)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array we own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        bail!("pipe failed: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are fresh and owned only here.
+    Ok(unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) })
+}
+
+fn redirect_stdio() {
+    if let Ok(null) = OpenOptions::new().read(true).write(true).open("/dev/null") {
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors of this process.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
+
+fn init_logging(filter: &str, file: Option<File>) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match file {
+        Some(f) => builder.with_ansi(false).with_writer(std::sync::Mutex::new(f)).try_init(),
+        None => builder.with_writer(std::io::stderr).try_init(),
+    };
+}
+
+/// Checks that need no daemon: the mountpoint, /dev/fuse, stale mounts, the cache dir.
+fn preflight(s: &Settings) -> Result<()> {
+    let mp = &s.mountpoint;
+    if let Some(fstype) = fuse_mount_at(mp) {
+        match std::fs::metadata(mp) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+                eprintln_stale(mp);
+                detach(mp)?;
+            }
+            _ => bail!("{} is already mounted ({fstype}); unmount it first", mp.display()),
+        }
+    }
+    let md = std::fs::metadata(mp).with_context(|| format!("mountpoint {}", mp.display()))?;
+    if !md.is_dir() {
+        bail!("mountpoint {} is not a directory", mp.display());
+    }
+    if !Path::new("/dev/fuse").exists() {
+        bail!("/dev/fuse is missing: load the fuse module (modprobe fuse) or pass the device to the container");
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&s.cache_dir)
+        .with_context(|| format!("cannot create cache dir {}", s.cache_dir.display()))?;
+    let probe = s.cache_dir.join(".write-probe");
+    std::fs::write(&probe, b"").with_context(|| format!("cache dir {} is not writable", s.cache_dir.display()))?;
+    let _ = std::fs::remove_file(probe);
+    let _ = std::fs::set_permissions(&s.cache_dir, std::fs::Permissions::from_mode(0o700));
+    Ok(())
+}
+
+fn eprintln_stale(mp: &Path) {
+    // logging is not initialised yet; this goes to the terminal of whoever mounts
+    let _ = writeln!(std::io::stderr(), "wombatfs: clearing a stale mount at {} (its daemon died)", mp.display());
+}
+
+/// The fstype of a FUSE mount at `mp`, if any.
+fn fuse_mount_at(mp: &Path) -> Option<String> {
+    let want = std::fs::canonicalize(mp).unwrap_or_else(|_| mp.to_path_buf());
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let fields: Vec<&str> = l.split(' ').collect();
+        let point = unescape(fields.get(4)?);
+        let sep = fields.iter().position(|f| *f == "-")?;
+        let fstype = fields.get(sep + 1)?;
+        (Path::new(&point) == want && fstype.starts_with("fuse")).then(|| fstype.to_string())
+    })
+}
+
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Lazily detach whatever is mounted at `mp`.
+fn detach(mp: &Path) -> Result<()> {
+    let c = std::ffi::CString::new(mp.as_os_str().as_encoded_bytes())?;
+    // SAFETY: umount2 with a valid C string.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        return Ok(());
+    }
+    let st = std::process::Command::new("fusermount3").arg("-uz").arg(mp).status();
+    match st {
+        Ok(s) if s.success() => Ok(()),
+        _ => bail!("cannot unmount {}: {}", mp.display(), std::io::Error::last_os_error()),
+    }
+}
+
+/// Take the cache dir's exclusive lock, naming the holder when it is taken.
+fn lock_cache_dir(dir: &Path) -> Result<File> {
+    let path = dir.join("lock");
+    let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let mut holder = String::new();
+        let _ = f.read_to_string(&mut holder);
+        bail!("cache dir {} is in use by another wombatfs (pid {})", dir.display(), holder.trim());
+    }
+    Ok(f)
+}
+
+fn write_pid(lock: &mut File) {
+    let _ = lock.set_len(0);
+    let _ = std::os::unix::fs::FileExt::write_all_at(lock, std::process::id().to_string().as_bytes(), 0);
+}
+
+fn fuse_config(s: &Settings) -> fuser::Config {
+    use fuser::MountOption as M;
+    let mut cfg = fuser::Config::default();
+    cfg.mount_options = vec![
+        M::FSName(format!("wombatfs:{}", s.cache_dir.display())),
+        M::Subtype("wombatfs".into()),
+        M::DefaultPermissions,
+        M::NoSuid,
+        M::NoDev,
+    ];
+    for o in &s.mount_options {
+        match o.as_str() {
+            "allow_other" => cfg.acl = fuser::SessionACL::All,
+            "allow_root" => cfg.acl = fuser::SessionACL::RootAndOwner,
+            "ro" => cfg.mount_options.push(M::RO),
+            "rw" => cfg.mount_options.push(M::RW),
+            "noexec" => cfg.mount_options.push(M::NoExec),
+            "exec" => cfg.mount_options.push(M::Exec),
+            "noatime" => cfg.mount_options.push(M::NoAtime),
+            "default_permissions" | "nosuid" | "nodev" => {}
+            other => cfg.mount_options.push(M::CUSTOM(other.to_string())),
+        }
+    }
+    cfg.n_threads = Some(s.threads);
+    cfg.clone_fd = true;
+    cfg
+}
+
+fn serve(s: &Settings, report: Option<&mut File>, mut lock: File) -> Result<()> {
+    write_pid(&mut lock);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("wombatfs-rt")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let remote: Arc<dyn ObjectStore> = match &s.store {
+        StoreUrl::Local(dir) => Arc::new(LocalStore::open(dir, s.compression)?),
+    };
+    rt.block_on(remote.check()).with_context(|| format!("object store {} is not usable", remote.describe()))?;
+    let store = Arc::new(BlobStore::open(&s.cache_dir, remote.clone(), rt.handle())?);
+    let (index, snapshot) = Index::open(&s.cache_dir.join("index"), rt.handle())?;
+    let opts = CoreOptions { max_file_size: s.max_file_size, ..CoreOptions::default() };
+    let core = Arc::new(FsCore::load(&s.cache_dir, store, index, snapshot, opts)?);
+    let notifier = Arc::new(OnceLock::new());
+    let fs = WombatFuse::new(core.clone(), s.attr_ttl, notifier.clone());
+    let session = fuser::Session::new(fs, &s.mountpoint, &fuse_config(s))
+        .with_context(|| format!("cannot mount on {}", s.mountpoint.display()))?;
+    let _ = notifier.set(session.notifier());
+    let bg = session.spawn().context("cannot start the FUSE session")?;
+    tracing::info!(mountpoint = %s.mountpoint.display(), cache = %s.cache_dir.display(), store = %remote.describe(), "mounted");
+    if let Some(r) = report {
+        let _ = r.write_all(b"OK");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    rt.spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else { return };
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+        stop2.store(true, Ordering::SeqCst);
+    });
+    let mut unmount_sent = false;
+    while !bg.guard.is_finished() {
+        if stop.load(Ordering::SeqCst) && !unmount_sent {
+            tracing::info!("signal received; unmounting");
+            if let Err(e) = detach(&s.mountpoint) {
+                tracing::error!(error = %e, "unmount failed");
+            }
+            unmount_sent = true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if let Err(e) = bg.join() {
+        tracing::warn!(error = %e, "FUSE session ended with an error");
+    }
+    tracing::info!("unmounted; flushing");
+    core.shutdown(Duration::from_secs(30))?;
+    tracing::info!("clean shutdown");
+    drop(lock);
+    Ok(())
+}

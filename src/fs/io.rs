@@ -1,0 +1,384 @@
+//! File I/O of the core: open/create, read, write, truncate, fallocate, and the seal that
+//! turns a staging file into an immutable content-addressed blob.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::blob::BlobId;
+use crate::fs::core::FsCore;
+use crate::fs::error::{FsError, FsResult};
+use crate::fs::open::{FileState, Handle, OpenInode, Staging};
+use crate::fs::tree::{OpenEntry, Tx};
+use crate::fs::{Attr, Caller, Opened};
+use crate::index::records::{InodeKind, Ts};
+
+/// atime is refreshed on open-for-read when older than this (relatime-like, but fine-grained
+/// enough for LRU evictors that read `st_atime`).
+const ATIME_SLACK_SECS: i64 = 1;
+
+impl FsCore {
+    /// Register a handle on an inode, creating its shared state on first open.
+    fn register(&self, ino: u64, read: bool, write: bool) -> FsResult<(u64, Arc<OpenInode>)> {
+        let mut t = self.write_tree();
+        let rec = t.get(ino)?;
+        let (blob, size) = match rec.kind {
+            InodeKind::File { blob } => (blob, rec.size),
+            InodeKind::Dir { .. } => return Err(FsError::IsDir),
+            InodeKind::Symlink { .. } => return Err(FsError::Invalid("cannot open a symlink")),
+        };
+        let entry = t.open.entry(ino).or_insert_with(|| OpenEntry { count: 0, file: Arc::new(OpenInode::new(ino, blob, size)) });
+        entry.count += 1;
+        let file = entry.file.clone();
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.insert(fh, Handle { file: file.clone(), read, write });
+        Ok((fh, file))
+    }
+
+    /// Open a file. `O_TRUNC` with write access empties it (atomic-o-trunc).
+    pub fn open(&self, ino: u64, flags: i32) -> FsResult<Opened> {
+        let acc = flags & libc::O_ACCMODE;
+        let (read, write) = (acc != libc::O_WRONLY, acc != libc::O_RDONLY);
+        let (fh, file) = self.register(ino, read, write)?;
+        let res = (|| {
+            if write && flags & libc::O_TRUNC != 0 {
+                let mut st = file.lock();
+                self.resize_locked(&file, &mut st, 0)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = res {
+            self.release(fh);
+            return Err(e);
+        }
+        Ok(self.open_reply(fh, &file, read && !write, flags))
+    }
+
+    /// Decide the kernel cache flags and refresh atime.
+    fn open_reply(&self, fh: u64, file: &OpenInode, read_only: bool, flags: i32) -> Opened {
+        let (blob, writing) = {
+            let st = file.lock();
+            (st.blob, st.staging.is_some())
+        };
+        let mut t = self.write_tree();
+        let keep_cache = !writing && t.kernel_cached.get(&file.ino) == Some(&blob);
+        if writing {
+            t.kernel_cached.remove(&file.ino);
+        } else {
+            t.kernel_cached.insert(file.ino, blob);
+        }
+        let mut attr_changed = false;
+        if read_only {
+            let now = Ts::now();
+            if let Ok(rec) = t.get_mut(file.ino) {
+                if rec.atime <= rec.mtime || now.secs - rec.atime.secs >= ATIME_SLACK_SECS {
+                    rec.atime = now;
+                    let mut tx = Tx::default();
+                    tx.put_inode(rec);
+                    attr_changed = true;
+                    if let Err(e) = t.commit(tx, &self.index, &self.store) {
+                        tracing::warn!(ino = file.ino, error = %e, "could not persist atime");
+                    }
+                }
+            }
+        }
+        Opened { fh, keep_cache, direct_io: flags & libc::O_DIRECT != 0, attr_changed }
+    }
+
+    /// Create and open a regular file.
+    pub fn create(&self, caller: Caller, parent: u64, name: &[u8], mode: u32, umask: u32, flags: i32) -> FsResult<(Attr, Opened)> {
+        let attr = self.mknod(caller, parent, name, libc::S_IFREG | (mode & 0o7777), umask)?;
+        let acc = flags & libc::O_ACCMODE;
+        let (fh, file) = self.register(attr.ino, acc != libc::O_WRONLY, acc != libc::O_RDONLY)?;
+        Ok((attr, self.open_reply(fh, &file, false, flags)))
+    }
+
+    fn handle(&self, fh: u64) -> FsResult<(Arc<OpenInode>, bool, bool)> {
+        let h = self.handles.get(&fh).ok_or(FsError::BadHandle)?;
+        Ok((h.file.clone(), h.read, h.write))
+    }
+
+    /// Read up to `size` bytes at `offset`: the staging file while the inode is being written,
+    /// the sealed blob otherwise.
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let (file, _, _) = self.handle(fh)?;
+        let (src, len) = {
+            let mut st = file.lock();
+            match &st.staging {
+                Some(s) => (s.file.clone(), s.size),
+                None => {
+                    let len = st.size;
+                    (self.reader(&mut st)?, len)
+                }
+            }
+        };
+        if offset >= len {
+            return Ok(Vec::new());
+        }
+        let want = (size as u64).min(len - offset) as usize;
+        let mut buf = vec![0u8; want];
+        let mut done = 0;
+        while done < want {
+            match src.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    fn reader(&self, st: &mut FileState) -> FsResult<Arc<File>> {
+        if let Some(r) = &st.reader {
+            return Ok(r.clone());
+        }
+        let f = Arc::new(self.store.open_blob(&st.blob)?);
+        st.reader = Some(f.clone());
+        Ok(f)
+    }
+
+    /// Make sure the inode has a staging file, copying the blob's bytes into it (copy-on-write).
+    fn staging<'a>(&self, st: &'a mut FileState) -> FsResult<&'a mut Staging> {
+        if st.staging.is_none() {
+            let (mut f, path) = self.store.new_staging()?;
+            let hasher = if st.size == 0 {
+                Some((blake3::Hasher::new(), 0))
+            } else {
+                let mut src = self.store.open_blob(&st.blob)?;
+                let mut src2: &mut File = &mut src;
+                std::io::copy(&mut src2, &mut f)?;
+                None
+            };
+            st.staging = Some(Staging { file: Arc::new(f), path, size: st.size, hasher, dirty: false });
+        }
+        st.staging.as_mut().ok_or(FsError::BadHandle)
+    }
+
+    /// Write bytes at `offset`.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let (file, _, write) = self.handle(fh)?;
+        if !write {
+            return Err(FsError::BadHandle);
+        }
+        let end = offset.checked_add(data.len() as u64).ok_or(FsError::TooBig)?;
+        if end > self.opts.max_file_size {
+            return Err(FsError::TooBig);
+        }
+        let mut st = file.lock();
+        let s = self.staging(&mut st)?;
+        s.file.write_all_at(data, offset)?;
+        s.hasher = match s.hasher.take() {
+            Some((mut h, pos)) if pos == offset => {
+                h.update(data);
+                Some((h, end))
+            }
+            _ => None,
+        };
+        s.size = s.size.max(end);
+        s.dirty = true;
+        let size = s.size;
+        drop(st);
+        self.touch_file(file.ino, size);
+        Ok(data.len() as u32)
+    }
+
+    /// Reflect a written size and mtime in the tree (memory only; the seal persists them).
+    fn touch_file(&self, ino: u64, size: u64) {
+        let now = Ts::now();
+        let mut t = self.write_tree();
+        if let Ok(rec) = t.get_mut(ino) {
+            rec.size = size;
+            rec.mtime = now;
+            rec.ctime = now;
+        }
+    }
+
+    fn resize_locked(&self, file: &OpenInode, st: &mut FileState, size: u64) -> FsResult<()> {
+        if size > self.opts.max_file_size {
+            return Err(FsError::TooBig);
+        }
+        if st.staging.is_none() && st.size == size {
+            return Ok(());
+        }
+        if size == 0 && st.staging.is_none() {
+            // O_TRUNC: no copy of the old bytes
+            let (f, path) = self.store.new_staging()?;
+            st.staging = Some(Staging { file: Arc::new(f), path, size: 0, hasher: Some((blake3::Hasher::new(), 0)), dirty: true });
+        } else {
+            let s = self.staging(st)?;
+            s.file.set_len(size)?;
+            s.hasher = match s.hasher.take() {
+                Some((h, pos)) if pos == size => Some((h, pos)),
+                _ if size == 0 => Some((blake3::Hasher::new(), 0)),
+                _ => None,
+            };
+            s.size = size;
+            s.dirty = true;
+        }
+        self.touch_file(file.ino, size);
+        Ok(())
+    }
+
+    /// Set a file's size; without a handle the change is sealed at once.
+    pub(crate) fn truncate(&self, ino: u64, size: u64, fh: Option<u64>) -> FsResult<()> {
+        let temp = match fh.and_then(|fh| self.handles.get(&fh).filter(|h| h.write).map(|_| fh)) {
+            Some(fh) => (fh, false),
+            None => (self.register(ino, false, true)?.0, true),
+        };
+        let res = (|| {
+            let (file, _, _) = self.handle(temp.0)?;
+            let mut st = file.lock();
+            self.resize_locked(&file, &mut st, size)?;
+            if temp.1 {
+                self.seal_locked(&file, &mut st)?;
+            }
+            Ok(())
+        })();
+        if temp.1 {
+            self.release(temp.0);
+        }
+        res
+    }
+
+    /// `fallocate` mode 0: allocate and extend; other modes are not supported.
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
+        if mode != 0 {
+            return Err(FsError::NotSupported("fallocate modes other than 0"));
+        }
+        let (file, _, write) = self.handle(fh)?;
+        if !write {
+            return Err(FsError::BadHandle);
+        }
+        let end = offset.checked_add(len).ok_or(FsError::TooBig)?;
+        if end > self.opts.max_file_size {
+            return Err(FsError::TooBig);
+        }
+        let mut st = file.lock();
+        let s = self.staging(&mut st)?;
+        // SAFETY: fallocate on a valid descriptor we own; no memory is passed.
+        let rc = unsafe { libc::fallocate(s.file.as_raw_fd(), 0, offset as i64, len as i64) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        if end > s.size {
+            s.hasher = None;
+            s.size = end;
+            s.dirty = true;
+        }
+        let size = s.size;
+        drop(st);
+        self.touch_file(file.ino, size);
+        Ok(())
+    }
+
+    /// Seal a dirty staging file: hash it, move it into the flat tier under its hash (dropping
+    /// it if that blob exists), and atomically rebind the inode. Called with the inode locked.
+    fn seal_locked(&self, file: &OpenInode, st: &mut FileState) -> FsResult<()> {
+        let Some(s) = st.staging.as_mut() else { return Ok(()) };
+        if !s.dirty {
+            st.staging = None;
+            return Ok(());
+        }
+        let (id, size) = match s.hasher.take() {
+            Some((h, pos)) if pos == s.size => (BlobId(*h.finalize().as_bytes()), s.size),
+            _ => {
+                let mut f: &File = &s.file;
+                f.seek(SeekFrom::Start(0))?;
+                let (id, n) = BlobId::of_reader(f.take(s.size))?;
+                (id, n)
+            }
+        };
+        let mut t = self.write_tree();
+        if t.orphans.contains(&file.ino) || !t.inodes.contains_key(&file.ino) {
+            // unlinked while open: nothing to publish; the staging file stays for open readers
+            s.hasher = None;
+            return Ok(());
+        }
+        self.store.adopt(&s.path, &id)?;
+        let mut tx = Tx::default();
+        t.incref(&mut tx, id, size);
+        let rec = t.get_mut(file.ino)?;
+        let old = match &mut rec.kind {
+            InodeKind::File { blob } => std::mem::replace(blob, id),
+            _ => return Err(FsError::IsDir),
+        };
+        rec.size = size;
+        tx.put_inode(rec);
+        t.decref(&mut tx, &self.store, old);
+        t.kernel_cached.remove(&file.ino);
+        t.commit(tx, &self.index, &self.store)?;
+        drop(t);
+        // the staging path now names the flat file: forget it without deleting
+        if let Some(mut s) = st.staging.take() {
+            s.path = std::path::PathBuf::new();
+        }
+        st.blob = id;
+        st.size = size;
+        st.reader = None;
+        Ok(())
+    }
+
+    /// `close()` of a descriptor: seal if the file was written, so close ⇒ durable.
+    pub fn flush(&self, fh: u64) -> FsResult<()> {
+        let (file, _, write) = self.handle(fh)?;
+        if write {
+            let mut st = file.lock();
+            self.seal_locked(&file, &mut st)?;
+        }
+        Ok(())
+    }
+
+    /// `fsync`: seal, then make the blob and the metadata durable on disk.
+    pub fn fsync(&self, fh: u64) -> FsResult<()> {
+        let (file, _, _) = self.handle(fh)?;
+        let mut st = file.lock();
+        self.seal_locked(&file, &mut st)?;
+        if st.staging.is_none() {
+            self.store.flat().sync(&st.blob)?;
+        }
+        drop(st);
+        self.index.sync()?;
+        Ok(())
+    }
+
+    /// Last close of a handle.
+    pub fn release(&self, fh: u64) {
+        let Some((_, h)) = self.handles.remove(&fh) else { return };
+        if h.write {
+            let mut st = h.file.lock();
+            if let Err(e) = self.seal_locked(&h.file, &mut st) {
+                tracing::error!(ino = h.file.ino, error = %e, "sealing at release failed; the written bytes are lost");
+            }
+        }
+        let ino = h.file.ino;
+        drop(h);
+        let mut t = self.write_tree();
+        let last = match t.open.get_mut(&ino) {
+            Some(e) => {
+                e.count -= 1;
+                e.count == 0
+            }
+            None => false,
+        };
+        if last {
+            t.open.remove(&ino);
+            if t.orphans.contains(&ino) {
+                let mut tx = Tx::default();
+                t.forget_inode(&mut tx, &self.store, ino);
+                if let Err(e) = t.commit(tx, &self.index, &self.store) {
+                    tracing::error!(ino, error = %e, "could not record the removal of an unlinked file");
+                }
+            }
+        }
+    }
+
+    /// `fsyncdir`: make every committed metadata change durable on disk.
+    pub fn sync_metadata(&self) -> FsResult<()> {
+        Ok(self.index.sync()?)
+    }
+}

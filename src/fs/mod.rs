@@ -1,0 +1,141 @@
+//! The filesystem: a fuser-free core ([`core::FsCore`]) with the namespace semantics, inodes,
+//! handles and staging, and a thin FUSE adapter ([`fuse`]) — the only place `fuser` appears.
+
+pub mod core;
+pub mod error;
+pub mod fuse;
+pub mod io;
+pub mod open;
+pub mod tree;
+pub mod xattr;
+
+use std::time::SystemTime;
+
+/// Kind of a filesystem object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// directory
+    Dir,
+    /// regular file
+    File,
+    /// symbolic link
+    Symlink,
+}
+
+/// Attributes reported by `stat`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attr {
+    /// inode number
+    pub ino: u64,
+    /// size in bytes
+    pub size: u64,
+    /// 512-byte blocks
+    pub blocks: u64,
+    /// access time
+    pub atime: SystemTime,
+    /// modification time
+    pub mtime: SystemTime,
+    /// change time
+    pub ctime: SystemTime,
+    /// object kind
+    pub kind: Kind,
+    /// permission bits
+    pub perm: u16,
+    /// hard links
+    pub nlink: u32,
+    /// owner
+    pub uid: u32,
+    /// group
+    pub gid: u32,
+}
+
+/// Who is calling.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    /// effective uid
+    pub uid: u32,
+    /// effective gid
+    pub gid: u32,
+}
+
+/// A time given to `setattr`.
+#[derive(Clone, Copy, Debug)]
+pub enum SetTime {
+    /// the current time
+    Now,
+    /// this time
+    At(SystemTime),
+}
+
+/// Changes requested by `setattr`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    /// new mode
+    pub mode: Option<u32>,
+    /// new owner
+    pub uid: Option<u32>,
+    /// new group
+    pub gid: Option<u32>,
+    /// new size (truncate / extend)
+    pub size: Option<u64>,
+    /// new atime
+    pub atime: Option<SetTime>,
+    /// new mtime
+    pub mtime: Option<SetTime>,
+}
+
+/// How a file was opened, for the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Opened {
+    /// handle number
+    pub fh: u64,
+    /// the kernel may keep cached pages (the blob is the one it cached)
+    pub keep_cache: bool,
+    /// bypass the page cache (O_DIRECT)
+    pub direct_io: bool,
+    /// attributes changed (atime): the kernel's cached attributes should be dropped
+    pub attr_changed: bool,
+}
+
+/// One directory entry of an `opendir` snapshot.
+#[derive(Clone, Debug)]
+pub struct DirEntry {
+    /// inode
+    pub ino: u64,
+    /// kind
+    pub kind: Kind,
+    /// name
+    pub name: Vec<u8>,
+}
+
+/// `statfs` result in 4 KiB blocks.
+#[derive(Clone, Copy, Debug)]
+pub struct StatFs {
+    /// total blocks
+    pub blocks: u64,
+    /// free blocks
+    pub bfree: u64,
+    /// blocks available to unprivileged users
+    pub bavail: u64,
+    /// total inodes
+    pub files: u64,
+    /// free inodes
+    pub ffree: u64,
+}
+
+/// Block size reported by `statfs` and `stat`.
+pub const BLOCK_SIZE: u32 = 4096;
+/// Longest accepted name.
+pub const NAME_MAX: usize = 255;
+
+/// Reject names the kernel, S3 or a corrupted index could hand us: empty, `.`, `..`, with `/`
+/// or NUL, longer than 255 bytes.
+pub fn check_name(name: &[u8]) -> error::FsResult<()> {
+    if name.len() > NAME_MAX {
+        return Err(error::FsError::NameTooLong);
+    }
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+        return Err(error::FsError::Invalid("bad name"));
+    }
+    Ok(())
+}

@@ -1,0 +1,70 @@
+//! Per-inode I/O state shared by every handle on the inode: the sealed blob being read and,
+//! while the file is being written, its staging file.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::blob::BlobId;
+
+/// Bytes of a file being written.
+pub struct Staging {
+    /// the staging file (read + write)
+    pub file: Arc<File>,
+    /// its path in `<cache>/staging`
+    pub path: PathBuf,
+    /// current length
+    pub size: u64,
+    /// incremental hash while all writes so far were sequential appends from 0
+    pub hasher: Option<(blake3::Hasher, u64)>,
+    /// changed since it was created from the blob
+    pub dirty: bool,
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // after a seal the path has been renamed into the flat tier; otherwise discard it
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Mutable state of an open inode.
+pub struct FileState {
+    /// the blob the inode is bound to
+    pub blob: BlobId,
+    /// its size
+    pub size: u64,
+    /// the blob's flat-tier file, opened on first read
+    pub reader: Option<Arc<File>>,
+    /// present while the file is being rewritten
+    pub staging: Option<Staging>,
+}
+
+/// An open inode.
+pub struct OpenInode {
+    /// inode number
+    pub ino: u64,
+    state: Mutex<FileState>,
+}
+
+impl OpenInode {
+    /// New state bound to `blob`.
+    pub fn new(ino: u64, blob: BlobId, size: u64) -> Self {
+        OpenInode { ino, state: Mutex::new(FileState { blob, size, reader: None, staging: None }) }
+    }
+
+    /// Lock the state (a poisoned lock is recovered: the state stays consistent per field).
+    pub fn lock(&self) -> MutexGuard<'_, FileState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// An open file handle.
+pub struct Handle {
+    /// the inode's shared state
+    pub file: Arc<OpenInode>,
+    /// opened for reading
+    pub read: bool,
+    /// opened for writing
+    pub write: bool,
+}

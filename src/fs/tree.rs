@@ -1,0 +1,328 @@
+//! The in-memory namespace tree: inodes, directory entries and blob reference counts, with
+//! every mutation recorded into a [`Tx`] that is committed to the index under the same lock.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::blob::BlobId;
+use crate::fs::error::{FsError, FsResult};
+use crate::fs::open::OpenInode;
+use crate::index::keys;
+use crate::index::records::{self, BlobRecord, InodeKind, InodeRecord, Ts};
+use crate::index::{Index, Op, Snapshot};
+use crate::store::BlobStore;
+
+/// The root directory's inode number.
+pub const ROOT: u64 = 1;
+
+/// A blob's in-memory bookkeeping.
+#[derive(Debug, Clone, Copy)]
+pub struct BlobEntry {
+    /// raw size
+    pub size: u64,
+    /// inodes bound to it (including unlinked-but-open ones)
+    pub refs: u64,
+}
+
+/// An open inode's registration.
+pub struct OpenEntry {
+    /// number of open handles
+    pub count: u32,
+    /// shared per-inode I/O state
+    pub file: Arc<OpenInode>,
+}
+
+/// Pending index mutations plus side effects to run once they are committed.
+#[derive(Default)]
+pub struct Tx {
+    ops: Vec<Op>,
+    uploads: Vec<BlobId>,
+}
+
+impl Tx {
+    /// Record an inode.
+    pub fn put_inode(&mut self, rec: &InodeRecord) {
+        self.ops.push(Op::Put(keys::inode(rec.ino), records::encode(rec)));
+    }
+    fn del_inode(&mut self, ino: u64) {
+        self.ops.push(Op::Delete(keys::inode(ino)));
+    }
+    fn put_dirent(&mut self, parent: u64, name: &[u8], ino: u64) {
+        self.ops.push(Op::Put(keys::dirent(parent, name), ino.to_be_bytes().to_vec()));
+    }
+    fn del_dirent(&mut self, parent: u64, name: &[u8]) {
+        self.ops.push(Op::Delete(keys::dirent(parent, name)));
+    }
+}
+
+/// The whole namespace, guarded by one lock in the core.
+#[derive(Default)]
+pub struct Tree {
+    /// every live inode, including unlinked-but-open ones
+    pub inodes: HashMap<u64, InodeRecord>,
+    /// children of each directory
+    pub dirs: HashMap<u64, BTreeMap<Vec<u8>, u64>>,
+    /// blobs referenced by inodes
+    pub blobs: HashMap<BlobId, BlobEntry>,
+    /// next inode number
+    pub next_ino: u64,
+    /// open inodes
+    pub open: HashMap<u64, OpenEntry>,
+    /// unlinked inodes kept alive by open handles
+    pub orphans: HashSet<u64>,
+    /// the blob whose pages the kernel may hold for an inode (KEEP_CACHE is only safe for it)
+    pub kernel_cached: HashMap<u64, BlobId>,
+}
+
+impl Tree {
+    /// Inode by number.
+    pub fn get(&self, ino: u64) -> FsResult<&InodeRecord> {
+        self.inodes.get(&ino).ok_or(FsError::NotFound)
+    }
+
+    /// Mutable inode by number.
+    pub fn get_mut(&mut self, ino: u64) -> FsResult<&mut InodeRecord> {
+        self.inodes.get_mut(&ino).ok_or(FsError::NotFound)
+    }
+
+    /// Children of a directory (ENOTDIR for anything else).
+    pub fn children(&self, ino: u64) -> FsResult<&BTreeMap<Vec<u8>, u64>> {
+        match self.inodes.get(&ino) {
+            None => Err(FsError::NotFound),
+            Some(_) => self.dirs.get(&ino).ok_or(FsError::NotDir),
+        }
+    }
+
+    /// Look a name up in a directory.
+    pub fn child(&self, parent: u64, name: &[u8]) -> FsResult<Option<u64>> {
+        Ok(self.children(parent)?.get(name).copied())
+    }
+
+    /// Allocate an inode number.
+    pub fn alloc_ino(&mut self, tx: &mut Tx) -> u64 {
+        let ino = self.next_ino;
+        self.next_ino += 1;
+        tx.ops.push(Op::Put(keys::next_ino(), self.next_ino.to_be_bytes().to_vec()));
+        ino
+    }
+
+    /// Insert a directory entry.
+    pub fn link_entry(&mut self, tx: &mut Tx, parent: u64, name: &[u8], ino: u64) {
+        self.dirs.entry(parent).or_default().insert(name.to_vec(), ino);
+        tx.put_dirent(parent, name, ino);
+    }
+
+    /// Remove a directory entry (not the inode).
+    pub fn unlink_entry(&mut self, tx: &mut Tx, parent: u64, name: &[u8]) {
+        if let Some(d) = self.dirs.get_mut(&parent) {
+            d.remove(name);
+        }
+        tx.del_dirent(parent, name);
+    }
+
+    /// Touch mtime+ctime of a directory and record it.
+    pub fn touch_dir(&mut self, tx: &mut Tx, ino: u64, now: Ts) {
+        if let Some(d) = self.inodes.get_mut(&ino) {
+            d.mtime = now;
+            d.ctime = now;
+            tx.put_inode(d);
+        }
+    }
+
+    /// Take a reference on a blob that is already in the flat tier. A blob new to this node is
+    /// recorded and queued for upload.
+    pub fn incref(&mut self, tx: &mut Tx, id: BlobId, size: u64) {
+        let e = self.blobs.entry(id).or_insert_with(|| {
+            tx.ops.push(Op::Put(keys::blob(&id), records::encode(&BlobRecord { size })));
+            tx.ops.push(Op::Put(keys::upload(&id), Vec::new()));
+            tx.uploads.push(id);
+            BlobEntry { size, refs: 0 }
+        });
+        e.refs += 1;
+    }
+
+    /// Drop a reference; the last one reclaims the blob everywhere (under the tree lock, so no
+    /// concurrent seal can re-adopt the same blob between the decision and the removal).
+    pub fn decref(&mut self, tx: &mut Tx, store: &BlobStore, id: BlobId) {
+        let Some(e) = self.blobs.get_mut(&id) else { return };
+        e.refs = e.refs.saturating_sub(1);
+        if e.refs == 0 {
+            self.blobs.remove(&id);
+            tx.ops.push(Op::Delete(keys::blob(&id)));
+            tx.ops.push(Op::Delete(keys::upload(&id)));
+            if let Err(e) = store.reclaim(id) {
+                tracing::warn!(%id, error = %e, "could not remove an unreferenced blob");
+            }
+        }
+    }
+
+    /// Drop one hard link of a non-directory inode; frees it (and its blob reference) once no
+    /// link and no open handle remains.
+    pub fn drop_link(&mut self, tx: &mut Tx, store: &BlobStore, ino: u64, now: Ts) -> FsResult<()> {
+        let rec = self.get_mut(ino)?;
+        rec.nlink = rec.nlink.saturating_sub(1);
+        rec.ctime = now;
+        if rec.nlink > 0 {
+            tx.put_inode(rec);
+            return Ok(());
+        }
+        tx.del_inode(ino);
+        if self.open.contains_key(&ino) {
+            self.orphans.insert(ino);
+        } else {
+            self.forget_inode(tx, store, ino);
+        }
+        Ok(())
+    }
+
+    /// Remove an inode that has no links and no handles.
+    pub fn forget_inode(&mut self, tx: &mut Tx, store: &BlobStore, ino: u64) {
+        self.orphans.remove(&ino);
+        self.kernel_cached.remove(&ino);
+        if let Some(rec) = self.inodes.remove(&ino) {
+            if let InodeKind::File { blob } = rec.kind {
+                self.decref(tx, store, blob);
+            }
+        }
+    }
+
+    /// Remove an (empty) directory inode.
+    pub fn remove_dir(&mut self, tx: &mut Tx, ino: u64) {
+        self.inodes.remove(&ino);
+        self.dirs.remove(&ino);
+        tx.del_inode(ino);
+    }
+
+    /// Whether `ino` is `ancestor` or lies below it.
+    pub fn is_within(&self, mut ino: u64, ancestor: u64) -> bool {
+        loop {
+            if ino == ancestor {
+                return true;
+            }
+            match self.inodes.get(&ino).map(|r| &r.kind) {
+                Some(InodeKind::Dir { parent }) if *parent != ino => ino = *parent,
+                _ => return false,
+            }
+        }
+    }
+
+    /// Commit a transaction to the index and start its uploads. Called with the lock held.
+    pub fn commit(&mut self, tx: Tx, index: &Index, store: &BlobStore) -> FsResult<()> {
+        index.commit(tx.ops)?;
+        for id in tx.uploads {
+            store.enqueue_upload(id);
+        }
+        Ok(())
+    }
+
+    /// Rebuild the tree from an index snapshot, repairing what a crash can leave behind:
+    /// entries to missing inodes, inodes without entries, link counts, unreferenced blobs,
+    /// stray flat files. Pending uploads are re-queued.
+    pub fn load(snapshot: Snapshot, store: &BlobStore, index: &Index, root: InodeRecord) -> FsResult<Tree> {
+        let mut t = Tree { next_ino: ROOT + 1, ..Default::default() };
+        let mut dirents = Vec::new();
+        let mut blob_recs = HashMap::new();
+        let mut pending = Vec::new();
+        for (k, v) in snapshot {
+            match k.first() {
+                Some(&keys::INODE) => match records::decode::<InodeRecord>(&v) {
+                    Some(rec) => {
+                        t.inodes.insert(rec.ino, rec);
+                    }
+                    None => tracing::error!(key = %hex::encode(&k), "undecodable inode record skipped"),
+                },
+                Some(&keys::DIRENT) => {
+                    if let (Some((p, name)), Ok(b)) = (keys::split_dirent(&k), <[u8; 8]>::try_from(v.as_slice())) {
+                        dirents.push((p, name.to_vec(), u64::from_be_bytes(b)));
+                    }
+                }
+                Some(&keys::BLOB) => {
+                    if let (Some(id), Some(r)) = (keys::blob_after_prefix(&k), records::decode::<BlobRecord>(&v)) {
+                        blob_recs.insert(id, r);
+                    }
+                }
+                Some(&keys::UPLOAD) => pending.extend(keys::blob_after_prefix(&k)),
+                Some(&keys::META) if k == keys::next_ino() => {
+                    if let Ok(b) = <[u8; 8]>::try_from(v.as_slice()) {
+                        t.next_ino = t.next_ino.max(u64::from_be_bytes(b));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut tx = Tx::default();
+        t.inodes.entry(ROOT).or_insert_with(|| {
+            tx.put_inode(&root);
+            root
+        });
+        if let Some(max) = t.inodes.keys().max() {
+            t.next_ino = t.next_ino.max(max + 1);
+        }
+        for rec in t.inodes.values() {
+            if matches!(rec.kind, InodeKind::Dir { .. }) {
+                t.dirs.insert(rec.ino, BTreeMap::new());
+            }
+        }
+        let mut links: HashMap<u64, u32> = HashMap::new();
+        for (p, name, ino) in dirents {
+            let valid = t.dirs.contains_key(&p) && t.inodes.contains_key(&ino) && ino != ROOT;
+            if !valid {
+                tracing::warn!(parent = p, ino, "dangling directory entry removed");
+                tx.del_dirent(p, &name);
+                continue;
+            }
+            if let Some(InodeKind::Dir { parent }) = t.inodes.get_mut(&ino).map(|r| &mut r.kind) {
+                *parent = p;
+            }
+            *links.entry(ino).or_default() += 1;
+            t.dirs.entry(p).or_default().insert(name, ino);
+        }
+        // inodes nobody links to (crash between unlink and forget) are dropped
+        let unlinked: Vec<u64> = t.inodes.keys().copied().filter(|i| *i != ROOT && !links.contains_key(i)).collect();
+        for ino in unlinked {
+            t.inodes.remove(&ino);
+            t.dirs.remove(&ino);
+            tx.del_inode(ino);
+        }
+        // link counts and blob references are derived, never trusted
+        let subdirs: HashMap<u64, u32> = t.dirs.iter().map(|(d, c)| {
+            (*d, c.values().filter(|i| t.dirs.contains_key(i)).count() as u32)
+        }).collect();
+        for rec in t.inodes.values_mut() {
+            let want = match rec.kind {
+                InodeKind::Dir { .. } => 2 + subdirs.get(&rec.ino).copied().unwrap_or(0),
+                _ => links.get(&rec.ino).copied().unwrap_or(1),
+            };
+            if rec.nlink != want {
+                rec.nlink = want;
+                tx.put_inode(rec);
+            }
+            if let InodeKind::File { blob } = rec.kind {
+                let e = t.blobs.entry(blob).or_insert(BlobEntry { size: rec.size, refs: 0 });
+                e.refs += 1;
+            }
+        }
+        for (id, e) in &t.blobs {
+            if !blob_recs.contains_key(id) {
+                tx.ops.push(Op::Put(keys::blob(id), records::encode(&BlobRecord { size: e.size })));
+            }
+        }
+        for id in blob_recs.keys().filter(|id| !t.blobs.contains_key(id)) {
+            tx.ops.push(Op::Delete(keys::blob(id)));
+            tx.ops.push(Op::Delete(keys::upload(id)));
+            store.reclaim(*id)?;
+        }
+        // flat files no blob record knows: leftovers of a crash mid-seal
+        for (id, path) in store.flat().scan()? {
+            if id.is_none_or(|id| !t.blobs.contains_key(&id)) {
+                tracing::debug!(path = %path.display(), "removing stray flat file");
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        index.commit(tx.ops)?;
+        for id in pending.into_iter().filter(|id| t.blobs.contains_key(id)) {
+            store.enqueue_upload(id);
+        }
+        Ok(t)
+    }
+}

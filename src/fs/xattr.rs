@@ -1,0 +1,100 @@
+//! Extended attributes: `user.*` persisted per inode, plus read-only virtual attributes
+//! `user.wombatfs.blake3` and `user.wombatfs.tier`. Other namespaces are not supported.
+
+use crate::fs::core::FsCore;
+use crate::fs::error::{FsError, FsResult};
+use crate::fs::tree::Tx;
+use crate::index::records::{InodeKind, Ts};
+
+const USER: &[u8] = b"user.";
+const VIRTUAL: &[u8] = b"user.wombatfs.";
+const BLAKE3: &[u8] = b"user.wombatfs.blake3";
+const TIER: &[u8] = b"user.wombatfs.tier";
+/// Largest value accepted (as ext4's 64 KiB limit).
+pub const MAX_VALUE: usize = 64 * 1024;
+/// Total xattr bytes per inode.
+pub const MAX_TOTAL: usize = 1024 * 1024;
+
+impl FsCore {
+    /// `getxattr`.
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        let t = self.read_tree();
+        let rec = t.get(ino)?;
+        match (name, &rec.kind) {
+            (BLAKE3, InodeKind::File { blob }) => Ok(blob.to_hex().into_bytes()),
+            (TIER, InodeKind::File { blob }) => Ok(self.store.tier_of(blob).as_bytes().to_vec()),
+            _ => rec.xattrs.get(name).cloned().ok_or(FsError::NoAttr),
+        }
+    }
+
+    /// `listxattr`: NUL-terminated names.
+    pub fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let t = self.read_tree();
+        let rec = t.get(ino)?;
+        let mut out = Vec::new();
+        if matches!(rec.kind, InodeKind::File { .. }) {
+            for n in [BLAKE3, TIER] {
+                out.extend_from_slice(n);
+                out.push(0);
+            }
+        }
+        for n in rec.xattrs.keys() {
+            out.extend_from_slice(n);
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    /// `setxattr` with `XATTR_CREATE` / `XATTR_REPLACE` semantics.
+    pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
+        Self::check_user_name(name)?;
+        if value.len() > MAX_VALUE {
+            return Err(FsError::AttrTooBig);
+        }
+        let mut t = self.write_tree();
+        let rec = t.get_mut(ino)?;
+        let exists = rec.xattrs.contains_key(name);
+        if flags & libc::XATTR_CREATE != 0 && exists {
+            return Err(FsError::Exists);
+        }
+        if flags & libc::XATTR_REPLACE != 0 && !exists {
+            return Err(FsError::NoAttr);
+        }
+        let total: usize = rec.xattrs.iter().filter(|(k, _)| k.as_slice() != name).map(|(k, v)| k.len() + v.len()).sum();
+        if total + name.len() + value.len() > MAX_TOTAL {
+            return Err(FsError::NoSpace("extended attributes of one inode"));
+        }
+        rec.xattrs.insert(name.to_vec(), value.to_vec());
+        rec.ctime = Ts::now();
+        let mut tx = Tx::default();
+        tx.put_inode(rec);
+        t.commit(tx, &self.index, &self.store)
+    }
+
+    /// `removexattr`.
+    pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
+        Self::check_user_name(name)?;
+        let mut t = self.write_tree();
+        let rec = t.get_mut(ino)?;
+        if rec.xattrs.remove(name).is_none() {
+            return Err(FsError::NoAttr);
+        }
+        rec.ctime = Ts::now();
+        let mut tx = Tx::default();
+        tx.put_inode(rec);
+        t.commit(tx, &self.index, &self.store)
+    }
+
+    fn check_user_name(name: &[u8]) -> FsResult<()> {
+        if name.len() > 255 {
+            return Err(FsError::Range);
+        }
+        if !name.starts_with(USER) || name.len() == USER.len() {
+            return Err(FsError::NotSupported("only user.* extended attributes"));
+        }
+        if name.starts_with(VIRTUAL) {
+            return Err(FsError::NotPermitted("user.wombatfs.* attributes are read-only"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,17 @@
+//! wombatfs: a tiered, content-addressed, restart-proof FUSE filesystem for LLM KV caches.
+//!
+//! The library has three layers, usable without FUSE:
+//! - [`store::BlobStore`]: content-addressed blobs in a flat local tier over an object store;
+//! - [`index::Index`]: persistent metadata (SlateDB behind an intent journal);
+//! - [`fs::core::FsCore`]: the filesystem semantics (namespaces, inodes, handles, staging),
+//!   driven by the thin FUSE adapter in [`fs::fuse`] or directly by tests.
+
+pub mod blob;
+pub mod codec;
+pub mod index;
+pub mod store;
+pub mod tiers;
+pub mod fs;
+pub mod cli;
+pub mod config;
+pub mod daemon;

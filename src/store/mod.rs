@@ -1,0 +1,247 @@
+//! The tiered blob store — the embeddable library API.
+//!
+//! Blobs are immutable and named by their blake3 hash. A blob lives in the flat local tier
+//! (`<cache>/flat`) and, once uploaded, in the object store. Reads that miss the flat tier
+//! fetch from the object store, verify, and promote into the flat tier.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let rt = tokio::runtime::Runtime::new()?;
+//! let dir = std::path::Path::new("/tmp/wombat-lib");
+//! let remote = std::sync::Arc::new(wombatfs::tiers::local::LocalStore::open(
+//!     &dir.join("objects"), wombatfs::codec::Compression::Auto(1))?);
+//! let store = wombatfs::store::BlobStore::open(dir, remote, rt.handle())?;
+//! let id = store.put(b"kv block")?;
+//! assert_eq!(store.get(&id)?, b"kv block");
+//! # Ok(()) }
+//! ```
+
+pub mod upload;
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::blob::BlobId;
+use crate::tiers::flat::FlatTier;
+use crate::tiers::{ObjectStore, StoreError};
+use upload::{Job, UploadCtx, UploadStats, UploadedHook};
+
+/// Flat tier + object store + upload queue.
+pub struct BlobStore {
+    flat: Arc<FlatTier>,
+    staging: PathBuf,
+    remote: Arc<dyn ObjectStore>,
+    rt: tokio::runtime::Handle,
+    jobs: mpsc::UnboundedSender<Job>,
+    ctx: Arc<UploadCtx>,
+    /// flat-tier misses served from the object store
+    pub remote_gets: AtomicU64,
+}
+
+impl BlobStore {
+    /// Open the store: flat tier in `<cache>/flat`, staging in `<cache>/staging` (emptied: files
+    /// of writes that never completed are not resurrected).
+    pub fn open(cache: &Path, remote: Arc<dyn ObjectStore>, rt: &tokio::runtime::Handle) -> Result<Self, StoreError> {
+        let flat = Arc::new(FlatTier::open(&cache.join("flat"))?);
+        let staging = cache.join("staging");
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).map_err(|e| StoreError::io("clear staging", e))?;
+        }
+        std::fs::create_dir_all(&staging).map_err(|e| StoreError::io("create staging", e))?;
+        let flat2 = flat.clone();
+        let ctx = Arc::new(UploadCtx {
+            remote: remote.clone(),
+            flat_path: Box::new(move |id| flat2.path(id)),
+            hook: std::sync::OnceLock::new(),
+            stats: Arc::new(UploadStats::default()),
+        });
+        let (jobs, rx) = mpsc::unbounded_channel();
+        rt.spawn(upload::run(ctx.clone(), rx));
+        Ok(BlobStore { flat, staging, remote, rt: rt.clone(), jobs, ctx, remote_gets: AtomicU64::new(0) })
+    }
+
+    /// Set the function called when a blob became durable in the object store (once).
+    pub fn set_uploaded_hook(&self, hook: UploadedHook) {
+        let _ = self.ctx.hook.set(hook);
+    }
+
+    /// The flat tier.
+    pub fn flat(&self) -> &FlatTier {
+        &self.flat
+    }
+
+    /// The object store.
+    pub fn remote(&self) -> &Arc<dyn ObjectStore> {
+        &self.remote
+    }
+
+    /// Upload queue counters.
+    pub fn upload_stats(&self) -> &UploadStats {
+        &self.ctx.stats
+    }
+
+    /// Create a new, empty staging file.
+    pub fn new_staging(&self) -> Result<(File, PathBuf), StoreError> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let path = self.staging.join(format!("{}-{n}", std::process::id()));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| StoreError::io("create staging file", e))?;
+        Ok((f, path))
+    }
+
+    /// Move a staging file whose content hashes to `id` into the flat tier.
+    pub fn adopt(&self, staging: &Path, id: &BlobId) -> Result<(), StoreError> {
+        self.flat.adopt(staging, id)
+    }
+
+    /// Queue a blob for upload (the caller has persisted the intent).
+    pub fn enqueue_upload(&self, id: BlobId) {
+        self.ctx.stats.pending.fetch_add(1, Ordering::Relaxed);
+        let _ = self.jobs.send(Job::Upload(id));
+    }
+
+    /// Forget a blob everywhere: its flat file now, its object after queued uploads.
+    pub fn reclaim(&self, id: BlobId) -> Result<(), StoreError> {
+        self.flat.remove(&id)?;
+        let _ = self.jobs.send(Job::Delete(id));
+        Ok(())
+    }
+
+    /// Wait until every queued upload/delete was attempted to completion, at most `timeout`.
+    /// Returns false on timeout. Must not be called from inside the runtime.
+    pub fn drain(&self, timeout: Duration) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self.jobs.send(Job::Drain(tx)).is_err() {
+            return true;
+        }
+        self.rt.block_on(async { tokio::time::timeout(timeout, rx).await.is_ok() })
+    }
+
+    /// Open a blob for reading from the nearest tier, fetching and promoting it into the flat
+    /// tier when it is only in the object store. Must not be called from inside the runtime.
+    pub fn open_blob(&self, id: &BlobId) -> Result<File, StoreError> {
+        match self.flat.open_blob(id) {
+            Err(StoreError::NotFound(_)) => {}
+            other => return other,
+        }
+        let (f, tmp) = self.new_staging()?;
+        drop(f);
+        let _ = std::fs::remove_file(&tmp);
+        self.remote_gets.fetch_add(1, Ordering::Relaxed);
+        let fetched = self.rt.block_on(self.remote.get_blob(id, &tmp));
+        if let Err(e) = fetched {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        self.flat.adopt(&tmp, id)?;
+        self.flat.open_blob(id)
+    }
+
+    /// Which tier holds the blob nearest to the reader: `flat` or the object store.
+    pub fn tier_of(&self, id: &BlobId) -> &'static str {
+        if self.flat.contains(id) {
+            "flat"
+        } else {
+            "store"
+        }
+    }
+
+    /// Library API: store bytes, returning their id. Durable in the object store on return.
+    pub fn put(&self, bytes: &[u8]) -> Result<BlobId, StoreError> {
+        let id = BlobId::of(bytes);
+        if !self.flat.contains(&id) {
+            let (mut f, path) = self.new_staging()?;
+            f.write_all(bytes).map_err(|e| StoreError::io("write staging", e))?;
+            self.flat.adopt(&path, &id)?;
+        }
+        self.rt.block_on(self.remote.put_blob(&id, &self.flat.path(&id)))?;
+        Ok(id)
+    }
+
+    /// Library API: read a blob's bytes (verified when fetched from the object store).
+    pub fn get(&self, id: &BlobId) -> Result<Vec<u8>, StoreError> {
+        let mut f = self.open_blob(id)?;
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut out).map_err(|e| StoreError::io("read blob", e))?;
+        Ok(out)
+    }
+
+    /// Library API: whether the blob exists in any tier.
+    pub fn exists(&self, id: &BlobId) -> Result<bool, StoreError> {
+        Ok(self.flat.contains(id) || self.rt.block_on(self.remote.has_blob(id))?)
+    }
+
+    /// Library API: every blob in the object store.
+    pub fn list(&self) -> Result<Vec<BlobId>, StoreError> {
+        self.rt.block_on(self.remote.list_blobs())
+    }
+
+    /// Library API: delete a blob from every tier.
+    pub fn delete(&self, id: &BlobId) -> Result<(), StoreError> {
+        self.flat.remove(id)?;
+        self.rt.block_on(self.remote.delete_blob(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tiers::memory::MemoryStore;
+
+    #[test]
+    fn put_get_evict_refetch_and_corruption() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mem = Arc::new(MemoryStore::new());
+        let store = BlobStore::open(dir.path(), mem.clone(), rt.handle()).unwrap();
+        let id = store.put(b"hello kv").unwrap();
+        assert!(store.exists(&id).unwrap());
+        assert_eq!(store.list().unwrap(), vec![id]);
+        // drop the local copy: the next read comes from the object store and is promoted
+        store.flat().remove(&id).unwrap();
+        assert_eq!(store.tier_of(&id), "store");
+        assert_eq!(store.get(&id).unwrap(), b"hello kv");
+        assert_eq!(store.tier_of(&id), "flat");
+        assert_eq!(store.remote_gets.load(Ordering::Relaxed), 1);
+        // corrupt object: detected, not served
+        store.flat().remove(&id).unwrap();
+        mem.overwrite(&id, crate::codec::encode(b"other bytes", crate::codec::Compression::None));
+        assert!(matches!(store.get(&id), Err(StoreError::Corrupt { .. })));
+        assert!(!store.flat().contains(&id));
+        store.delete(&id).unwrap();
+        assert!(!store.exists(&id).unwrap());
+    }
+
+    #[test]
+    fn upload_queue_retries_until_success() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mem = Arc::new(MemoryStore::new());
+        let store = BlobStore::open(dir.path(), mem.clone(), rt.handle()).unwrap();
+        let done = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let d2 = done.clone();
+        store.set_uploaded_hook(Arc::new(move |id| d2.lock().unwrap().push(id)));
+        let (mut f, p) = store.new_staging().unwrap();
+        f.write_all(b"queued").unwrap();
+        let id = BlobId::of(b"queued");
+        store.adopt(&p, &id).unwrap();
+        mem.fail_next(2);
+        store.enqueue_upload(id);
+        assert!(store.drain(Duration::from_secs(10)));
+        assert_eq!(*done.lock().unwrap(), vec![id]);
+        assert_eq!(mem.len(), 1);
+        assert_eq!(store.upload_stats().failures.load(Ordering::Relaxed), 2);
+        assert_eq!(store.upload_stats().pending.load(Ordering::Relaxed), 0);
+    }
+}

@@ -1,0 +1,86 @@
+//! The upload queue: one tokio task that copies sealed blobs from the flat tier to the object
+//! store, in order, retrying with backoff. The queue itself is persisted by the caller (the
+//! index's `u/` keys), so a crash or an outage loses nothing: pending ids are re-enqueued at
+//! mount. Deletions travel through the same queue so a delete can never overtake the upload
+//! of the same blob.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::blob::BlobId;
+use crate::tiers::{ObjectStore, StoreError};
+
+/// Called with each blob once it is durable in the object store.
+pub type UploadedHook = Arc<dyn Fn(BlobId) + Send + Sync>;
+
+pub(crate) enum Job {
+    Upload(BlobId),
+    Delete(BlobId),
+    Drain(oneshot::Sender<()>),
+}
+
+/// Counters of the queue.
+#[derive(Default, Debug)]
+pub struct UploadStats {
+    /// blobs waiting or in flight
+    pub pending: AtomicU64,
+    /// blobs uploaded since start
+    pub uploaded: AtomicU64,
+    /// failed attempts (each retried)
+    pub failures: AtomicU64,
+}
+
+pub(crate) struct UploadCtx {
+    pub remote: Arc<dyn ObjectStore>,
+    pub flat_path: Box<dyn Fn(&BlobId) -> PathBuf + Send + Sync>,
+    pub hook: std::sync::OnceLock<UploadedHook>,
+    pub stats: Arc<UploadStats>,
+}
+
+pub(crate) async fn run(ctx: Arc<UploadCtx>, mut rx: mpsc::UnboundedReceiver<Job>) {
+    while let Some(job) = rx.recv().await {
+        match job {
+            Job::Upload(id) => {
+                let mut backoff = Duration::from_millis(50);
+                loop {
+                    match ctx.remote.put_blob(&id, &(ctx.flat_path)(&id)).await {
+                        Ok(()) => {
+                            ctx.stats.uploaded.fetch_add(1, Ordering::Relaxed);
+                            if let Some(hook) = ctx.hook.get() {
+                                hook(id);
+                            }
+                            break;
+                        }
+                        Err(StoreError::NotFound(_)) => {
+                            // the blob was reclaimed before it was uploaded: nothing to keep
+                            tracing::debug!(%id, "upload skipped: blob no longer local");
+                            if let Some(hook) = ctx.hook.get() {
+                                hook(id);
+                            }
+                            break;
+                        }
+                        Err(e) => {
+                            ctx.stats.failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(%id, error = %e, retry_in = ?backoff, "upload failed; will retry");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(30));
+                        }
+                    }
+                }
+                ctx.stats.pending.fetch_sub(1, Ordering::Relaxed);
+            }
+            Job::Delete(id) => {
+                if let Err(e) = ctx.remote.delete_blob(&id).await {
+                    tracing::warn!(%id, error = %e, "deleting an unreferenced blob from the object store failed");
+                }
+            }
+            Job::Drain(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! Storage tiers: the flat local tier and the object stores behind one trait.
+//!
+//! `ObjectStore` is the durable layer. The embedded default is [`local::LocalStore`] (a directory
+//! with the S3 key layout); [`memory::MemoryStore`] serves tests. An S3 store drops in behind the
+//! same trait.
+
+pub mod flat;
+pub mod local;
+pub mod memory;
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use thiserror::Error;
+
+use crate::blob::BlobId;
+use crate::codec::CodecError;
+
+/// Errors of the storage tiers.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The blob is not in this tier / store.
+    #[error("blob {0} not found")]
+    NotFound(BlobId),
+    /// Stored bytes failed verification (hash mismatch or bad envelope).
+    #[error("blob {id} is corrupt in the object store")]
+    Corrupt {
+        /// the blob
+        id: BlobId,
+        /// what was wrong
+        #[source]
+        source: CodecError,
+    },
+    /// Local I/O failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// what we were doing
+        what: String,
+        /// the OS error
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store URL or configuration is unusable.
+    #[error("bad store configuration: {0}")]
+    Config(String),
+}
+
+impl StoreError {
+    /// Wrap an I/O error with context.
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        StoreError::Io { what: what.into(), source }
+    }
+}
+
+/// A durable, content-addressed object store (DESIGN §6 layout: `<prefix>/blobs/<aa>/<hex>`).
+#[async_trait]
+pub trait ObjectStore: Send + Sync + 'static {
+    /// Human-readable location, for logs (never contains secrets).
+    fn describe(&self) -> String;
+    /// Check the store is reachable and writable; called at startup.
+    async fn check(&self) -> Result<(), StoreError>;
+    /// Store the blob whose verified raw bytes are in the local file `src`. Idempotent.
+    async fn put_blob(&self, id: &BlobId, src: &Path) -> Result<(), StoreError>;
+    /// Fetch, decode and verify the blob, writing its raw bytes to `dst` (created new).
+    async fn get_blob(&self, id: &BlobId, dst: &Path) -> Result<u64, StoreError>;
+    /// Whether the store holds the blob.
+    async fn has_blob(&self, id: &BlobId) -> Result<bool, StoreError>;
+    /// Delete the blob (absent is success).
+    async fn delete_blob(&self, id: &BlobId) -> Result<(), StoreError>;
+    /// Every blob id in the store.
+    async fn list_blobs(&self) -> Result<Vec<BlobId>, StoreError>;
+}

@@ -1,0 +1,226 @@
+//! Test fixture: an `FsCore` on a temp cache dir with the local object store, driven by paths,
+//! with clean remounts and simulated crashes. No kernel involved.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use wombatfs::codec::Compression;
+use wombatfs::fs::core::{CoreOptions, FsCore};
+use wombatfs::fs::error::FsError;
+use wombatfs::fs::{Attr, Caller, Kind};
+use wombatfs::index::Index;
+use wombatfs::store::BlobStore;
+use wombatfs::tiers::local::LocalStore;
+
+pub const ROOT: u64 = 1;
+pub const CALLER: Caller = Caller { uid: 0, gid: 0 };
+
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    rt: Option<tokio::runtime::Runtime>,
+    core: Option<Arc<FsCore>>,
+}
+
+pub type R<T> = Result<T, i32>;
+
+pub fn e(err: FsError) -> i32 {
+    err.errno()
+}
+
+impl Fixture {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new().prefix("wombat-core-").tempdir().unwrap();
+        let mut f = Fixture { dir, rt: None, core: None };
+        f.open();
+        f
+    }
+
+    pub fn cache(&self) -> PathBuf {
+        self.dir.path().join("cache")
+    }
+
+    fn open(&mut self) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let cache = self.cache();
+        std::fs::create_dir_all(&cache).unwrap();
+        let remote = Arc::new(LocalStore::open(&cache.join("objects"), Compression::Auto(1)).unwrap());
+        let store = Arc::new(BlobStore::open(&cache, remote, rt.handle()).unwrap());
+        let (index, snap) = Index::open(&cache.join("index"), rt.handle()).unwrap();
+        let core = FsCore::load(&cache, store, index, snap, CoreOptions::default()).unwrap();
+        self.core = Some(Arc::new(core));
+        self.rt = Some(rt);
+    }
+
+    pub fn core(&self) -> &FsCore {
+        self.core.as_ref().unwrap()
+    }
+
+    /// Clean unmount and mount again.
+    pub fn remount(&mut self) {
+        self.core().shutdown(Duration::from_secs(10)).unwrap();
+        self.core = None;
+        self.rt = None;
+        self.open();
+    }
+
+    /// Drop everything without any shutdown work (as kill -9 would), then mount again.
+    pub fn crash(&mut self) {
+        self.core = None;
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+        self.open();
+    }
+
+    /// Wait until queued uploads are done.
+    pub fn drain(&self) {
+        assert!(self.core().store().drain(Duration::from_secs(10)));
+    }
+
+    pub fn resolve(&self, path: &str) -> R<u64> {
+        let mut ino = ROOT;
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            ino = self.core().lookup(ino, part.as_bytes()).map_err(e)?.ok_or(libc::ENOENT)?.ino;
+        }
+        Ok(ino)
+    }
+
+    pub fn split<'a>(&self, path: &'a str) -> R<(u64, &'a str)> {
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        Ok((self.resolve(dir)?, name))
+    }
+
+    pub fn stat(&self, path: &str) -> R<Attr> {
+        self.core().getattr(self.resolve(path)?).map_err(e)
+    }
+
+    pub fn mkdir(&self, path: &str) -> R<u64> {
+        let (p, n) = self.split(path)?;
+        Ok(self.core().mkdir(CALLER, p, n.as_bytes(), 0o755, 0o022).map_err(e)?.ino)
+    }
+
+    pub fn mkdir_p(&self, path: &str) {
+        let mut cur = String::new();
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            cur = if cur.is_empty() { part.to_string() } else { format!("{cur}/{part}") };
+            if self.resolve(&cur).is_err() {
+                self.mkdir(&cur).unwrap();
+            }
+        }
+    }
+
+    /// Open (creating if needed) for writing; returns the handle.
+    pub fn open_write(&self, path: &str, trunc: bool) -> R<u64> {
+        let flags = libc::O_RDWR | if trunc { libc::O_TRUNC } else { 0 };
+        match self.resolve(path) {
+            Ok(ino) => Ok(self.core().open(ino, flags).map_err(e)?.fh),
+            Err(libc::ENOENT) => {
+                let (p, n) = self.split(path)?;
+                Ok(self.core().create(CALLER, p, n.as_bytes(), 0o644, 0o022, flags).map_err(e)?.1.fh)
+            }
+            Err(x) => Err(x),
+        }
+    }
+
+    pub fn close(&self, fh: u64) -> R<()> {
+        let r = self.core().flush(fh).map_err(e);
+        self.core().release(fh);
+        r
+    }
+
+    /// create/truncate + one write + close, like `open('wb').write(data)`.
+    pub fn write_file(&self, path: &str, data: &[u8]) -> R<()> {
+        let fh = self.open_write(path, true)?;
+        if !data.is_empty() {
+            self.core().write(fh, 0, data).map_err(e)?;
+        }
+        self.close(fh)
+    }
+
+    pub fn pwrite(&self, path: &str, off: u64, data: &[u8]) -> R<()> {
+        let fh = self.open_write(path, false)?;
+        self.core().write(fh, off, data).map_err(e)?;
+        self.close(fh)
+    }
+
+    pub fn read_fh(&self, fh: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let chunk = self.core().read(fh, out.len() as u64, 1 << 20).unwrap();
+            if chunk.is_empty() {
+                return out;
+            }
+            out.extend_from_slice(&chunk);
+        }
+    }
+
+    pub fn read_file(&self, path: &str) -> R<Vec<u8>> {
+        let ino = self.resolve(path)?;
+        let fh = self.core().open(ino, libc::O_RDONLY).map_err(e)?.fh;
+        let data = self.read_fh(fh);
+        self.core().release(fh);
+        Ok(data)
+    }
+
+    pub fn unlink(&self, path: &str) -> R<()> {
+        let (p, n) = self.split(path)?;
+        self.core().unlink(p, n.as_bytes()).map_err(e)
+    }
+
+    pub fn rmdir(&self, path: &str) -> R<()> {
+        let (p, n) = self.split(path)?;
+        self.core().rmdir(p, n.as_bytes()).map_err(e)
+    }
+
+    pub fn rename(&self, from: &str, to: &str, flags: u32) -> R<()> {
+        let (p, n) = self.split(from)?;
+        let (np, nn) = self.split(to)?;
+        self.core().rename(p, n.as_bytes(), np, nn.as_bytes(), flags).map_err(e)
+    }
+
+    pub fn link(&self, from: &str, to: &str) -> R<()> {
+        let ino = self.resolve(from)?;
+        let (np, nn) = self.split(to)?;
+        self.core().link(ino, np, nn.as_bytes()).map(|_| ()).map_err(e)
+    }
+
+    pub fn truncate(&self, path: &str, size: u64) -> R<()> {
+        let ino = self.resolve(path)?;
+        let ch = wombatfs::fs::SetAttr { size: Some(size), ..Default::default() };
+        self.core().setattr(ino, ch, None).map(|_| ()).map_err(e)
+    }
+
+    pub fn list(&self, path: &str) -> R<Vec<(String, Kind)>> {
+        let ino = self.resolve(path)?;
+        let fh = self.core().opendir(ino).map_err(e)?;
+        let entries = self.core().readdir(fh).unwrap();
+        self.core().releasedir(fh);
+        Ok(entries.iter().skip(2).map(|d| (String::from_utf8(d.name.clone()).unwrap(), d.kind)).collect())
+    }
+
+    /// Files in the flat tier and objects in the local store.
+    pub fn flat_count(&self) -> usize {
+        walk_files(&self.cache().join("flat"))
+    }
+
+    pub fn object_count(&self) -> usize {
+        walk_files(&self.cache().join("objects").join("blobs"))
+    }
+}
+
+pub fn walk_files(p: &std::path::Path) -> usize {
+    let mut n = 0;
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                n += walk_files(&e.path());
+            } else {
+                n += 1;
+            }
+        }
+    }
+    n
+}

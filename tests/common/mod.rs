@@ -2,6 +2,8 @@
 //! with clean remounts and simulated crashes. No kernel involved.
 #![allow(dead_code)]
 
+pub mod mount;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;

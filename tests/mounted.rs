@@ -1,0 +1,366 @@
+//! Mounted tests through the kernel: the real binary, real syscalls. Needs root (or
+//! fusermount3 permissions) and /dev/fuse; CI runs them as root.
+
+mod common;
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use common::mount::{bin, is_mounted, Mount};
+
+fn cstr(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+fn getxattr(p: &Path, name: &str) -> Result<Vec<u8>, i32> {
+    let mut buf = vec![0u8; 4096];
+    let n = unsafe { libc::getxattr(cstr(p).as_ptr(), cstr(Path::new(name)).as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+fn setxattr(p: &Path, name: &str, v: &[u8]) -> Result<(), i32> {
+    let rc = unsafe { libc::setxattr(cstr(p).as_ptr(), cstr(Path::new(name)).as_ptr(), v.as_ptr().cast(), v.len(), 0) };
+    if rc < 0 { Err(std::io::Error::last_os_error().raw_os_error().unwrap()) } else { Ok(()) }
+}
+
+fn errno<T>(r: std::io::Result<T>) -> i32 {
+    r.err().and_then(|e| e.raw_os_error()).unwrap_or(0)
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| seed.wrapping_add((i % 253) as u8)).collect()
+}
+
+#[test]
+fn namespaces_files_and_errnos_through_the_kernel() {
+    let m = Mount::start();
+    assert_eq!(errno(fs::write(m.path("at-root"), b"x")), libc::EPERM);
+    fs::create_dir_all(m.path("llama/a/b/c")).unwrap();
+    fs::write(m.path("llama/a/b/c/block.bin"), b"kv").unwrap();
+    assert_eq!(fs::read(m.path("llama/a/b/c/block.bin")).unwrap(), b"kv");
+    let long = "x".repeat(256);
+    assert_eq!(errno(fs::write(m.path(&format!("llama/{long}")), b"")), libc::ENAMETOOLONG);
+    assert_eq!(errno(fs::metadata(m.path("llama/missing"))), libc::ENOENT);
+    assert_eq!(errno(fs::metadata(m.path("llama/missing"))), libc::ENOENT, "cached negative entry answers the same");
+    fs::write(m.path("llama/missing"), b"now here").unwrap();
+    assert_eq!(fs::read(m.path("llama/missing")).unwrap(), b"now here", "a cached negative entry does not hide a create");
+    assert_eq!(errno(fs::remove_dir(m.path("llama/a"))), libc::ENOTEMPTY);
+    fs::remove_dir_all(m.path("llama/a")).unwrap();
+    // O_CREAT|O_EXCL
+    let p = m.path("llama/excl");
+    OpenOptions::new().write(true).create_new(true).open(&p).unwrap();
+    assert_eq!(errno(OpenOptions::new().write(true).create_new(true).open(&p)), libc::EEXIST);
+    // times, modes and owners persist through setattr
+    let f = File::options().write(true).open(&p).unwrap();
+    f.set_times(fs::FileTimes::new().set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000))).unwrap();
+    drop(f);
+    std::os::unix::fs::chown(&p, Some(1234), Some(5678)).unwrap();
+    fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    let md = fs::metadata(&p).unwrap();
+    assert_eq!((md.mtime(), md.uid(), md.gid(), md.mode() & 0o7777), (1_000_000, 1234, 5678, 0o640));
+    // statvfs: 4 KiB blocks, real capacity
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(cstr(&m.mnt).as_ptr(), &mut s) }, 0);
+    assert_eq!(s.f_bsize, 4096);
+    assert!(s.f_blocks > 0 && s.f_bavail > 0 && s.f_namemax == 255);
+}
+
+#[test]
+fn write_patterns_truncate_fallocate_rename_link_symlink() {
+    let m = Mount::start();
+    fs::create_dir(m.path("ns")).unwrap();
+    fs::create_dir(m.path("other")).unwrap();
+    // random writes with read-your-writes while open
+    let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(m.path("ns/rand")).unwrap();
+    f.seek(SeekFrom::Start(8192)).unwrap();
+    f.write_all(b"tail").unwrap();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    f.write_all(b"head").unwrap();
+    let mut buf = vec![0; 8196];
+    f.seek(SeekFrom::Start(0)).unwrap();
+    f.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf[..4], b"head");
+    assert_eq!(&buf[8192..], b"tail");
+    f.set_len(6000).unwrap();
+    assert_eq!(unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 10_000) }, 0);
+    assert_eq!(f.metadata().unwrap().len(), 10_000);
+    f.sync_all().unwrap();
+    drop(f);
+    let data = fs::read(m.path("ns/rand")).unwrap();
+    assert_eq!(data.len(), 10_000);
+    assert_eq!(&data[..4], b"head");
+    assert!(data[4..].iter().all(|b| *b == 0));
+    // tmp + rename over an existing name; a reader of the old name keeps the old bytes
+    fs::write(m.path("ns/final"), b"old").unwrap();
+    let mut old = File::open(m.path("ns/final")).unwrap();
+    fs::write(m.path("ns/final.tmp"), b"new").unwrap();
+    fs::rename(m.path("ns/final.tmp"), m.path("ns/final")).unwrap();
+    let mut s = String::new();
+    old.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "old");
+    assert_eq!(fs::read(m.path("ns/final")).unwrap(), b"new");
+    // RENAME_NOREPLACE / RENAME_EXCHANGE through renameat2
+    fs::write(m.path("ns/x"), b"x").unwrap();
+    let r = |a: &str, b: &str, fl: u32| unsafe {
+        libc::renameat2(libc::AT_FDCWD, cstr(&m.path(a)).as_ptr(), libc::AT_FDCWD, cstr(&m.path(b)).as_ptr(), fl)
+    };
+    assert_eq!(r("ns/x", "ns/final", libc::RENAME_NOREPLACE), -1);
+    assert_eq!(r("ns/x", "ns/final", libc::RENAME_EXCHANGE), 0);
+    assert_eq!(fs::read(m.path("ns/x")).unwrap(), b"new");
+    // directories move across namespaces
+    fs::create_dir(m.path("ns/sub")).unwrap();
+    fs::write(m.path("ns/sub/f"), b"f").unwrap();
+    fs::rename(m.path("ns/sub"), m.path("other/sub")).unwrap();
+    assert_eq!(fs::read(m.path("other/sub/f")).unwrap(), b"f");
+    // unlink while open
+    let mut held = File::open(m.path("ns/x")).unwrap();
+    fs::remove_file(m.path("ns/x")).unwrap();
+    let mut s = String::new();
+    held.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "new");
+    // hard links and symlinks
+    fs::hard_link(m.path("ns/final"), m.path("other/link")).unwrap();
+    assert_eq!(fs::metadata(m.path("ns/final")).unwrap().nlink(), 2);
+    std::os::unix::fs::symlink("../ns/final", m.path("other/sym")).unwrap();
+    assert_eq!(fs::read(m.path("other/sym")).unwrap(), b"x");
+    assert_eq!(fs::read_link(m.path("other/sym")).unwrap(), Path::new("../ns/final"));
+}
+
+#[test]
+fn o_direct_mmap_and_xattrs() {
+    let m = Mount::start();
+    fs::create_dir(m.path("ns")).unwrap();
+    // O_DIRECT is accepted (alignment not enforced) and round-trips
+    let data = pattern(1 << 20, 3);
+    let mut f = OpenOptions::new().write(true).create(true).truncate(true).custom_flags(libc::O_DIRECT).open(m.path("ns/direct")).unwrap();
+    f.write_all(&data).unwrap();
+    drop(f);
+    let mut f = OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(m.path("ns/direct")).unwrap();
+    let mut back = Vec::new();
+    f.read_to_end(&mut back).unwrap();
+    assert_eq!(back, data);
+    // mmap: MAP_PRIVATE and read-only MAP_SHARED of a sealed file
+    let f = File::open(m.path("ns/direct")).unwrap();
+    for flags in [libc::MAP_PRIVATE, libc::MAP_SHARED] {
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), data.len(), libc::PROT_READ, flags, f.as_raw_fd(), 0) };
+        assert_ne!(p, libc::MAP_FAILED);
+        let view = unsafe { std::slice::from_raw_parts(p as *const u8, data.len()) };
+        assert!(view == &data[..]);
+        unsafe { libc::munmap(p, data.len()) };
+    }
+    // a shared writable mapping of a file being written does not corrupt it
+    let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(m.path("ns/shared")).unwrap();
+    f.set_len(8192).unwrap();
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), 8192, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, f.as_raw_fd(), 0) };
+    assert_ne!(p, libc::MAP_FAILED);
+    unsafe {
+        std::ptr::copy_nonoverlapping(b"mapped".as_ptr(), p as *mut u8, 6);
+        libc::msync(p, 8192, libc::MS_SYNC);
+        libc::munmap(p, 8192);
+    }
+    drop(f);
+    let got = fs::read(m.path("ns/shared")).unwrap();
+    assert_eq!(got.len(), 8192);
+    assert_eq!(&got[..6], b"mapped");
+    // xattrs
+    let p = m.path("ns/direct");
+    setxattr(&p, "user.owner", b"rank0").unwrap();
+    assert_eq!(getxattr(&p, "user.owner").unwrap(), b"rank0");
+    assert_eq!(getxattr(&p, "user.wombatfs.blake3").unwrap(), blake3::hash(&data).to_hex().as_bytes());
+    assert_eq!(getxattr(&p, "user.wombatfs.tier").unwrap(), b"flat");
+    assert_eq!(setxattr(&p, "user.wombatfs.tier", b"s3"), Err(libc::EPERM));
+    assert_eq!(getxattr(&p, "user.nothing"), Err(libc::ENODATA));
+}
+
+#[test]
+fn identical_blocks_are_stored_once_on_disk() {
+    let m = Mount::start();
+    let block = pattern(4 << 20, 9);
+    for (i, ns) in ["a", "b"].iter().enumerate() {
+        fs::create_dir(m.path(ns)).unwrap();
+        for j in 0..3 {
+            fs::write(m.path(&format!("{ns}/block-{i}-{j}.bin")), &block).unwrap();
+        }
+    }
+    let du = |p: &Path| -> u64 {
+        let out = Command::new("du").arg("-sk").arg(p).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().parse::<u64>().unwrap() * 1024
+    };
+    // six names of one 4 MiB block: the cache dir (flat tier + object store + index) holds ~1×
+    let used = du(&m.cache);
+    assert!(used < block.len() as u64 * 3 / 2, "cache dir uses {used} bytes for one 4 MiB block");
+    assert!(used >= block.len() as u64, "the block is on disk: {used}");
+    assert_eq!(getxattr(&m.path("a/block-0-0.bin"), "user.wombatfs.blake3"), getxattr(&m.path("b/block-1-2.bin"), "user.wombatfs.blake3"));
+}
+
+#[test]
+fn large_directory_readdir() {
+    let m = Mount::start();
+    fs::create_dir(m.path("ns")).unwrap();
+    let n = 100_000;
+    for i in 0..n {
+        File::create(m.path(&format!("ns/{i:07}.bin"))).unwrap();
+    }
+    let count = fs::read_dir(m.path("ns")).unwrap().count();
+    assert_eq!(count, n);
+    let out = Command::new("ls").arg("-l").arg(m.path("ns")).output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), n + 1);
+    fs::remove_dir_all(m.path("ns")).unwrap();
+    assert_eq!(fs::read_dir(&m.mnt).unwrap().count(), 0);
+}
+
+#[test]
+fn kill9_then_remount_keeps_closed_and_fsynced_files() {
+    let mut m = Mount::start();
+    fs::create_dir_all(m.path("ns/d")).unwrap();
+    let mut expected = Vec::new();
+    for i in 0..50u8 {
+        let p = format!("ns/d/f{i}");
+        let data = pattern(1000 + i as usize * 3000, i);
+        let mut f = File::create(m.path(&p)).unwrap();
+        f.write_all(&data).unwrap();
+        if i % 2 == 0 {
+            f.sync_all().unwrap();
+        }
+        drop(f);
+        expected.push((p, data));
+    }
+    // a file open for writing at the crash is not promised; it must not corrupt anything
+    let mut open = File::create(m.path("ns/d/open")).unwrap();
+    open.write_all(b"unsealed").unwrap();
+    m.kill9();
+    drop(open);
+    assert!(is_mounted(&m.mnt), "the dead mount is still there");
+    assert_eq!(errno(fs::metadata(m.path("never-looked-up"))), libc::ENOTCONN);
+    m.mount(); // clears the stale mount by itself
+    for (p, data) in &expected {
+        assert_eq!(&fs::read(m.path(p)).unwrap(), data, "{p}");
+    }
+    // the flat tier can be lost entirely: blobs come back from the object store, verified
+    m.unmount();
+    fs::remove_dir_all(m.cache.join("flat")).unwrap();
+    m.mount();
+    for (p, data) in &expected {
+        assert_eq!(&fs::read(m.path(p)).unwrap(), data, "{p} after losing the flat tier");
+    }
+    m.unmount();
+}
+
+#[test]
+fn signals_and_unmounts_end_cleanly() {
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let mut m = Mount::start();
+        fs::create_dir(m.path("ns")).unwrap();
+        fs::write(m.path("ns/f"), b"persist").unwrap();
+        m.signal(sig);
+        m.wait_exit(0);
+        m.mount();
+        assert_eq!(fs::read(m.path("ns/f")).unwrap(), b"persist");
+        m.unmount();
+    }
+}
+
+#[test]
+fn background_mode_returns_once_mounted() {
+    let dir = tempfile::Builder::new().prefix("wombat-test-").tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    let cache = dir.path().join("cache");
+    fs::create_dir(&mnt).unwrap();
+    let out = Command::new(bin()).arg("mount").arg(&mnt).arg("--cache-dir").arg(&cache).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let guard = scopeguard(&mnt);
+    assert!(is_mounted(&mnt), "mounted when the command returns");
+    fs::create_dir(mnt.join("ns")).unwrap();
+    fs::write(mnt.join("ns/f"), b"bg").unwrap();
+    // a second daemon on the same cache dir is refused with the holder's pid
+    let other = dir.path().join("mnt2");
+    fs::create_dir(&other).unwrap();
+    let out = Command::new(bin()).arg("mount").arg(&other).arg("--cache-dir").arg(&cache).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another wombatfs (pid"), "{err}");
+    assert!(!is_mounted(&other));
+    assert!(Command::new("fusermount3").arg("-u").arg(&mnt).status().unwrap().success());
+    // the daemon flushes and releases the cache dir; remounting sees the file
+    let t = std::time::Instant::now();
+    while fs::read_to_string(cache.join("lock")).ok().and_then(|p| p.trim().parse::<i32>().ok()).is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0) {
+        assert!(t.elapsed().as_secs() < 30, "daemon did not exit after unmount");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = Command::new(bin()).arg("mount").arg(&mnt).arg("--cache-dir").arg(&cache).output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(fs::read(mnt.join("ns/f")).unwrap(), b"bg");
+    assert!(fs::read_to_string(cache.join("wombatfs.log")).unwrap().contains("clean shutdown"));
+    drop(guard);
+}
+
+fn scopeguard(mnt: &Path) -> impl Drop + '_ {
+    struct G<'a>(&'a Path);
+    impl Drop for G<'_> {
+        fn drop(&mut self) {
+            if is_mounted(self.0) {
+                common::mount::lazy_unmount(self.0);
+            }
+        }
+    }
+    G(mnt)
+}
+
+#[test]
+fn bad_startup_input_gives_one_clear_error_and_mounts_nothing() {
+    let dir = tempfile::Builder::new().prefix("wombat-test-").tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let cache = dir.path().join("cache");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec![dir.path().join("nope").display().to_string()], "No such file"),
+        (vec![mnt.display().to_string(), "--store".into(), "ftp://x/y".into()], "unknown store scheme"),
+        (vec![mnt.display().to_string(), "--store".into(), "file://relative".into()], "absolute"),
+        (vec![mnt.display().to_string(), "--cache-dir".into(), "/dev/null/cache".into()], "cannot create cache dir"),
+        (vec![mnt.display().to_string(), "--compression".into(), "lz9".into()], "compression"),
+        (vec![dir.path().join("file").display().to_string()], "not a directory"),
+    ];
+    fs::write(dir.path().join("file"), b"").unwrap();
+    for (args, want) in cases {
+        let mut cmd = Command::new(bin());
+        cmd.arg("mount").args(&args);
+        if !args.iter().any(|a| a == "--cache-dir") {
+            cmd.arg("--cache-dir").arg(&cache);
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(!is_mounted(&mnt));
+    }
+}
+
+#[test]
+fn engine_io_patterns() {
+    let m = Mount::start();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/engines/patterns.py");
+    let out = Command::new("python3").arg(&script).arg(&m.mnt).output().expect("python3");
+    assert!(
+        out.status.success(),
+        "engine patterns failed:\n{}\n{}\ndaemon log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        m.log()
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for engine in ["vllm-fs", "vllm-shared", "lmcache", "sglang", "llama.cpp", "trtllm", "people"] {
+        assert!(stdout.contains(&format!("ok {engine}")), "{engine} did not run:\n{stdout}");
+    }
+}

@@ -177,6 +177,20 @@ impl FsCore {
         Ok(attr)
     }
 
+    /// Clear setuid/setgid after a write by an unprivileged caller (the kernel asks with
+    /// `FUSE_WRITE_KILL_SUIDGID` because we handle killpriv).
+    pub fn kill_suidgid(&self, ino: u64) -> FsResult<()> {
+        let mut t = self.write_tree();
+        let rec = t.get_mut(ino)?;
+        if rec.perm & 0o6000 == 0 {
+            return Ok(());
+        }
+        rec.perm &= !0o6000;
+        let mut tx = Tx::default();
+        tx.put_inode(rec);
+        t.commit(tx, &self.index, &self.store)
+    }
+
     fn new_inode(&self, t: &mut Tree, tx: &mut Tx, caller: Caller, parent: u64, kind: InodeKind, perm: u16) -> FsResult<InodeRecord> {
         let now = Ts::now();
         let p = t.get(parent)?;
@@ -245,7 +259,7 @@ impl FsCore {
         let mut tx = Tx::default();
         let empty = self.ensure_empty_blob(&t)?;
         let rec = self.new_inode(&mut t, &mut tx, caller, parent, InodeKind::File { blob: empty }, (mode & !umask & 0o7777) as u16)?;
-        t.incref(&mut tx, empty, 0);
+        t.incref(&mut tx, &self.store, empty, 0);
         self.insert(&mut t, tx, parent, name, rec)
     }
 

@@ -301,7 +301,7 @@ impl FsCore {
         }
         self.store.adopt(&s.path, &id)?;
         let mut tx = Tx::default();
-        t.incref(&mut tx, id, size);
+        t.incref(&mut tx, &self.store, id, size);
         let rec = t.get_mut(file.ino)?;
         let old = match &mut rec.kind {
             InodeKind::File { blob } => std::mem::replace(blob, id),

@@ -131,11 +131,13 @@ impl Tree {
 
     /// Take a reference on a blob that is already in the flat tier. A blob new to this node is
     /// recorded and queued for upload.
-    pub fn incref(&mut self, tx: &mut Tx, id: BlobId, size: u64) {
+    pub fn incref(&mut self, tx: &mut Tx, store: &BlobStore, id: BlobId, size: u64) {
         let e = self.blobs.entry(id).or_insert_with(|| {
             tx.ops.push(Op::Put(keys::blob(&id), records::encode(&BlobRecord { size })));
-            tx.ops.push(Op::Put(keys::upload(&id), Vec::new()));
-            tx.uploads.push(id);
+            if !store.put_now(&id) {
+                tx.ops.push(Op::Put(keys::upload(&id), Vec::new()));
+                tx.uploads.push(id);
+            }
             BlobEntry { size, refs: 0 }
         });
         e.refs += 1;
@@ -146,7 +148,8 @@ impl Tree {
     pub fn decref(&mut self, tx: &mut Tx, store: &BlobStore, id: BlobId) {
         let Some(e) = self.blobs.get_mut(&id) else { return };
         e.refs = e.refs.saturating_sub(1);
-        if e.refs == 0 {
+        // the empty blob is pinned: every new file starts bound to it
+        if e.refs == 0 && id != BlobId::empty() {
             self.blobs.remove(&id);
             tx.ops.push(Op::Delete(keys::blob(&id)));
             tx.ops.push(Op::Delete(keys::upload(&id)));
@@ -306,6 +309,10 @@ impl Tree {
             if !blob_recs.contains_key(id) {
                 tx.ops.push(Op::Put(keys::blob(id), records::encode(&BlobRecord { size: e.size })));
             }
+        }
+        let empty = BlobId::empty();
+        if let Some(r) = blob_recs.get(&empty) {
+            t.blobs.entry(empty).or_insert(BlobEntry { size: r.size, refs: 0 });
         }
         for id in blob_recs.keys().filter(|id| !t.blobs.contains_key(id)) {
             tx.ops.push(Op::Delete(keys::blob(id)));

@@ -18,6 +18,11 @@ pub const MAX_TOTAL: usize = 1024 * 1024;
 impl FsCore {
     /// `getxattr`.
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        if !name.starts_with(USER) {
+            // EOPNOTSUPP (not ENODATA) lets tools such as `ls -l` stop asking for ACLs and
+            // security labels on this filesystem after the first file
+            return Err(FsError::NotSupported("only user.* extended attributes"));
+        }
         let t = self.read_tree();
         let rec = t.get(ino)?;
         match (name, &rec.kind) {
@@ -74,6 +79,7 @@ impl FsCore {
     /// `removexattr`.
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
         Self::check_user_name(name)?;
+        self.read_tree().get(ino)?;
         let mut t = self.write_tree();
         let rec = t.get_mut(ino)?;
         if rec.xattrs.remove(name).is_none() {

@@ -190,13 +190,17 @@ impl Index {
 
 fn to_batch(ops: Vec<Op>) -> WriteBatch {
     let mut b = WriteBatch::new();
+    add_ops(&mut b, ops);
+    b
+}
+
+fn add_ops(b: &mut WriteBatch, ops: Vec<Op>) {
     for op in ops {
         match op {
             Op::Put(k, v) => b.put(k, v),
             Op::Delete(k) => b.delete(k),
         }
     }
-    b
 }
 
 fn db_err(e: slatedb::Error, dir: &Path) -> IndexError {
@@ -220,10 +224,31 @@ async fn apply_loop(db: Db, mut rx: mpsc::UnboundedReceiver<Msg>, journal_dir: P
     // After a failed apply the journal is the only complete record: keep every generation so
     // that the next mount replays it.
     let failed = AtomicBool::new(false);
-    while let Some(msg) = rx.recv().await {
+    let mut pending: Option<Msg> = None;
+    loop {
+        let msg = match pending.take() {
+            Some(m) => m,
+            None => match rx.recv().await {
+                Some(m) => m,
+                None => return,
+            },
+        };
         match msg {
             Msg::Batch(ops) => {
-                if let Err(e) = db.write(to_batch(ops)).await {
+                // coalesce whatever else is already queued into one SlateDB write; a checkpoint
+                // met on the way is handled right after it, in order
+                let mut batch = to_batch(ops);
+                for _ in 0..1024 {
+                    match rx.try_recv() {
+                        Ok(Msg::Batch(more)) => add_ops(&mut batch, more),
+                        Ok(other) => {
+                            pending = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if let Err(e) = db.write(batch).await {
                     failed.store(true, Ordering::SeqCst);
                     tracing::error!(error = %db_err(e, &dir), "applying a metadata batch failed; the journal keeps it for replay");
                 }

@@ -105,6 +105,19 @@ impl BlobStore {
         self.flat.adopt(staging, id)
     }
 
+    /// Store a blob in the object store right now when that is a cheap local operation.
+    /// Returns false when the caller must persist an upload intent and queue it instead.
+    pub fn put_now(&self, id: &BlobId) -> bool {
+        match self.remote.put_blob_now(id, &self.flat.path(id)) {
+            Some(Ok(())) => true,
+            Some(Err(e)) => {
+                tracing::warn!(%id, error = %e, "synchronous put failed; queueing the upload");
+                false
+            }
+            None => false,
+        }
+    }
+
     /// Queue a blob for upload (the caller has persisted the intent).
     pub fn enqueue_upload(&self, id: BlobId) {
         self.ctx.stats.pending.fetch_add(1, Ordering::Relaxed);

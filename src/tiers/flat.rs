@@ -11,6 +11,11 @@ use std::path::{Path, PathBuf};
 use crate::blob::BlobId;
 use crate::tiers::StoreError;
 
+fn cpath(p: &Path) -> Result<std::ffi::CString, StoreError> {
+    std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+        .map_err(|_| StoreError::Config(format!("path with NUL: {}", p.display())))
+}
+
 /// The flat local tier.
 #[derive(Debug)]
 pub struct FlatTier {
@@ -53,11 +58,18 @@ impl FlatTier {
     /// present the file is removed instead: identical content is stored once.
     pub fn adopt(&self, src: &Path, id: &BlobId) -> Result<(), StoreError> {
         let dst = self.path(id);
-        if dst.exists() {
+        let (a, b) = (cpath(src)?, cpath(&dst)?);
+        // SAFETY: renameat2 with two valid C strings.
+        let rc = unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_NOREPLACE) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EEXIST) {
             let _ = fs::remove_file(src);
             return Ok(());
         }
-        fs::rename(src, &dst).map_err(|e| StoreError::io(format!("adopt blob {id}"), e))
+        Err(StoreError::io(format!("adopt blob {id}"), err))
     }
 
     /// fsync a blob's file and its fan-out directory.

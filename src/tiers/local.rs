@@ -24,9 +24,37 @@ pub struct LocalStore {
 }
 
 impl LocalStore {
+    /// Store a blob: a hard link of the flat file on the same filesystem (no second copy),
+    /// an envelope copy elsewhere. Idempotent.
+    fn put_sync(&self, id: &BlobId, src: &Path) -> Result<(), StoreError> {
+        let dst = self.object_path(id);
+        match fs::hard_link(src, &dst) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StoreError::NotFound(*id)),
+            Err(_) => {} // other filesystem or no link support: write an envelope copy
+        }
+        let raw = fs::read(src).map_err(io("read", src))?;
+        let env = codec::encode(&raw, self.compression);
+        let tmp = self.tmp_path();
+        let res = (|| {
+            let mut f = File::create(&tmp)?;
+            std::io::Write::write_all(&mut f, &env)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &dst)
+        })();
+        if res.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        res.map_err(io("write object", &dst))
+    }
+
     /// Open (creating) a store rooted at `root`.
     pub fn open(root: &Path, compression: Compression) -> Result<Self, StoreError> {
-        fs::create_dir_all(root.join("blobs")).map_err(|e| StoreError::io(format!("create {}", root.display()), e))?;
+        for i in 0..=255u8 {
+            let d = root.join("blobs").join(hex::encode([i]));
+            fs::create_dir_all(&d).map_err(|e| StoreError::io(format!("create {}", d.display()), e))?;
+        }
         Ok(LocalStore { root: root.to_path_buf(), compression })
     }
 
@@ -66,32 +94,12 @@ impl ObjectStore for LocalStore {
         Ok(())
     }
 
+    fn put_blob_now(&self, id: &BlobId, src: &Path) -> Option<Result<(), StoreError>> {
+        Some(self.put_sync(id, src))
+    }
+
     async fn put_blob(&self, id: &BlobId, src: &Path) -> Result<(), StoreError> {
-        let dst = self.object_path(id);
-        if dst.exists() {
-            return Ok(());
-        }
-        let dir = dst.parent().unwrap_or(&self.root);
-        fs::create_dir_all(dir).map_err(io("create", dir))?;
-        match fs::hard_link(src, &dst) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StoreError::NotFound(*id)),
-            Err(_) => {} // other filesystem or no link support: write an envelope copy
-        }
-        let raw = fs::read(src).map_err(io("read", src))?;
-        let env = codec::encode(&raw, self.compression);
-        let tmp = self.tmp_path();
-        let res = (|| {
-            let mut f = File::create(&tmp)?;
-            std::io::Write::write_all(&mut f, &env)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &dst)
-        })();
-        if res.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        res.map_err(io("write object", &dst))
+        self.put_sync(id, src)
     }
 
     async fn get_blob(&self, id: &BlobId, dst: &Path) -> Result<u64, StoreError> {

@@ -59,6 +59,11 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn describe(&self) -> String;
     /// Check the store is reachable and writable; called at startup.
     async fn check(&self) -> Result<(), StoreError>;
+    /// For stores where a put is a cheap local operation (a hard link): do it synchronously
+    /// and return `Some`; the blob store then skips the upload queue. Others return `None`.
+    fn put_blob_now(&self, _id: &BlobId, _src: &Path) -> Option<Result<(), StoreError>> {
+        None
+    }
     /// Store the blob whose verified raw bytes are in the local file `src`. Idempotent.
     async fn put_blob(&self, id: &BlobId, src: &Path) -> Result<(), StoreError>;
     /// Fetch, decode and verify the blob, writing its raw bytes to `dst` (created new).

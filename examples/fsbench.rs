@@ -1,0 +1,86 @@
+//! Micro-benchmarks of the file operations KV engines perform, run against any directory
+//! (a wombatfs mount or a native directory on the same disk) by `scripts/bench`.
+//!
+//! Usage: `fsbench <write4m|small|stat|statmiss|seqread|mkfiles|readdir> PATH [N]`; prints
+//! `<metric> <value> <unit>`.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Instant;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 3 {
+        eprintln!("usage: fsbench <write4m|small|stat|statmiss|seqread|mkfiles|readdir> PATH [N]");
+        std::process::exit(2);
+    }
+    let (cmd, path) = (args[1].as_str(), Path::new(&args[2]));
+    let n: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1000);
+    match cmd {
+        "write4m" => {
+            let block: Vec<u8> = (0..4 << 20).map(|i: u32| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+            fs::create_dir_all(path).unwrap();
+            let t = Instant::now();
+            for i in 0..n {
+                let mut b = block.clone();
+                b[..8].copy_from_slice(&(i as u64).to_le_bytes()); // distinct blocks: no dedup
+                let mut f = File::create(path.join(format!("b{i:06}.bin"))).unwrap();
+                f.write_all(&b).unwrap();
+            }
+            let s = t.elapsed().as_secs_f64();
+            println!("write4m {:.1} MiB/s", (n * 4) as f64 / s);
+        }
+        "small" => {
+            fs::create_dir_all(path).unwrap();
+            let mut data = vec![7u8; 4096];
+            let t = Instant::now();
+            for i in 0..n {
+                data[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                let mut f = File::create(path.join(format!("s{i:07}"))).unwrap();
+                f.write_all(&data).unwrap();
+            }
+            println!("small {:.2} us/file", t.elapsed().as_secs_f64() * 1e6 / n as f64);
+        }
+        "stat" | "statmiss" => {
+            let names: Vec<_> = (0..n).map(|i| path.join(format!("{}{i:07}", if cmd == "stat" { "s" } else { "missing-" }))).collect();
+            for p in &names {
+                let _ = fs::metadata(p); // first touch: fills kernel caches, like a burst of access()
+            }
+            let rounds = 5;
+            let t = Instant::now();
+            for _ in 0..rounds {
+                for p in &names {
+                    let r = fs::metadata(p);
+                    assert_eq!(r.is_ok(), cmd == "stat");
+                }
+            }
+            println!("{cmd} {:.0} ns/op", t.elapsed().as_secs_f64() * 1e9 / (n * rounds) as f64);
+        }
+        "seqread" => {
+            let mut f = File::open(path).unwrap();
+            let mut buf = vec![0u8; 1 << 20];
+            let t = Instant::now();
+            let mut total = 0u64;
+            loop {
+                let k = f.read(&mut buf).unwrap();
+                if k == 0 {
+                    break;
+                }
+                total += k as u64;
+            }
+            println!("seqread {:.1} MiB/s", total as f64 / (1 << 20) as f64 / t.elapsed().as_secs_f64());
+        }
+        "mkfiles" => {
+            fs::create_dir_all(path).unwrap();
+            for i in 0..n {
+                File::create(path.join(format!("entry-{i:07}.bin"))).unwrap();
+            }
+            println!("mkfiles {n} files");
+        }
+        _ => {
+            eprintln!("unknown benchmark {cmd}");
+            std::process::exit(2);
+        }
+    }
+}

@@ -177,20 +177,6 @@ impl FsCore {
         Ok(attr)
     }
 
-    /// Clear setuid/setgid after a write by an unprivileged caller (the kernel asks with
-    /// `FUSE_WRITE_KILL_SUIDGID` because we handle killpriv).
-    pub fn kill_suidgid(&self, ino: u64) -> FsResult<()> {
-        let mut t = self.write_tree();
-        let rec = t.get_mut(ino)?;
-        if rec.perm & 0o6000 == 0 {
-            return Ok(());
-        }
-        rec.perm &= !0o6000;
-        let mut tx = Tx::default();
-        tx.put_inode(rec);
-        t.commit(tx, &self.index, &self.store)
-    }
-
     fn new_inode(&self, t: &mut Tree, tx: &mut Tx, caller: Caller, parent: u64, kind: InodeKind, perm: u16) -> FsResult<InodeRecord> {
         let now = Ts::now();
         let p = t.get(parent)?;

@@ -12,6 +12,7 @@ use crate::blob::BlobId;
 use crate::fs::core::FsCore;
 use crate::fs::error::{FsError, FsResult};
 use crate::fs::open::{FileState, Handle, OpenInode, Staging};
+use crate::fs::seqhash::SeqHash;
 use crate::fs::tree::{OpenEntry, Tx};
 use crate::fs::{Attr, Caller, Opened};
 use crate::index::records::{InodeKind, Ts};
@@ -146,15 +147,14 @@ impl FsCore {
     fn staging<'a>(&self, st: &'a mut FileState) -> FsResult<&'a mut Staging> {
         if st.staging.is_none() {
             let (mut f, path) = self.store.new_staging()?;
-            let hasher = if st.size == 0 {
-                Some((blake3::Hasher::new(), 0))
+            let hash = if st.size == 0 {
+                SeqHash::new()
             } else {
                 let mut src = self.store.open_blob(&st.blob)?;
-                let mut src2: &mut File = &mut src;
-                std::io::copy(&mut src2, &mut f)?;
-                None
+                std::io::copy(&mut src, &mut f)?;
+                SeqHash::broken()
             };
-            st.staging = Some(Staging { file: Arc::new(f), path, size: st.size, hasher, dirty: false });
+            st.staging = Some(Staging { file: Arc::new(f), path, size: st.size, hash, dirty: false });
         }
         st.staging.as_mut().ok_or(FsError::BadHandle)
     }
@@ -172,13 +172,7 @@ impl FsCore {
         let mut st = file.lock();
         let s = self.staging(&mut st)?;
         s.file.write_all_at(data, offset)?;
-        s.hasher = match s.hasher.take() {
-            Some((mut h, pos)) if pos == offset => {
-                h.update(data);
-                Some((h, end))
-            }
-            _ => None,
-        };
+        s.hash.on_write(&s.file, offset, data);
         s.size = s.size.max(end);
         s.dirty = true;
         let size = s.size;
@@ -208,15 +202,11 @@ impl FsCore {
         if size == 0 && st.staging.is_none() {
             // O_TRUNC: no copy of the old bytes
             let (f, path) = self.store.new_staging()?;
-            st.staging = Some(Staging { file: Arc::new(f), path, size: 0, hasher: Some((blake3::Hasher::new(), 0)), dirty: true });
+            st.staging = Some(Staging { file: Arc::new(f), path, size: 0, hash: SeqHash::new(), dirty: true });
         } else {
             let s = self.staging(st)?;
             s.file.set_len(size)?;
-            s.hasher = match s.hasher.take() {
-                Some((h, pos)) if pos == size => Some((h, pos)),
-                _ if size == 0 => Some((blake3::Hasher::new(), 0)),
-                _ => None,
-            };
+            s.hash.on_resize(size);
             s.size = size;
             s.dirty = true;
         }
@@ -266,7 +256,7 @@ impl FsCore {
             return Err(std::io::Error::last_os_error().into());
         }
         if end > s.size {
-            s.hasher = None;
+            s.hash.mark_broken();
             s.size = end;
             s.dirty = true;
         }
@@ -284,9 +274,9 @@ impl FsCore {
             st.staging = None;
             return Ok(());
         }
-        let (id, size) = match s.hasher.take() {
-            Some((h, pos)) if pos == s.size => (BlobId(*h.finalize().as_bytes()), s.size),
-            _ => {
+        let (id, size) = match s.hash.finish(s.size) {
+            Some(id) => (id, s.size),
+            None => {
                 let mut f: &File = &s.file;
                 f.seek(SeekFrom::Start(0))?;
                 let (id, n) = BlobId::of_reader(f.take(s.size))?;
@@ -296,7 +286,7 @@ impl FsCore {
         let mut t = self.write_tree();
         if t.orphans.contains(&file.ino) || !t.inodes.contains_key(&file.ino) {
             // unlinked while open: nothing to publish; the staging file stays for open readers
-            s.hasher = None;
+            s.hash.mark_broken();
             return Ok(());
         }
         self.store.adopt(&s.path, &id)?;

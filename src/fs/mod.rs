@@ -6,6 +6,7 @@ pub mod error;
 pub mod fuse;
 pub mod io;
 pub mod open;
+pub mod seqhash;
 pub mod tree;
 pub mod xattr;
 

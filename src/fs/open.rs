@@ -16,7 +16,7 @@ pub struct Staging {
     /// current length
     pub size: u64,
     /// incremental hash while all writes so far were sequential appends from 0
-    pub hasher: Option<(blake3::Hasher, u64)>,
+    pub hash: crate::fs::seqhash::SeqHash,
     /// changed since it was created from the blob
     pub dirty: bool,
 }

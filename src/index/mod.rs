@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use slatedb::object_store::local::LocalFileSystem;
 use slatedb::{CloseReason, Db, ErrorKind, WriteBatch};
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot};
+use std::collections::VecDeque;
+use tokio::sync::{oneshot, Notify};
 
 pub use journal::Op;
 use journal::Journal;
@@ -32,6 +33,9 @@ use journal::Journal;
 const ROLL_BYTES: u64 = 64 << 20;
 /// Roll the journal after this long.
 const ROLL_AFTER: Duration = Duration::from_secs(30);
+/// The applier gathers batches this long after being woken, so a burst of small commits
+/// costs one wake-up of the runtime instead of one each (the journal already made them safe).
+const COALESCE: Duration = Duration::from_millis(2);
 
 /// Errors of the metadata index.
 #[derive(Debug, Error)]
@@ -65,6 +69,37 @@ enum Msg {
     Checkpoint(u64, Option<oneshot::Sender<Result<(), IndexError>>>),
 }
 
+/// Batches and checkpoints waiting for the applier, in commit order.
+#[derive(Default)]
+struct Queue {
+    items: Mutex<(VecDeque<Msg>, bool)>,
+    notify: Notify,
+}
+
+impl Queue {
+    /// Enqueue; wakes the applier only when it may be idle (queue was empty) or when asked.
+    fn push(&self, msg: Msg, wake: bool) {
+        let mut q = self.items.lock().unwrap_or_else(|p| p.into_inner());
+        let was_empty = q.0.is_empty();
+        q.0.push_back(msg);
+        drop(q);
+        if was_empty || wake {
+            self.notify.notify_one();
+        }
+    }
+
+    fn close(&self) {
+        self.items.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+        self.notify.notify_one();
+    }
+
+    /// Everything queued, and whether the index is closing.
+    fn take(&self) -> (VecDeque<Msg>, bool) {
+        let mut q = self.items.lock().unwrap_or_else(|p| p.into_inner());
+        (std::mem::take(&mut q.0), q.1)
+    }
+}
+
 struct JournalState {
     journal: Journal,
     rolled_at: Instant,
@@ -79,7 +114,7 @@ pub struct Index {
 struct Inner {
     journal_dir: PathBuf,
     state: Mutex<Option<JournalState>>,
-    tx: mpsc::UnboundedSender<Msg>,
+    queue: Arc<Queue>,
     db: Db,
     rt: tokio::runtime::Handle,
 }
@@ -128,15 +163,15 @@ impl Index {
             Ok::<_, IndexError>((db, snapshot, gens.last().map_or(1, |g| g + 1)))
         })?;
         let journal = Journal::create(&journal_dir, next_gen).map_err(io("create journal"))?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let queue = Arc::new(Queue::default());
         let inner = Arc::new(Inner {
             journal_dir: journal_dir.clone(),
             state: Mutex::new(Some(JournalState { journal, rolled_at: Instant::now() })),
-            tx,
+            queue: queue.clone(),
             db: db.clone(),
             rt: rt.clone(),
         });
-        rt.spawn(apply_loop(db, rx, journal_dir, dir.to_path_buf()));
+        rt.spawn(apply_loop(db, queue, journal_dir, dir.to_path_buf()));
         Ok((Index { inner }, snapshot))
     }
 
@@ -148,7 +183,7 @@ impl Index {
         let mut guard = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
         let st = guard.as_mut().ok_or(IndexError::Closed)?;
         st.journal.append(&ops).map_err(io("append journal"))?;
-        self.inner.tx.send(Msg::Batch(ops)).map_err(|_| IndexError::Closed)?;
+        self.inner.queue.push(Msg::Batch(ops), false);
         if st.journal.bytes() >= ROLL_BYTES || st.rolled_at.elapsed() >= ROLL_AFTER {
             self.roll(st, None)?;
         }
@@ -166,7 +201,8 @@ impl Index {
         let old = st.journal.gen();
         st.journal = Journal::create(&self.inner.journal_dir, old + 1).map_err(io("create journal"))?;
         st.rolled_at = Instant::now();
-        self.inner.tx.send(Msg::Checkpoint(old, done)).map_err(|_| IndexError::Closed)
+        self.inner.queue.push(Msg::Checkpoint(old, done), true);
+        Ok(())
     }
 
     /// Flush everything into SlateDB, delete the journal and close the database.
@@ -181,6 +217,7 @@ impl Index {
             drop(st);
             let _ = Journal::remove_gen(&self.inner.journal_dir, last);
         }
+        self.inner.queue.close();
         self.inner.rt.block_on(async {
             rx.await.map_err(|_| IndexError::Closed)??;
             self.inner.db.close().await.map_err(IndexError::Db)
@@ -220,58 +257,56 @@ fn syncfs(dir: &Path) -> Result<(), IndexError> {
     Ok(())
 }
 
-async fn apply_loop(db: Db, mut rx: mpsc::UnboundedReceiver<Msg>, journal_dir: PathBuf, dir: PathBuf) {
+async fn apply_loop(db: Db, queue: Arc<Queue>, journal_dir: PathBuf, dir: PathBuf) {
     // After a failed apply the journal is the only complete record: keep every generation so
     // that the next mount replays it.
     let failed = AtomicBool::new(false);
-    let mut pending: Option<Msg> = None;
     loop {
-        let msg = match pending.take() {
-            Some(m) => m,
-            None => match rx.recv().await {
-                Some(m) => m,
-                None => return,
-            },
-        };
-        match msg {
-            Msg::Batch(ops) => {
-                // coalesce whatever else is already queued into one SlateDB write; a checkpoint
-                // met on the way is handled right after it, in order
-                let mut batch = to_batch(ops);
-                for _ in 0..1024 {
-                    match rx.try_recv() {
-                        Ok(Msg::Batch(more)) => add_ops(&mut batch, more),
-                        Ok(other) => {
-                            pending = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
+        queue.notify.notified().await;
+        tokio::time::sleep(COALESCE).await;
+        let (msgs, closing) = queue.take();
+        let mut batch: Option<WriteBatch> = None;
+        for msg in msgs {
+            match msg {
+                Msg::Batch(ops) => add_ops(batch.get_or_insert_with(WriteBatch::new), ops),
+                Msg::Checkpoint(gen, done) => {
+                    apply(&db, batch.take(), &failed, &dir).await;
+                    let res = checkpoint(&db, gen, &failed, &journal_dir, &dir).await;
+                    if let Some(done) = done {
+                        let _ = done.send(res);
                     }
-                }
-                if let Err(e) = db.write(batch).await {
-                    failed.store(true, Ordering::SeqCst);
-                    tracing::error!(error = %db_err(e, &dir), "applying a metadata batch failed; the journal keeps it for replay");
-                }
-            }
-            Msg::Checkpoint(gen, done) => {
-                let res = async {
-                    db.flush().await.map_err(|e| db_err(e, &dir))?;
-                    syncfs(&journal_dir)?;
-                    if !failed.load(Ordering::SeqCst) {
-                        Journal::remove_gen(&journal_dir, gen).map_err(io("remove journal"))?;
-                    }
-                    Ok(())
-                }
-                .await;
-                if let Err(e) = &res {
-                    tracing::error!(error = %e, gen, "metadata checkpoint failed; journal kept");
-                }
-                if let Some(done) = done {
-                    let _ = done.send(res);
                 }
             }
         }
+        apply(&db, batch.take(), &failed, &dir).await;
+        if closing {
+            return;
+        }
     }
+}
+
+async fn apply(db: &Db, batch: Option<WriteBatch>, failed: &AtomicBool, dir: &Path) {
+    let Some(batch) = batch else { return };
+    if let Err(e) = db.write(batch).await {
+        failed.store(true, Ordering::SeqCst);
+        tracing::error!(error = %db_err(e, dir), "applying metadata batches failed; the journal keeps them for replay");
+    }
+}
+
+async fn checkpoint(db: &Db, gen: u64, failed: &AtomicBool, journal_dir: &Path, dir: &Path) -> Result<(), IndexError> {
+    let res = async {
+        db.flush().await.map_err(|e| db_err(e, dir))?;
+        syncfs(journal_dir)?;
+        if !failed.load(Ordering::SeqCst) {
+            Journal::remove_gen(journal_dir, gen).map_err(io("remove journal"))?;
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = &res {
+        tracing::error!(error = %e, gen, "metadata checkpoint failed; journal kept");
+    }
+    res
 }
 
 #[cfg(test)]

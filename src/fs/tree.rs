@@ -226,6 +226,7 @@ impl Tree {
         let mut dirents = Vec::new();
         let mut blob_recs = HashMap::new();
         let mut pending = Vec::new();
+        let mut format = None;
         for (k, v) in snapshot {
             match k.first() {
                 Some(&keys::INODE) => match records::decode::<InodeRecord>(&v) {
@@ -245,6 +246,9 @@ impl Tree {
                     }
                 }
                 Some(&keys::UPLOAD) => pending.extend(keys::blob_after_prefix(&k)),
+                Some(&keys::META) if k == keys::format_version() => {
+                    format = <[u8; 4]>::try_from(v.as_slice()).ok().map(u32::from_be_bytes);
+                }
                 Some(&keys::META) if k == keys::next_ino() => {
                     if let Ok(b) = <[u8; 8]>::try_from(v.as_slice()) {
                         t.next_ino = t.next_ino.max(u64::from_be_bytes(b));
@@ -254,6 +258,11 @@ impl Tree {
             }
         }
         let mut tx = Tx::default();
+        match format {
+            Some(keys::FORMAT) => {}
+            None => tx.ops.push(Op::Put(keys::format_version(), keys::FORMAT.to_be_bytes().to_vec())),
+            Some(_) => return Err(FsError::NotSupported("the index was written by a newer wombatfs format")),
+        }
         t.inodes.entry(ROOT).or_insert_with(|| {
             tx.put_inode(&root);
             root

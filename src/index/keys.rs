@@ -26,6 +26,9 @@ pub const BLOB: u8 = b'b';
 /// Prefix of upload-queue keys.
 pub const UPLOAD: u8 = b'u';
 
+/// Index format version written at `m format`.
+pub const FORMAT: u32 = 1;
+
 /// `m` + `format`.
 pub fn format_version() -> Vec<u8> {
     [&[META][..], b"format"].concat()

@@ -365,3 +365,47 @@ fn engine_io_patterns() {
         assert!(stdout.contains(&format!("ok {engine}")), "{engine} did not run:\n{stdout}");
     }
 }
+
+#[test]
+fn fio_verify_survives_remount() {
+    let mut m = Mount::start();
+    fs::create_dir(m.path("fio")).unwrap();
+    let dir = m.path("fio");
+    let job = |extra: &[&str]| {
+        let mut cmd = Command::new("fio");
+        cmd.args([
+            "--name=kv",
+            "--rw=randwrite",
+            "--bs=64k",
+            "--size=32m",
+            "--numjobs=2",
+            "--verify=crc32c",
+            "--do_verify=1",
+            "--randrepeat=1",
+            "--ioengine=psync",
+        ])
+        .arg(format!("--directory={}", dir.display()))
+        .args(extra);
+        let out = cmd.output().expect("fio (installed by scripts/setup)");
+        assert!(out.status.success(), "fio {extra:?}:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    };
+    job(&[]);
+    m.unmount();
+    m.mount();
+    job(&["--verify_only"]);
+    m.unmount();
+}
+
+#[test]
+fn umount_ends_the_daemon_cleanly_and_allow_other_passes_through() {
+    let mut m = Mount::start_with(&["-o", "allow_other"]);
+    let opts = fs::read_to_string("/proc/self/mounts").unwrap();
+    let line = opts.lines().find(|l| l.split(' ').nth(1) == Some(&*m.mnt.to_string_lossy())).unwrap().to_string();
+    assert!(line.contains("allow_other"), "{line}");
+    assert!(line.contains("default_permissions") && line.contains("nosuid") && line.contains("nodev"), "{line}");
+    fs::create_dir(m.path("ns")).unwrap();
+    fs::write(m.path("ns/f"), b"x").unwrap();
+    assert!(Command::new("umount").arg(&m.mnt).status().unwrap().success());
+    m.wait_exit(0);
+    assert!(m.log().contains("clean shutdown"));
+}

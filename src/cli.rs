@@ -55,6 +55,27 @@ pub struct MountArgs {
     /// Compression of enveloped objects: auto, none, zstd[:LEVEL] [default: auto].
     #[arg(long)]
     pub compression: Option<String>,
+    /// Upload mode: `async` (close returns after the local seal; a persisted queue uploads)
+    /// or `sync` (close and fsync return after the object store acknowledged).
+    #[arg(long, value_parser = ["async", "sync"], default_value = "async")]
+    pub upload: String,
+    /// S3 endpoint URL for non-AWS services (MinIO, Ceph RGW, R2, SeaweedFS…).
+    #[arg(long)]
+    pub s3_endpoint: Option<String>,
+    /// S3 region.
+    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+    /// Path-style S3 addressing (endpoint/bucket/key).
+    #[arg(long)]
+    pub s3_path_style: bool,
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide = true)]
+    aws_access_key_id: Option<String>,
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide = true, hide_env_values = true)]
+    aws_secret_access_key: Option<String>,
+    #[arg(long, env = "AWS_SESSION_TOKEN", hide = true, hide_env_values = true)]
+    aws_session_token: Option<String>,
+    #[arg(long, env = "AWS_PROFILE", hide = true)]
+    aws_profile: Option<String>,
     #[arg(long, env = "XDG_CACHE_HOME", hide = true)]
     xdg_cache_home: Option<PathBuf>,
     #[arg(long, env = "HOME", hide = true)]
@@ -89,6 +110,19 @@ impl MountArgs {
             threads: self.threads.or(file.threads).unwrap_or(4),
             max_file_size: file.max_file_size.unwrap_or(1 << 40),
             compression,
+            sync_uploads: self.upload == "sync",
+            s3: crate::tiers::s3::S3Config {
+                bucket: String::new(),
+                prefix: String::new(),
+                endpoint: self.s3_endpoint.clone(),
+                region: self.s3_region.clone(),
+                path_style: self.s3_path_style,
+                access_key: self.aws_access_key_id.clone(),
+                secret_key: self.aws_secret_access_key.clone(),
+                session_token: self.aws_session_token.clone(),
+                profile: self.aws_profile.clone(),
+                compression: Some(compression),
+            },
         };
         s.validate()?;
         Ok(s)

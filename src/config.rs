@@ -30,6 +30,13 @@ pub enum ConfigError {
 pub enum StoreUrl {
     /// A local directory with the object layout (`file:///path`).
     Local(PathBuf),
+    /// An S3 bucket and key prefix (`s3://bucket[/prefix]`).
+    S3 {
+        /// bucket name
+        bucket: String,
+        /// key prefix, possibly empty
+        prefix: String,
+    },
 }
 
 impl StoreUrl {
@@ -42,9 +49,18 @@ impl StoreUrl {
             }
             return Ok(StoreUrl::Local(p.to_path_buf()));
         }
+        if let Some(rest) = s.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let valid = (3..=63).contains(&bucket.len())
+                && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+            if !valid {
+                return Err(ConfigError::Invalid(format!("store URL {s:?}: {bucket:?} is not a valid S3 bucket name")));
+            }
+            return Ok(StoreUrl::S3 { bucket: bucket.to_string(), prefix: prefix.trim_matches('/').to_string() });
+        }
         let scheme = s.split("://").next().filter(|_| s.contains("://")).unwrap_or(s);
         Err(ConfigError::Invalid(format!(
-            "unknown store scheme {scheme:?} in {s:?}: supported is file:///absolute/path (s3:// is not built in this version)"
+            "unknown store scheme {scheme:?} in {s:?}: use file:///absolute/path or s3://bucket[/prefix]"
         )))
     }
 }
@@ -96,6 +112,10 @@ pub struct Settings {
     pub max_file_size: u64,
     /// compression of enveloped objects
     pub compression: Compression,
+    /// seals wait for the object store (`--upload sync`)
+    pub sync_uploads: bool,
+    /// how to reach S3 when the store is `s3://`
+    pub s3: crate::tiers::s3::S3Config,
 }
 
 /// Parse `auto`, `none`, `zstd` or `zstd:LEVEL`.
@@ -139,6 +159,12 @@ mod tests {
         assert_eq!(StoreUrl::parse("file:///x/y").unwrap(), StoreUrl::Local("/x/y".into()));
         assert!(StoreUrl::parse("file://rel").unwrap_err().to_string().contains("absolute"));
         assert!(StoreUrl::parse("gopher://h/x").unwrap_err().to_string().contains("\"gopher\""));
+        assert_eq!(
+            StoreUrl::parse("s3://kv-cache/prod/node1/").unwrap(),
+            StoreUrl::S3 { bucket: "kv-cache".into(), prefix: "prod/node1".into() }
+        );
+        assert_eq!(StoreUrl::parse("s3://kv-cache").unwrap(), StoreUrl::S3 { bucket: "kv-cache".into(), prefix: String::new() });
+        assert!(StoreUrl::parse("s3://Bad_Bucket/x").is_err());
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::fs::fuse::WombatFuse;
 use crate::index::Index;
 use crate::store::BlobStore;
 use crate::tiers::local::LocalStore;
+use crate::tiers::s3::{S3Config, S3Store};
 use crate::tiers::ObjectStore;
 
 /// Mount and serve until unmounted. Without `foreground`, returns in the parent once the mount
@@ -237,9 +238,13 @@ fn serve(s: &Settings, report: Option<&mut File>, mut lock: File) -> Result<()> 
         .context("cannot start the async runtime")?;
     let remote: Arc<dyn ObjectStore> = match &s.store {
         StoreUrl::Local(dir) => Arc::new(LocalStore::open(dir, s.compression)?),
+        StoreUrl::S3 { bucket, prefix } => {
+            let cfg = S3Config { bucket: bucket.clone(), prefix: prefix.clone(), ..s.s3.clone() };
+            Arc::new(S3Store::new(&cfg)?)
+        }
     };
     rt.block_on(remote.check()).with_context(|| format!("object store {} is not usable", remote.describe()))?;
-    let store = Arc::new(BlobStore::open(&s.cache_dir, remote.clone(), rt.handle())?);
+    let store = Arc::new(BlobStore::open(&s.cache_dir, remote.clone(), rt.handle())?.with_sync_uploads(s.sync_uploads));
     let (index, snapshot) = Index::open(&s.cache_dir.join("index"), rt.handle())?;
     let opts = CoreOptions { max_file_size: s.max_file_size, ..CoreOptions::default() };
     let core = Arc::new(FsCore::load(&s.cache_dir, store, index, snapshot, opts)?);

@@ -148,8 +148,13 @@ impl Subject {
             Op::Mkdir { dir } => f.mkdir(DIRS[*dir]).map(|_| ()),
             Op::Rmdir { dir } => f.rmdir(DIRS[*dir]),
             Op::Hold { file } => {
-                self.held = Some(f.open_write(&file_path(*file), false)?);
-                Ok(())
+                // holding another file closes the previous one once the new one is open, as the
+                // oracle's assignment drops it
+                let new = f.open_write(&file_path(*file), false)?;
+                match self.held.replace(new) {
+                    Some(old) => f.close(old),
+                    None => Ok(()),
+                }
             }
             Op::HeldWrite { off, len, seed } => match self.held {
                 Some(fh) => f.core().write(fh, *off, &bytes(*len, *seed)).map(|_| ()).map_err(common::e),
@@ -245,6 +250,11 @@ proptest! {
 }
 
 /// Shrunk failures found while building the model, kept as regression tests.
+#[test]
+fn regression_switching_the_held_file_closes_the_previous_one() {
+    run(&[Op::Hold { file: 0 }, Op::HeldWrite { off: 0, len: 1, seed: 0 }, Op::Hold { file: 1 }, Op::Crash]);
+}
+
 #[test]
 fn regression_exchange_file_with_dir_and_rewrite_held_file() {
     run(&[

@@ -283,6 +283,11 @@ impl FsCore {
                 (id, n)
             }
         };
+        if self.store.sync_uploads() {
+            // --upload sync: durable in the object store before anything is published; on
+            // failure the writer gets EIO and the staging file stays for a retry
+            self.store.upload_now(&id, &s.path)?;
+        }
         let mut t = self.write_tree();
         if t.orphans.contains(&file.ino) || !t.inodes.contains_key(&file.ino) {
             // unlinked while open: nothing to publish; the staging file stays for open readers

@@ -40,6 +40,7 @@ pub struct BlobStore {
     rt: tokio::runtime::Handle,
     jobs: mpsc::UnboundedSender<Job>,
     ctx: Arc<UploadCtx>,
+    sync_uploads: bool,
     /// flat-tier misses served from the object store
     pub remote_gets: AtomicU64,
 }
@@ -63,7 +64,13 @@ impl BlobStore {
         });
         let (jobs, rx) = mpsc::unbounded_channel();
         rt.spawn(upload::run(ctx.clone(), rx));
-        Ok(BlobStore { flat, staging, remote, rt: rt.clone(), jobs, ctx, remote_gets: AtomicU64::new(0) })
+        Ok(BlobStore { flat, staging, remote, rt: rt.clone(), jobs, ctx, sync_uploads: false, remote_gets: AtomicU64::new(0) })
+    }
+
+    /// Make seals wait until the object store acknowledged the blob (`--upload sync`).
+    pub fn with_sync_uploads(mut self, on: bool) -> Self {
+        self.sync_uploads = on;
+        self
     }
 
     /// Set the function called when a blob became durable in the object store (once).
@@ -124,11 +131,31 @@ impl BlobStore {
         let _ = self.jobs.send(Job::Upload(id));
     }
 
-    /// Forget a blob everywhere: its flat file now, its object after queued uploads.
+    /// Forget a blob everywhere: its flat file now, its object now (local store) or after
+    /// the queued uploads (remote stores; the queue keeps put/delete order per blob).
     pub fn reclaim(&self, id: BlobId) -> Result<(), StoreError> {
         self.flat.remove(&id)?;
-        let _ = self.jobs.send(Job::Delete(id));
-        Ok(())
+        match self.remote.delete_blob_now(&id) {
+            Some(res) => res,
+            None => {
+                let _ = self.jobs.send(Job::Delete(id));
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether seals wait for the object store (`--upload sync`).
+    pub fn sync_uploads(&self) -> bool {
+        self.sync_uploads
+    }
+
+    /// `--upload sync`: store a sealed staging file in the object store before the seal
+    /// publishes it. Must not be called from inside the runtime.
+    pub fn upload_now(&self, id: &BlobId, src: &Path) -> Result<(), StoreError> {
+        match self.remote.put_blob_now(id, src) {
+            Some(res) => res,
+            None => self.rt.block_on(self.remote.put_blob(id, src)),
+        }
     }
 
     /// Wait until every queued upload/delete was attempted to completion, at most `timeout`.

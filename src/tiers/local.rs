@@ -49,6 +49,14 @@ impl LocalStore {
         res.map_err(io("write object", &dst))
     }
 
+    fn delete_sync(&self, id: &BlobId) -> Result<(), StoreError> {
+        match fs::remove_file(self.object_path(id)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io(format!("delete object {id}"), e)),
+        }
+    }
+
     /// Open (creating) a store rooted at `root`.
     pub fn open(root: &Path, compression: Compression) -> Result<Self, StoreError> {
         for i in 0..=255u8 {
@@ -98,6 +106,10 @@ impl ObjectStore for LocalStore {
         Some(self.put_sync(id, src))
     }
 
+    fn delete_blob_now(&self, id: &BlobId) -> Option<Result<(), StoreError>> {
+        Some(self.delete_sync(id))
+    }
+
     async fn put_blob(&self, id: &BlobId, src: &Path) -> Result<(), StoreError> {
         self.put_sync(id, src)
     }
@@ -135,11 +147,7 @@ impl ObjectStore for LocalStore {
     }
 
     async fn delete_blob(&self, id: &BlobId) -> Result<(), StoreError> {
-        match fs::remove_file(self.object_path(id)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StoreError::io(format!("delete object {id}"), e)),
-        }
+        self.delete_sync(id)
     }
 
     async fn list_blobs(&self) -> Result<Vec<BlobId>, StoreError> {

@@ -7,6 +7,7 @@
 pub mod flat;
 pub mod local;
 pub mod memory;
+pub mod s3;
 
 use std::path::Path;
 
@@ -62,6 +63,11 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// For stores where a put is a cheap local operation (a hard link): do it synchronously
     /// and return `Some`; the blob store then skips the upload queue. Others return `None`.
     fn put_blob_now(&self, _id: &BlobId, _src: &Path) -> Option<Result<(), StoreError>> {
+        None
+    }
+    /// Companion of `put_blob_now`: delete synchronously when that is a cheap local operation,
+    /// so a delete can never land after a later re-put of the same blob.
+    fn delete_blob_now(&self, _id: &BlobId) -> Option<Result<(), StoreError>> {
         None
     }
     /// Store the blob whose verified raw bytes are in the local file `src`. Idempotent.

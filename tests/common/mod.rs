@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod mount;
+pub mod s3;
 
 use std::path::PathBuf;
 use std::sync::Arc;

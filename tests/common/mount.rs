@@ -62,6 +62,8 @@ impl Mount {
             .arg("--foreground")
             .args(&self.extra)
             .env("WOMBATFS_LOG", "info")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test-secret")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -1,0 +1,306 @@
+//! The S3 object store (rust-s3): any S3-compatible service. Objects are envelopes (DESIGN §6)
+//! at `<prefix>/blobs/<aa>/<blake3-hex>`.
+//!
+//! - Puts skip blobs the bucket already has (HEAD first: content addressing makes that
+//!   exact), compress off the async workers, use multipart above 16 MiB, and retry plain PUTs
+//!   (rust-s3 never retries them; a content-addressed PUT is idempotent).
+//! - Gets of large objects fetch 8 MiB ranges in parallel; raw payloads stream to the
+//!   destination file at their offsets. Every byte is verified against the blob id before
+//!   the destination is handed to the caller.
+//! - Errors carry the bucket, the key and the HTTP status, never credentials.
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use s3::creds::Credentials;
+use s3::error::S3Error;
+use s3::{Bucket, Region};
+
+use crate::blob::BlobId;
+use crate::codec::{self, Compression, HEADER_LEN};
+use crate::tiers::{ObjectStore, StoreError};
+
+/// Objects larger than this are uploaded with multipart.
+const MULTIPART_ABOVE: usize = 16 << 20;
+/// Size of each ranged GET of a large object.
+const RANGE: u64 = 8 << 20;
+/// Ranged GETs in flight per object.
+const PARALLEL_GETS: usize = 4;
+/// Attempts for requests rust-s3 does not retry itself.
+const ATTEMPTS: u32 = 4;
+
+/// Where and how to reach the bucket. Secrets are only passed through to the signer.
+#[derive(Clone, Default)]
+pub struct S3Config {
+    /// bucket name
+    pub bucket: String,
+    /// key prefix (no leading or trailing `/`; may be empty)
+    pub prefix: String,
+    /// endpoint URL for non-AWS services (MinIO, Ceph, R2, SeaweedFS…)
+    pub endpoint: Option<String>,
+    /// region name
+    pub region: String,
+    /// path-style addressing (`endpoint/bucket/key`)
+    pub path_style: bool,
+    /// static credentials (otherwise the AWS environment/profile chain)
+    pub access_key: Option<String>,
+    /// secret for `access_key`
+    pub secret_key: Option<String>,
+    /// session token
+    pub session_token: Option<String>,
+    /// shared-credentials profile
+    pub profile: Option<String>,
+    /// compression of envelopes
+    pub compression: Option<Compression>,
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // never print secrets
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("path_style", &self.path_style)
+            .field("profile", &self.profile)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An S3 bucket holding blobs.
+pub struct S3Store {
+    bucket: Box<Bucket>,
+    prefix: String,
+    compression: Compression,
+    describe: String,
+}
+
+fn remote(what: String, e: S3Error) -> StoreError {
+    let status = match &e {
+        S3Error::HttpFailWithBody(code, body) => format!("HTTP {code}: {}", body.chars().take(200).collect::<String>()),
+        other => other.to_string(),
+    };
+    StoreError::io(what, std::io::Error::other(status))
+}
+
+fn is_404(e: &S3Error) -> bool {
+    matches!(e, S3Error::HttpFailWithBody(404, _))
+}
+
+impl S3Store {
+    /// Build a client (no network traffic until used; `check` probes the bucket).
+    pub fn new(cfg: &S3Config) -> Result<Self, StoreError> {
+        let creds = Credentials::new(
+            cfg.access_key.as_deref(),
+            cfg.secret_key.as_deref(),
+            None,
+            cfg.session_token.as_deref(),
+            cfg.profile.as_deref(),
+        )
+        .map_err(|e| StoreError::Config(format!("no usable AWS credentials: {e}")))?;
+        let region = match &cfg.endpoint {
+            Some(ep) => Region::Custom { region: cfg.region.clone(), endpoint: ep.trim_end_matches('/').to_string() },
+            None => cfg.region.parse().map_err(|_| StoreError::Config(format!("unknown S3 region {:?}", cfg.region)))?,
+        };
+        let mut bucket = Bucket::new(&cfg.bucket, region, creds).map_err(|e| StoreError::Config(format!("S3 bucket {:?}: {e}", cfg.bucket)))?;
+        if cfg.path_style {
+            bucket = bucket.with_path_style();
+        }
+        bucket.set_request_timeout(Some(Duration::from_secs(60)));
+        let prefix = cfg.prefix.trim_matches('/').to_string();
+        let describe = format!(
+            "s3://{}/{}{}",
+            cfg.bucket,
+            prefix,
+            cfg.endpoint.as_ref().map(|e| format!(" at {e}")).unwrap_or_default()
+        );
+        Ok(S3Store { bucket, prefix, compression: cfg.compression.unwrap_or(Compression::Auto(1)), describe })
+    }
+
+    fn root(&self) -> String {
+        if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) }
+    }
+
+    /// Key of a blob's object.
+    pub fn key(&self, id: &BlobId) -> String {
+        format!("{}blobs/{}/{}", self.root(), id.fanout(), id.to_hex())
+    }
+
+    /// Overwrite an object's bytes (tests use it to corrupt a blob in the bucket).
+    pub async fn put_raw(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.bucket.put_object(key, bytes).await.map(|_| ()).map_err(|e| remote(format!("PUT {key}"), e))
+    }
+
+    async fn put_envelope(&self, key: &str, env: &[u8]) -> Result<(), StoreError> {
+        let mut delay = Duration::from_millis(100);
+        let mut last = None;
+        for _ in 0..ATTEMPTS {
+            let res = if env.len() > MULTIPART_ABOVE {
+                let mut reader = std::io::Cursor::new(env);
+                self.bucket.put_object_stream(&mut reader, key).await.map(|_| ())
+            } else {
+                self.bucket.put_object(key, env).await.map(|_| ())
+            };
+            match res {
+                Ok(()) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+        Err(remote(format!("PUT {key}"), last.unwrap_or(S3Error::HttpFail)))
+    }
+
+    async fn object_len(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        match self.bucket.head_object(key).await {
+            Ok((head, _)) => Ok(Some(head.content_length.unwrap_or(0).max(0) as u64)),
+            Err(e) if is_404(&e) => Ok(None),
+            Err(e) => Err(remote(format!("HEAD {key}"), e)),
+        }
+    }
+
+    async fn range(&self, key: &str, start: u64, end_incl: u64) -> Result<Vec<u8>, StoreError> {
+        let r = self.bucket.get_object_range(key, start, Some(end_incl)).await.map_err(|e| remote(format!("GET {key} [{start}..={end_incl}]"), e))?;
+        let data = r.to_vec();
+        if data.len() as u64 != end_incl - start + 1 {
+            return Err(StoreError::io(format!("GET {key}"), std::io::Error::other("short ranged read")));
+        }
+        Ok(data)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        let key = format!("{}.wombatfs-probe-{}", self.root(), std::process::id());
+        self.bucket.put_object(&key, b"probe").await.map_err(|e| remote(format!("bucket {} is not writable (PUT {key})", self.describe), e))?;
+        let got = self.bucket.get_object(&key).await.map_err(|e| remote(format!("bucket {} is not readable (GET {key})", self.describe), e))?;
+        if got.as_slice() != b"probe" {
+            return Err(StoreError::io(format!("bucket {}", self.describe), std::io::Error::other("probe object read back wrong")));
+        }
+        self.bucket.delete_object(&key).await.map_err(|e| remote(format!("bucket {}: cannot delete (DELETE {key})", self.describe), e))?;
+        Ok(())
+    }
+
+    async fn put_blob(&self, id: &BlobId, src: &Path) -> Result<(), StoreError> {
+        let key = self.key(id);
+        if self.has_blob(id).await? {
+            return Ok(());
+        }
+        let src = src.to_path_buf();
+        let compression = self.compression;
+        let env = tokio::task::spawn_blocking(move || match std::fs::read(&src) {
+            Ok(raw) => Ok(codec::encode(&raw, compression)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(None),
+            Err(e) => Err(Some(e)),
+        })
+        .await
+        .map_err(|e| StoreError::io("encode blob", std::io::Error::other(e.to_string())))?;
+        let env = match env {
+            Ok(env) => env,
+            Err(None) => return Err(StoreError::NotFound(*id)),
+            Err(Some(e)) => return Err(StoreError::io("read blob for upload", e)),
+        };
+        self.put_envelope(&key, &env).await
+    }
+
+    async fn get_blob(&self, id: &BlobId, dst: &Path) -> Result<u64, StoreError> {
+        let key = self.key(id);
+        let len = self.object_len(&key).await?.ok_or(StoreError::NotFound(*id))?;
+        let corrupt = |source| StoreError::Corrupt { id: *id, source };
+        if len < HEADER_LEN as u64 {
+            return Err(corrupt(codec::CodecError::Malformed("shorter than header")));
+        }
+        let first = self.range(&key, 0, len.min(RANGE) - 1).await?;
+        if &first[..4] != codec::MAGIC || first[4] != codec::VERSION {
+            return Err(corrupt(codec::CodecError::Malformed("bad magic or version")));
+        }
+        let raw_len = u64::from_le_bytes(first[8..16].try_into().unwrap_or([0; 8]));
+        let ranges: Vec<(u64, u64)> = (1..len.div_ceil(RANGE)).map(|i| (i * RANGE, ((i + 1) * RANGE).min(len) - 1)).collect();
+        if first[5] != 0 {
+            // compressed: assemble, decode and verify in memory
+            let key_ref = &key;
+            let rest: Vec<Vec<u8>> = stream::iter(ranges.into_iter().map(move |(a, b)| self.range(key_ref, a, b)))
+                .buffered(PARALLEL_GETS)
+                .try_collect()
+                .await?;
+            let env: Vec<u8> = std::iter::once(first).chain(rest).flatten().collect();
+            let raw = tokio::task::spawn_blocking({
+                let id = *id;
+                move || codec::decode(&env, &id)
+            })
+            .await
+            .map_err(|e| StoreError::io("decode blob", std::io::Error::other(e.to_string())))?
+            .map_err(corrupt)?;
+            std::fs::write(dst, &raw).map_err(|e| StoreError::io("write fetched blob", e))?;
+            return Ok(raw.len() as u64);
+        }
+        // raw payload: stream every range to its offset, then verify the whole file
+        if len - HEADER_LEN as u64 != raw_len {
+            return Err(corrupt(codec::CodecError::Malformed("raw length does not match header")));
+        }
+        let file = std::fs::OpenOptions::new().write(true).create_new(true).open(dst).map_err(|e| StoreError::io("create fetch file", e))?;
+        file.write_all_at(&first[HEADER_LEN..], 0).map_err(|e| StoreError::io("write fetched blob", e))?;
+        let (file_ref, key_ref) = (&file, &key);
+        stream::iter(ranges.into_iter().map(move |(a, b)| {
+            let (file, key) = (file_ref, key_ref);
+            async move {
+                let data = self.range(key, a, b).await?;
+                file.write_all_at(&data, a - HEADER_LEN as u64).map_err(|e| StoreError::io("write fetched blob", e))
+            }
+        }))
+        .buffer_unordered(PARALLEL_GETS)
+        .try_collect::<Vec<()>>()
+        .await?;
+        let path = dst.to_path_buf();
+        let (actual, n) = tokio::task::spawn_blocking(move || std::fs::File::open(&path).and_then(BlobId::of_reader))
+            .await
+            .map_err(|e| StoreError::io("verify blob", std::io::Error::other(e.to_string())))?
+            .map_err(|e| StoreError::io("verify blob", e))?;
+        if actual != *id || n != raw_len {
+            let _ = std::fs::remove_file(dst);
+            return Err(corrupt(codec::CodecError::HashMismatch { expected: *id, actual }));
+        }
+        Ok(n)
+    }
+
+    async fn has_blob(&self, id: &BlobId) -> Result<bool, StoreError> {
+        let key = self.key(id);
+        self.bucket.object_exists(&key).await.map_err(|e| remote(format!("HEAD {key}"), e))
+    }
+
+    async fn delete_blob(&self, id: &BlobId) -> Result<(), StoreError> {
+        let key = self.key(id);
+        match self.bucket.delete_object(&key).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_404(&e) => Ok(()),
+            Err(e) => Err(remote(format!("DELETE {key}"), e)),
+        }
+    }
+
+    async fn list_blobs(&self) -> Result<Vec<BlobId>, StoreError> {
+        let prefix = format!("{}blobs/", self.root());
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            let (page, _) = self
+                .bucket
+                .list_page(prefix.clone(), None, token.clone(), None, Some(1000))
+                .await
+                .map_err(|e| remote(format!("LIST {prefix}"), e))?;
+            out.extend(page.contents.iter().filter_map(|o| o.key.rsplit('/').next().and_then(BlobId::from_hex)));
+            if !page.is_truncated || page.next_continuation_token.is_none() {
+                return Ok(out);
+            }
+            token = page.next_continuation_token;
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! S3 test server access: `scripts/test` starts SeaweedFS and exports `WOMBATFS_TEST_S3`; tests
+//! that need their own server (outages) start one with `scripts/s3-server`.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use wombatfs::tiers::s3::{S3Config, S3Store};
+
+pub const BUCKET: &str = "wombat-test";
+
+/// The shared test server's endpoint. Outside CI a missing server skips the test (with a
+/// message); in CI (`CI=true`) it is a failure.
+pub fn endpoint() -> Option<String> {
+    match std::env::var("WOMBATFS_TEST_S3") {
+        Ok(e) if !e.is_empty() => Some(e),
+        _ => {
+            assert!(std::env::var("CI").is_err(), "CI must run the S3 tests: start scripts/s3-server (scripts/test does)");
+            eprintln!("skipped: WOMBATFS_TEST_S3 not set (scripts/test starts a local S3 server)");
+            None
+        }
+    }
+}
+
+pub fn unique_prefix(tag: &str) -> String {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{tag}-{}-{t}", std::process::id())
+}
+
+pub fn config(endpoint: &str, prefix: &str) -> S3Config {
+    S3Config {
+        bucket: BUCKET.into(),
+        prefix: prefix.into(),
+        endpoint: Some(endpoint.into()),
+        region: "us-east-1".into(),
+        path_style: true,
+        access_key: Some("test".into()),
+        secret_key: Some("test-secret".into()),
+        ..Default::default()
+    }
+}
+
+pub fn store(endpoint: &str, prefix: &str) -> S3Store {
+    S3Store::new(&config(endpoint, prefix)).unwrap()
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3-server")
+}
+
+/// A private SeaweedFS for tests that stop and restart their server.
+pub struct PrivateServer {
+    pub dir: tempfile::TempDir,
+    pub endpoint: String,
+    pub port: u16,
+}
+
+impl PrivateServer {
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new().prefix("wombat-s3-").tempdir().unwrap();
+        let out = Command::new(script()).arg("start").arg(dir.path()).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let endpoint = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let port = endpoint.rsplit(':').next().unwrap().parse().unwrap();
+        PrivateServer { dir, endpoint, port }
+    }
+
+    pub fn stop(&self) {
+        assert!(Command::new(script()).arg("stop").arg(self.dir.path()).status().unwrap().success());
+    }
+
+    /// Start again on the same port and data.
+    pub fn restart(&self) {
+        let out = Command::new(script()).arg("start").arg(self.dir.path()).env("S3_PORT", self.port.to_string()).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        let _ = Command::new(script()).arg("stop").arg(self.dir.path()).status();
+    }
+}

@@ -249,7 +249,9 @@ fn serve(s: &Settings, report: Option<&mut File>, mut lock: File) -> Result<()> 
     let opts = CoreOptions { max_file_size: s.max_file_size, ..CoreOptions::default() };
     let core = Arc::new(FsCore::load(&s.cache_dir, store, index, snapshot, opts)?);
     let notifier = Arc::new(OnceLock::new());
-    let fs = WombatFuse::new(core.clone(), s.attr_ttl, notifier.clone());
+    // a remote store: slow operations leave the FUSE workers (see WombatFuse::new)
+    let offload = matches!(s.store, StoreUrl::S3 { .. }).then(|| rt.handle().clone());
+    let fs = WombatFuse::new(core.clone(), s.attr_ttl, notifier.clone(), offload);
     let session = fuser::Session::new(fs, &s.mountpoint, &fuse_config(s))
         .with_context(|| format!("cannot mount on {}", s.mountpoint.display()))?;
     let _ = notifier.set(session.notifier());

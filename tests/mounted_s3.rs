@@ -72,3 +72,46 @@ fn sync_upload_mode_reports_an_outage_as_eio_and_recovers() {
     assert_eq!(fs::read(m.path("ns/b")).unwrap(), b"during the outage");
     m.unmount();
 }
+
+#[test]
+fn cold_reads_waiting_on_s3_do_not_block_other_requests() {
+    if endpoint().is_none() {
+        return;
+    }
+    let server = PrivateServer::start();
+    let args = s3_args(&server.endpoint, "cold", &["--threads", "2"]);
+    let mut m = Mount::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    fs::create_dir(m.path("ns")).unwrap();
+    let blocks: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; 1 << 20]).collect();
+    for (i, b) in blocks.iter().enumerate() {
+        fs::write(m.path(&format!("ns/cold{i}")), b).unwrap();
+    }
+    m.unmount();
+    fs::remove_dir_all(m.cache.join("flat")).unwrap();
+    m.mount();
+    let names: Vec<_> = (0..6).map(|i| m.path(&format!("ns/cold{i}"))).collect();
+    for n in &names {
+        fs::metadata(n).unwrap(); // look the names up while the server answers
+    }
+    server.pause();
+    // more cold reads than FUSE worker threads, all stuck on the frozen server
+    let readers: Vec<_> = names.into_iter().map(|p| std::thread::spawn(move || fs::read(p).unwrap())).collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mnt = m.mnt.clone();
+    let other = std::thread::spawn(move || {
+        fs::write(mnt.join("ns/local"), b"served meanwhile").unwrap();
+        let missing = fs::metadata(mnt.join("ns/never-there")).is_err();
+        (fs::read(mnt.join("ns/local")).unwrap(), missing)
+    });
+    let t = std::time::Instant::now();
+    while !other.is_finished() {
+        assert!(t.elapsed().as_secs() < 10, "metadata and local I/O blocked behind cold reads");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(other.join().unwrap(), (b"served meanwhile".to_vec(), true));
+    server.resume();
+    for (i, r) in readers.into_iter().enumerate() {
+        assert!(r.join().unwrap() == blocks[i], "cold block {i}");
+    }
+    m.unmount();
+}

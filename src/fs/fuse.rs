@@ -23,13 +23,30 @@ pub struct WombatFuse {
     core: Arc<FsCore>,
     ttl: Duration,
     notifier: Arc<OnceLock<Notifier>>,
+    offload: Option<tokio::runtime::Handle>,
 }
 
 impl WombatFuse {
     /// Wrap a core; `ttl` is the kernel's entry/attribute cache lifetime (blobs never change,
     /// and every change on this node goes through the kernel, so it can be long).
-    pub fn new(core: Arc<FsCore>, ttl: Duration, notifier: Arc<OnceLock<Notifier>>) -> Self {
-        WombatFuse { core, ttl, notifier }
+    ///
+    /// With `offload` (a remote object store), operations that may wait on the network —
+    /// reads that miss the flat tier, seals that upload synchronously, copy-on-write of a
+    /// cold blob — run on the runtime's blocking pool and reply from there, so FUSE workers
+    /// never block on the network and keep serving other requests.
+    pub fn new(core: Arc<FsCore>, ttl: Duration, notifier: Arc<OnceLock<Notifier>>, offload: Option<tokio::runtime::Handle>) -> Self {
+        WombatFuse { core, ttl, notifier, offload }
+    }
+
+    /// Run `f` (which replies) on the blocking pool when offloading, inline otherwise.
+    fn run<F: FnOnce(&FsCore) + Send + 'static>(&self, f: F) {
+        match &self.offload {
+            Some(rt) => {
+                let core = self.core.clone();
+                rt.spawn_blocking(move || f(&core));
+            }
+            None => f(&self.core),
+        }
     }
 }
 
@@ -197,10 +214,11 @@ impl Filesystem for WombatFuse {
         reply: ReplyAttr,
     ) {
         let ch = SetAttr { mode, uid, gid, size, atime: set_time(atime), mtime: set_time(mtime) };
-        match self.core.setattr(ino.0, ch, fh.map(|f| f.0)) {
-            Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
+        let ttl = self.ttl;
+        self.run(move |core| match core.setattr(ino.0, ch, fh.map(|f| f.0)) {
+            Ok(a) => reply.attr(&ttl, &file_attr(&a)),
             Err(e) => reply.error(errno("setattr", &e)),
-        }
+        });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -270,10 +288,10 @@ impl Filesystem for WombatFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.core.read(fh.0, offset, size) {
+        self.run(move |core| match core.read(fh.0, offset, size) {
             Ok(buf) => reply.data(&buf),
             Err(e) => reply.error(errno("read", &e)),
-        }
+        });
     }
 
     fn write(
@@ -288,14 +306,20 @@ impl Filesystem for WombatFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.core.write(fh.0, offset, data) {
+        let write = move |core: &FsCore, data: &[u8]| match core.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno("write", &e)),
+        };
+        if self.offload.is_some() {
+            let data = data.to_vec();
+            self.run(move |core| write(core, &data));
+        } else {
+            write(&self.core, data);
         }
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        Self::empty(reply, "flush", self.core.flush(fh.0));
+        self.run(move |core| Self::empty(reply, "flush", core.flush(fh.0)));
     }
 
     fn release(
@@ -308,12 +332,14 @@ impl Filesystem for WombatFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.core.release(fh.0);
-        reply.ok();
+        self.run(move |core| {
+            core.release(fh.0);
+            reply.ok();
+        });
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        Self::empty(reply, "fsync", self.core.fsync(fh.0));
+        self.run(move |core| Self::empty(reply, "fsync", core.fsync(fh.0)));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

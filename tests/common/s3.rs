@@ -69,6 +69,21 @@ impl PrivateServer {
         assert!(Command::new(script()).arg("stop").arg(self.dir.path()).status().unwrap().success());
     }
 
+    /// Freeze the server (SIGSTOP to its process group): requests hang instead of failing.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Undo `pause`.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = std::fs::read_to_string(self.dir.path().join("pid")).unwrap();
+        assert!(Command::new("kill").arg(sig).arg("--").arg(format!("-{}", pid.trim())).status().unwrap().success());
+    }
+
     /// Start again on the same port and data.
     pub fn restart(&self) {
         let out = Command::new(script()).arg("start").arg(self.dir.path()).env("S3_PORT", self.port.to_string()).output().unwrap();
@@ -78,6 +93,9 @@ impl PrivateServer {
 
 impl Drop for PrivateServer {
     fn drop(&mut self) {
+        if self.dir.path().join("pid").exists() {
+            let _ = std::panic::catch_unwind(|| self.resume()); // a paused server would not stop
+        }
         let _ = Command::new(script()).arg("stop").arg(self.dir.path()).status();
     }
 }

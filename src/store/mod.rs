@@ -131,16 +131,15 @@ impl BlobStore {
         let _ = self.jobs.send(Job::Upload(id));
     }
 
-    /// Forget a blob everywhere: its flat file now, its object now (local store) or after
-    /// the queued uploads (remote stores; the queue keeps put/delete order per blob).
+    /// A blob no name on this node refers to any more: remove its flat file. The object is
+    /// deleted too when the store is this node's private local directory; a remote bucket may
+    /// be shared with other nodes whose names still refer to the blob, so its objects are left
+    /// for a cross-node collector with a grace period (never deleted on one node's say-so).
     pub fn reclaim(&self, id: BlobId) -> Result<(), StoreError> {
         self.flat.remove(&id)?;
         match self.remote.delete_blob_now(&id) {
             Some(res) => res,
-            None => {
-                let _ = self.jobs.send(Job::Delete(id));
-                Ok(())
-            }
+            None => Ok(()),
         }
     }
 
@@ -261,6 +260,18 @@ mod tests {
         assert!(!store.flat().contains(&id));
         store.delete(&id).unwrap();
         assert!(!store.exists(&id).unwrap());
+    }
+
+    #[test]
+    fn reclaim_never_deletes_from_a_shared_remote_store() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mem = Arc::new(MemoryStore::new());
+        let store = BlobStore::open(dir.path(), mem.clone(), rt.handle()).unwrap();
+        let id = store.put(b"shared block").unwrap();
+        store.reclaim(id).unwrap();
+        assert!(!store.flat().contains(&id), "the local copy goes");
+        assert_eq!(mem.len(), 1, "the bucket keeps it: other nodes may still refer to it");
     }
 
     #[test]

@@ -1,8 +1,7 @@
 //! The upload queue: one tokio task that copies sealed blobs from the flat tier to the object
 //! store, in order, retrying with backoff. The queue itself is persisted by the caller (the
 //! index's `u/` keys), so a crash or an outage loses nothing: pending ids are re-enqueued at
-//! mount. Deletions travel through the same queue so a delete can never overtake the upload
-//! of the same blob.
+//! mount.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +18,6 @@ pub type UploadedHook = Arc<dyn Fn(BlobId) + Send + Sync>;
 
 pub(crate) enum Job {
     Upload(BlobId),
-    Delete(BlobId),
     Drain(oneshot::Sender<()>),
 }
 
@@ -72,11 +70,6 @@ pub(crate) async fn run(ctx: Arc<UploadCtx>, mut rx: mpsc::UnboundedReceiver<Job
                     }
                 }
                 ctx.stats.pending.fetch_sub(1, Ordering::Relaxed);
-            }
-            Job::Delete(id) => {
-                if let Err(e) = ctx.remote.delete_blob(&id).await {
-                    tracing::warn!(%id, error = %e, "deleting an unreferenced blob from the object store failed");
-                }
             }
             Job::Drain(done) => {
                 let _ = done.send(());

@@ -28,7 +28,7 @@ const MULTIPART_ABOVE: usize = 16 << 20;
 /// Size of each ranged GET of a large object.
 const RANGE: u64 = 8 << 20;
 /// Ranged GETs in flight per object.
-const PARALLEL_GETS: usize = 4;
+const PARALLEL_GETS: usize = 8;
 /// Attempts for requests rust-s3 does not retry itself.
 const ATTEMPTS: u32 = 4;
 

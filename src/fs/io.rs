@@ -55,11 +55,16 @@ impl FsCore {
             self.release(fh);
             return Err(e);
         }
-        Ok(self.open_reply(fh, &file, read && !write, flags))
+        Ok(self.open_reply(fh, &file, read && !write, write, flags))
     }
 
     /// Decide the kernel cache flags and refresh atime.
-    fn open_reply(&self, fh: u64, file: &OpenInode, read_only: bool, flags: i32) -> Opened {
+    ///
+    /// Writable handles are direct-I/O: every write reaches the daemon without a page-cache
+    /// copy in between, and the kernel skips its per-inode `security.capability` lookup
+    /// before the first write (a FUSE round trip per new file). Their pages are not cached;
+    /// the sealed blob is cached by later read-only opens.
+    fn open_reply(&self, fh: u64, file: &OpenInode, read_only: bool, writable: bool, flags: i32) -> Opened {
         let (blob, writing) = {
             let st = file.lock();
             (st.blob, st.staging.is_some())
@@ -86,7 +91,7 @@ impl FsCore {
                 }
             }
         }
-        Opened { fh, keep_cache, direct_io: flags & libc::O_DIRECT != 0, attr_changed }
+        Opened { fh, keep_cache, direct_io: writable || flags & libc::O_DIRECT != 0, attr_changed }
     }
 
     /// Create and open a regular file.
@@ -94,7 +99,7 @@ impl FsCore {
         let attr = self.mknod(caller, parent, name, libc::S_IFREG | (mode & 0o7777), umask)?;
         let acc = flags & libc::O_ACCMODE;
         let (fh, file) = self.register(attr.ino, acc != libc::O_WRONLY, acc != libc::O_RDONLY)?;
-        Ok((attr, self.open_reply(fh, &file, false, flags)))
+        Ok((attr, self.open_reply(fh, &file, false, acc != libc::O_RDONLY, flags)))
     }
 
     fn handle(&self, fh: u64) -> FsResult<(Arc<OpenInode>, bool, bool)> {

@@ -409,3 +409,57 @@ fn umount_ends_the_daemon_cleanly_and_allow_other_passes_through() {
     m.wait_exit(0);
     assert!(m.log().contains("clean shutdown"));
 }
+
+#[test]
+fn disk_full_is_enospc_and_loses_nothing() {
+    // the cache dir on a 32 MiB tmpfs: staging, flat tier and index all share it
+    let dir = tempfile::Builder::new().prefix("wombat-test-").tempdir().unwrap();
+    let small = dir.path().join("small");
+    fs::create_dir(&small).unwrap();
+    assert!(Command::new("mount").args(["-t", "tmpfs", "-o", "size=32m", "tmpfs"]).arg(&small).status().unwrap().success());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _tmpfs = Unmount(small.clone());
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let mut child = Command::new(bin())
+        .arg("mount")
+        .arg(&mnt)
+        .arg("--cache-dir")
+        .arg(small.join("cache"))
+        .arg("--foreground")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while !is_mounted(&mnt) {
+        assert!(t.elapsed().as_secs() < 20);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _guard = scopeguard(&mnt);
+    fs::create_dir(mnt.join("ns")).unwrap();
+    let keep = pattern(4 << 20, 1);
+    fs::write(mnt.join("ns/keep"), &keep).unwrap();
+    let mut f = File::create(mnt.join("ns/huge")).unwrap();
+    let chunk = pattern(1 << 20, 2);
+    let mut err = None;
+    for _ in 0..64 {
+        if let Err(e) = f.write_all(&chunk) {
+            err = Some(e);
+            break;
+        }
+    }
+    let err = err.expect("a 64 MiB file cannot fit in 32 MiB");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    drop(f);
+    assert_eq!(fs::read(mnt.join("ns/keep")).unwrap(), keep, "existing files are intact");
+    fs::remove_file(mnt.join("ns/huge")).unwrap();
+    fs::write(mnt.join("ns/after"), b"space again").unwrap();
+    assert_eq!(fs::read(mnt.join("ns/after")).unwrap(), b"space again");
+    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+    assert!(child.wait().unwrap().success());
+}

@@ -58,6 +58,10 @@ pub enum IndexError {
     /// The index is closed.
     #[error("metadata index is closed")]
     Closed,
+    /// An earlier journal write failed (disk full, I/O error): a torn record would hide every
+    /// later one at replay, so no further change is accepted until a remount.
+    #[error("metadata journal failed earlier; changes are refused until the filesystem is remounted")]
+    Poisoned,
 }
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> IndexError {
@@ -112,6 +116,7 @@ pub struct Index {
 }
 
 struct Inner {
+    poisoned: AtomicBool,
     journal_dir: PathBuf,
     state: Mutex<Option<JournalState>>,
     queue: Arc<Queue>,
@@ -165,6 +170,7 @@ impl Index {
         let journal = Journal::create(&journal_dir, next_gen).map_err(io("create journal"))?;
         let queue = Arc::new(Queue::default());
         let inner = Arc::new(Inner {
+            poisoned: AtomicBool::new(false),
             journal_dir: journal_dir.clone(),
             state: Mutex::new(Some(JournalState { journal, rolled_at: Instant::now() })),
             queue: queue.clone(),
@@ -182,7 +188,14 @@ impl Index {
         }
         let mut guard = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
         let st = guard.as_mut().ok_or(IndexError::Closed)?;
-        st.journal.append(&ops).map_err(io("append journal"))?;
+        if self.inner.poisoned.load(Ordering::SeqCst) {
+            return Err(IndexError::Poisoned);
+        }
+        if let Err(e) = st.journal.append(&ops) {
+            self.inner.poisoned.store(true, Ordering::SeqCst);
+            tracing::error!(error = %e, "metadata journal write failed; refusing further changes until remount");
+            return Err(IndexError::Io { what: "append journal", source: e });
+        }
         self.inner.queue.push(Msg::Batch(ops), false);
         if st.journal.bytes() >= ROLL_BYTES || st.rolled_at.elapsed() >= ROLL_AFTER {
             self.roll(st, None)?;
@@ -194,7 +207,14 @@ impl Index {
     pub fn sync(&self) -> Result<(), IndexError> {
         let guard = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
         let st = guard.as_ref().ok_or(IndexError::Closed)?;
-        st.journal.sync().map_err(io("fsync journal"))
+        if self.inner.poisoned.load(Ordering::SeqCst) {
+            return Err(IndexError::Poisoned);
+        }
+        st.journal.sync().map_err(|e| {
+            // after a failed fsync the page cache state of the journal is unknown (fsyncgate)
+            self.inner.poisoned.store(true, Ordering::SeqCst);
+            IndexError::Io { what: "fsync journal", source: e }
+        })
     }
 
     fn roll(&self, st: &mut JournalState, done: Option<oneshot::Sender<Result<(), IndexError>>>) -> Result<(), IndexError> {

@@ -9,8 +9,13 @@
 //! 6      2    reserved, zero
 //! 8      8    raw length, little endian
 //! 16     32   blake3 of the raw bytes
-//! 48     ..   payload
+//! 48     ..   payload                                  (format version 1)
+//! 48     4    n = chunk count, u32 LE                  (format version 2: raw blobs > 1 MiB)
+//! 52     32·n blake3 chaining value of each 1 MiB chunk (see `proof`)
+//! 52+32n ..   payload
 //! ```
+//! Version 2 lets a reader verify each 1 MiB range as it arrives (the table is checked once
+//! against the blob id), so a large cold blob can be served before it is fully downloaded.
 
 use thiserror::Error;
 
@@ -18,8 +23,10 @@ use crate::blob::BlobId;
 
 /// Envelope magic.
 pub const MAGIC: &[u8; 4] = b"WBFS";
-/// Current envelope format version.
+/// Envelope format version of small or compressed blobs.
 pub const VERSION: u8 = 1;
+/// Envelope format version with a chunk-proof table (raw blobs larger than one chunk).
+pub const VERSION_PROOFS: u8 = 2;
 /// Header length in bytes.
 pub const HEADER_LEN: usize = 48;
 
@@ -76,37 +83,96 @@ pub fn encode(raw: &[u8], compression: Compression) -> Vec<u8> {
         Some(c) => (Codec::Zstd, c),
         None => (Codec::Raw, raw),
     };
+    let proofs = codec == Codec::Raw && raw.len() as u64 > crate::proof::CHUNK;
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.extend_from_slice(MAGIC);
-    out.push(VERSION);
+    out.push(if proofs { VERSION_PROOFS } else { VERSION });
     out.push(codec as u8);
     out.extend_from_slice(&[0, 0]);
     out.extend_from_slice(&(raw.len() as u64).to_le_bytes());
     out.extend_from_slice(&id.0);
+    if proofs {
+        let table = crate::proof::table(raw);
+        out.extend_from_slice(&(table.len() as u32).to_le_bytes());
+        for cv in &table {
+            out.extend_from_slice(cv);
+        }
+    }
     out.extend_from_slice(payload);
     out
 }
 
-/// Decode an envelope and verify the raw bytes hash to `expected`.
-pub fn decode(env: &[u8], expected: &BlobId) -> Result<Vec<u8>, CodecError> {
+/// What the first bytes of an envelope say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// payload codec
+    pub codec: Codec,
+    /// raw length
+    pub raw_len: u64,
+    /// where the payload starts
+    pub payload_offset: usize,
+    /// chunk chaining values (version 2), already checked against the blob id
+    pub proofs: Option<Vec<[u8; 32]>>,
+}
+
+/// Parse and check the header (and proof table) from the first bytes of an envelope.
+/// `Ok(Err(n))` means more bytes are needed: at least `n`.
+pub fn parse_header(env: &[u8], expected: &BlobId) -> Result<Result<Header, usize>, CodecError> {
     if env.len() < HEADER_LEN {
-        return Err(CodecError::Malformed("shorter than header"));
+        return Ok(Err(HEADER_LEN));
     }
     if &env[..4] != MAGIC {
         return Err(CodecError::Malformed("bad magic"));
     }
-    if env[4] != VERSION {
-        return Err(CodecError::Malformed("unknown format version"));
-    }
+    let codec = match env[5] {
+        0 => Codec::Raw,
+        1 => Codec::Zstd,
+        _ => return Err(CodecError::Malformed("unknown codec")),
+    };
     let raw_len = u64::from_le_bytes(env[8..16].try_into().unwrap_or([0; 8]));
-    let payload = &env[HEADER_LEN..];
-    let raw = match env[5] {
-        0 => payload.to_vec(),
-        1 => {
+    if &env[16..48] != expected.0.as_slice() {
+        return Err(CodecError::Malformed("envelope names another blob"));
+    }
+    match env[4] {
+        VERSION => Ok(Ok(Header { codec, raw_len, payload_offset: HEADER_LEN, proofs: None })),
+        VERSION_PROOFS => {
+            if env.len() < HEADER_LEN + 4 {
+                return Ok(Err(HEADER_LEN + 4));
+            }
+            let n = u32::from_le_bytes(env[48..52].try_into().unwrap_or([0; 4])) as usize;
+            if n as u64 != crate::proof::chunks(raw_len) || codec != Codec::Raw {
+                return Err(CodecError::Malformed("proof table does not fit the blob"));
+            }
+            let end = HEADER_LEN + 4 + 32 * n;
+            if env.len() < end {
+                return Ok(Err(end));
+            }
+            let table: Vec<[u8; 32]> = env[52..end].chunks(32).map(|c| c.try_into().unwrap_or([0; 32])).collect();
+            match crate::proof::root(&table, raw_len) {
+                Some(root) if root == *expected => {}
+                Some(actual) => return Err(CodecError::HashMismatch { expected: *expected, actual }),
+                None => return Err(CodecError::Malformed("proof table does not fit the blob")),
+            }
+            Ok(Ok(Header { codec, raw_len, payload_offset: end, proofs: Some(table) }))
+        }
+        _ => Err(CodecError::Malformed("unknown format version")),
+    }
+}
+
+/// Decode an envelope and verify the raw bytes hash to `expected`.
+pub fn decode(env: &[u8], expected: &BlobId) -> Result<Vec<u8>, CodecError> {
+    let header = match parse_header(env, expected)? {
+        Ok(h) => h,
+        Err(_) => return Err(CodecError::Malformed("shorter than header")),
+    };
+    let raw_len = header.raw_len;
+    let payload = &env[header.payload_offset..];
+    let raw = match header.codec {
+        Codec::Raw => payload.to_vec(),
+        Codec::Zstd => {
             let cap = usize::try_from(raw_len).map_err(|_| CodecError::Malformed("raw length"))?;
             zstd::bulk::decompress(payload, cap).map_err(CodecError::Zstd)?
         }
-        _ => return Err(CodecError::Malformed("unknown codec")),
     };
     if raw.len() as u64 != raw_len {
         return Err(CodecError::Malformed("raw length does not match header"));
@@ -154,6 +220,26 @@ mod tests {
         let mut bad = encode(&data, Compression::None);
         bad[0] = b'X';
         assert!(matches!(decode(&bad, &id), Err(CodecError::Malformed(_))));
+    }
+
+    #[test]
+    fn large_raw_blobs_carry_a_verified_proof_table() {
+        let data: Vec<u8> = (0..(3u32 << 20) + 5).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let id = BlobId::of(&data);
+        let env = encode(&data, Compression::None);
+        assert_eq!(env[4], VERSION_PROOFS);
+        let h = parse_header(&env[..60], &id).unwrap();
+        assert!(h.is_err(), "needs the whole table");
+        let h = parse_header(&env, &id).unwrap().unwrap();
+        assert_eq!(h.proofs.as_ref().map(Vec::len), Some(4));
+        assert_eq!(h.payload_offset, 52 + 4 * 32);
+        assert_eq!(decode(&env, &id).unwrap(), data);
+        let mut bad = env.clone();
+        bad[60] ^= 1; // a proof value
+        assert!(parse_header(&bad, &id).is_err());
+        let mut other = env.clone();
+        other[20] ^= 1; // the recorded id
+        assert!(parse_header(&other, &id).is_err());
     }
 
     /// Pins the on-disk format: changing it must be a conscious format-version bump.

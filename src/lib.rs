@@ -9,6 +9,7 @@
 pub mod blob;
 pub mod codec;
 pub mod index;
+pub mod proof;
 pub mod store;
 pub mod tiers;
 pub mod fs;

@@ -144,3 +144,44 @@ fn upload_queue_survives_an_outage_and_drains_after_restart() {
     bs.flat().remove(&id).unwrap();
     assert_eq!(bs.get(&id).unwrap(), data);
 }
+
+#[test]
+fn cold_blobs_stream_verified_chunks_and_never_a_corrupt_one() {
+    use std::os::unix::fs::FileExt;
+    use wombatfs::proof::CHUNK;
+    let Some(ep) = endpoint() else { return };
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let remote = Arc::new(store(&ep, &unique_prefix("stream")));
+    let bs = BlobStore::open(dir.path(), remote.clone(), rt.handle()).unwrap();
+    let data = incompressible((20 << 20) + 333, 5);
+    let id = BlobId::of(&data);
+    // a good blob: every chunk arrives verified, then the blob is promoted into the flat tier
+    let src = dir.path().join("src");
+    std::fs::write(&src, &data).unwrap();
+    rt.block_on(remote.put_blob(&id, &src)).unwrap();
+    let r = bs.open_reader(&id, data.len() as u64).unwrap();
+    r.wait(0, data.len() as u64).unwrap();
+    let mut back = vec![0u8; data.len()];
+    r.file().read_exact_at(&mut back, 0).unwrap();
+    assert!(back == data);
+    let t = std::time::Instant::now();
+    while !bs.flat().contains(&id) {
+        assert!(t.elapsed().as_secs() < 10, "promoted into the flat tier");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // a blob with one corrupted byte in chunk 5: chunks before it are served, chunk 5 never
+    let other = incompressible((20 << 20) + 333, 6);
+    let oid = BlobId::of(&other);
+    let mut env = codec::encode(&other, Compression::None);
+    let payload_at = env.len() - other.len();
+    env[payload_at + 5 * CHUNK as usize + 17] ^= 0x40;
+    rt.block_on(remote.put_raw(&remote.key(&oid), &env)).unwrap();
+    let r = bs.open_reader(&oid, other.len() as u64).unwrap();
+    r.wait(0, CHUNK).unwrap();
+    let mut first = vec![0u8; CHUNK as usize];
+    r.file().read_exact_at(&mut first, 0).unwrap();
+    assert!(first[..] == other[..CHUNK as usize]);
+    assert!(r.wait(5 * CHUNK, 1).is_err(), "the corrupted chunk is never readable");
+    assert!(!bs.flat().contains(&oid));
+}

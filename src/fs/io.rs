@@ -13,6 +13,7 @@ use crate::fs::core::FsCore;
 use crate::fs::error::{FsError, FsResult};
 use crate::fs::open::{FileState, Handle, OpenInode, Staging};
 use crate::fs::seqhash::SeqHash;
+use crate::store::BlobReader;
 use crate::fs::tree::{OpenEntry, Tx};
 use crate::fs::{Attr, Caller, Opened};
 use crate::index::records::{InodeKind, Ts};
@@ -111,13 +112,14 @@ impl FsCore {
     /// the sealed blob otherwise.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let (file, _, _) = self.handle(fh)?;
-        let (src, len) = {
+        let (src, len, pending) = {
             let mut st = file.lock();
             match &st.staging {
-                Some(s) => (s.file.clone(), s.size),
+                Some(s) => (s.file.clone(), s.size, None),
                 None => {
                     let len = st.size;
-                    (self.reader(&mut st)?, len)
+                    let r = self.reader(&mut st)?;
+                    (r.file().clone(), len, Some(r))
                 }
             }
         };
@@ -125,6 +127,10 @@ impl FsCore {
             return Ok(Vec::new());
         }
         let want = (size as u64).min(len - offset) as usize;
+        if let Some(r) = pending {
+            // a blob still downloading: wait (without the inode lock) for verified bytes
+            r.wait(offset, want as u64)?;
+        }
         let mut buf = vec![0u8; want];
         let mut done = 0;
         while done < want {
@@ -139,13 +145,13 @@ impl FsCore {
         Ok(buf)
     }
 
-    fn reader(&self, st: &mut FileState) -> FsResult<Arc<File>> {
-        if let Some(r) = &st.reader {
+    fn reader(&self, st: &mut FileState) -> FsResult<BlobReader> {
+        if let Some(r) = st.reader.as_ref().filter(|r| !r.failed()) {
             return Ok(r.clone());
         }
-        let f = Arc::new(self.store.open_blob(&st.blob)?);
-        st.reader = Some(f.clone());
-        Ok(f)
+        let r = self.store.open_reader(&st.blob, st.size)?;
+        st.reader = Some(r.clone());
+        Ok(r)
     }
 
     /// Make sure the inode has a staging file, copying the blob's bytes into it (copy-on-write).

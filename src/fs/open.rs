@@ -34,8 +34,8 @@ pub struct FileState {
     pub blob: BlobId,
     /// its size
     pub size: u64,
-    /// the blob's flat-tier file, opened on first read
-    pub reader: Option<Arc<File>>,
+    /// the blob's flat-tier file or download, opened on first read
+    pub reader: Option<crate::store::BlobReader>,
     /// present while the file is being rewritten
     pub staging: Option<Staging>,
 }

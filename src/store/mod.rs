@@ -16,6 +16,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod fetch;
 pub mod upload;
 
 use std::fs::File;
@@ -32,6 +33,38 @@ use crate::tiers::flat::FlatTier;
 use crate::tiers::{ObjectStore, StoreError};
 use upload::{Job, UploadCtx, UploadStats, UploadedHook};
 
+/// An open blob: a local file, or a download readable as it progresses.
+#[derive(Clone)]
+pub enum BlobReader {
+    /// in the flat tier
+    Local(Arc<File>),
+    /// being fetched from the object store
+    Fetching(Arc<fetch::Fetch>),
+}
+
+impl BlobReader {
+    /// The file to `pread`.
+    pub fn file(&self) -> &Arc<File> {
+        match self {
+            BlobReader::Local(f) => f,
+            BlobReader::Fetching(f) => &f.file,
+        }
+    }
+
+    /// Block until `[offset, offset+len)` is readable (verified).
+    pub fn wait(&self, offset: u64, len: u64) -> Result<(), StoreError> {
+        match self {
+            BlobReader::Local(_) => Ok(()),
+            BlobReader::Fetching(f) => f.wait(offset, len),
+        }
+    }
+
+    /// Whether this reader can no longer serve (its download failed).
+    pub fn failed(&self) -> bool {
+        matches!(self, BlobReader::Fetching(f) if f.failed())
+    }
+}
+
 /// Flat tier + object store + upload queue.
 pub struct BlobStore {
     flat: Arc<FlatTier>,
@@ -41,6 +74,7 @@ pub struct BlobStore {
     jobs: mpsc::UnboundedSender<Job>,
     ctx: Arc<UploadCtx>,
     sync_uploads: bool,
+    fetches: Arc<dashmap::DashMap<BlobId, std::sync::Weak<fetch::Fetch>>>,
     /// flat-tier misses served from the object store
     pub remote_gets: AtomicU64,
 }
@@ -64,7 +98,7 @@ impl BlobStore {
         });
         let (jobs, rx) = mpsc::unbounded_channel();
         rt.spawn(upload::run(ctx.clone(), rx));
-        Ok(BlobStore { flat, staging, remote, rt: rt.clone(), jobs, ctx, sync_uploads: false, remote_gets: AtomicU64::new(0) })
+        Ok(BlobStore { flat, staging, remote, rt: rt.clone(), jobs, ctx, sync_uploads: false, fetches: Default::default(), remote_gets: AtomicU64::new(0) })
     }
 
     /// Make seals wait until the object store acknowledged the blob (`--upload sync`).
@@ -185,6 +219,43 @@ impl BlobStore {
         }
         self.flat.adopt(&tmp, id)?;
         self.flat.open_blob(id)
+    }
+
+    /// Open a blob of `len` bytes for reading without waiting for the network: a flat-tier
+    /// file, or a download (started here, or joined if one is running) whose parts become
+    /// readable as they arrive verified; complete downloads are adopted into the flat tier.
+    pub fn open_reader(&self, id: &BlobId, len: u64) -> Result<BlobReader, StoreError> {
+        match self.flat.open_blob(id) {
+            Ok(f) => return Ok(BlobReader::Local(Arc::new(f))),
+            Err(StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        if let Some(f) = self.fetches.get(id).and_then(|w| w.upgrade()).filter(|f| !f.failed()) {
+            return Ok(BlobReader::Fetching(f));
+        }
+        let (f, tmp) = self.new_staging()?;
+        drop(f);
+        let _ = std::fs::remove_file(&tmp);
+        let fetch = fetch::Fetch::create(*id, len, tmp)?;
+        self.fetches.insert(*id, Arc::downgrade(&fetch));
+        self.remote_gets.fetch_add(1, Ordering::Relaxed);
+        let (remote, flat, fetches, job, id) = (self.remote.clone(), self.flat.clone(), self.fetches.clone(), fetch.clone(), *id);
+        self.rt.spawn(async move {
+            match remote.fetch_into(&id, &job).await {
+                Ok(()) => {
+                    if let Err(e) = flat.adopt(&job.path, &id) {
+                        tracing::warn!(%id, error = %e, "could not promote a fetched blob into the flat tier");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%id, error = %e, "fetching a blob from the object store failed");
+                    job.fail(e.to_string());
+                    let _ = std::fs::remove_file(&job.path);
+                }
+            }
+            fetches.remove_if(&id, |_, w| w.as_ptr() == Arc::as_ptr(&job));
+        });
+        Ok(BlobReader::Fetching(fetch))
     }
 
     /// Which tier holds the blob nearest to the reader: `flat` or the object store.

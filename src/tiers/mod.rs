@@ -74,6 +74,23 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn put_blob(&self, id: &BlobId, src: &Path) -> Result<(), StoreError>;
     /// Fetch, decode and verify the blob, writing its raw bytes to `dst` (created new).
     async fn get_blob(&self, id: &BlobId, dst: &Path) -> Result<u64, StoreError>;
+    /// Download the blob into `fetch`, making each part readable as soon as it is verified.
+    /// The default downloads and verifies the whole blob first.
+    async fn fetch_into(&self, id: &BlobId, fetch: &crate::store::fetch::Fetch) -> Result<(), StoreError> {
+        let whole = fetch.path.with_extension("whole");
+        let res = async {
+            self.get_blob(id, &whole).await?;
+            let mut src = std::fs::File::open(&whole).map_err(|e| StoreError::io("open fetched blob", e))?;
+            let mut dst: &std::fs::File = &fetch.file;
+            std::io::copy(&mut src, &mut dst).map_err(|e| StoreError::io("copy fetched blob", e))?;
+            Ok(())
+        }
+        .await;
+        let _ = std::fs::remove_file(&whole);
+        res?;
+        fetch.mark_all();
+        Ok(())
+    }
     /// Whether the store holds the blob.
     async fn has_blob(&self, id: &BlobId) -> Result<bool, StoreError>;
     /// Delete the blob (absent is success).

@@ -19,8 +19,12 @@ use s3::creds::Credentials;
 use s3::error::S3Error;
 use s3::{Bucket, Region};
 
+use std::sync::Arc;
+
 use crate::blob::BlobId;
 use crate::codec::{self, Compression, HEADER_LEN};
+use crate::proof;
+use crate::store::fetch::Fetch;
 use crate::tiers::{ObjectStore, StoreError};
 
 /// Objects larger than this are uploaded with multipart.
@@ -29,6 +33,8 @@ const MULTIPART_ABOVE: usize = 16 << 20;
 const RANGE: u64 = 8 << 20;
 /// Ranged GETs in flight per object.
 const PARALLEL_GETS: usize = 8;
+/// Proof chunks fetched per ranged GET once the first chunk is in.
+const RANGE_CHUNKS: u64 = RANGE / proof::CHUNK;
 /// Attempts for requests rust-s3 does not retry itself.
 const ATTEMPTS: u32 = 4;
 
@@ -173,6 +179,31 @@ impl S3Store {
     }
 }
 
+/// Verify the whole chunks in `data` (which starts at chunk `first`; the blob's last chunk may
+/// be short) against their proofs, write them into the fetch file and make them readable.
+/// Returns how many chunks were stored.
+fn store_chunks(fetch: &Fetch, table: &[[u8; 32]], first: usize, data: &[u8], id: BlobId) -> Result<usize, StoreError> {
+    let mut stored = 0;
+    for (k, bytes) in data.chunks(proof::CHUNK as usize).enumerate() {
+        let i = first + k;
+        let offset = i as u64 * proof::CHUNK;
+        let whole = bytes.len() as u64 == proof::CHUNK || offset + bytes.len() as u64 == fetch.len;
+        if !whole || i >= table.len() {
+            break;
+        }
+        if proof::chunk_cv(offset, bytes) != table[i] {
+            return Err(StoreError::Corrupt {
+                id,
+                source: codec::CodecError::Malformed("a chunk does not match its proof"),
+            });
+        }
+        fetch.file.write_all_at(bytes, offset).map_err(|e| StoreError::io("write fetched blob", e))?;
+        fetch.mark(i);
+        stored += 1;
+    }
+    Ok(stored)
+}
+
 #[async_trait]
 impl ObjectStore for S3Store {
     fn describe(&self) -> String {
@@ -270,6 +301,56 @@ impl ObjectStore for S3Store {
             return Err(corrupt(codec::CodecError::HashMismatch { expected: *id, actual }));
         }
         Ok(n)
+    }
+
+    async fn fetch_into(&self, id: &BlobId, fetch: &Fetch) -> Result<(), StoreError> {
+        let key = self.key(id);
+        let corrupt = |source| StoreError::Corrupt { id: *id, source };
+        let obj_len = self.object_len(&key).await?.ok_or(StoreError::NotFound(*id))?;
+        // enough for the header, the whole proof table and the first chunk
+        let want = (HEADER_LEN as u64 + 4 + 32 * proof::chunks(obj_len) + proof::CHUNK).min(obj_len);
+        if want < HEADER_LEN as u64 {
+            return Err(corrupt(codec::CodecError::Malformed("shorter than header")));
+        }
+        let first = self.range(&key, 0, want - 1).await?;
+        let header = match codec::parse_header(&first, id).map_err(corrupt)? {
+            Ok(h) => h,
+            Err(_) => return Err(corrupt(codec::CodecError::Malformed("truncated header"))),
+        };
+        let Some(table) = header.proofs else {
+            // small or compressed blob: no proofs, fetch and verify it whole
+            let whole = fetch.path.with_extension("whole");
+            let res = self.get_blob(id, &whole).await.and_then(|_| {
+                let mut src = std::fs::File::open(&whole).map_err(|e| StoreError::io("open fetched blob", e))?;
+                let mut dst: &std::fs::File = &fetch.file;
+                std::io::copy(&mut src, &mut dst).map(|_| ()).map_err(|e| StoreError::io("copy fetched blob", e))
+            });
+            let _ = std::fs::remove_file(&whole);
+            res?;
+            fetch.mark_all();
+            return Ok(());
+        };
+        if header.raw_len != fetch.len {
+            return Err(corrupt(codec::CodecError::Malformed("blob length differs from the index")));
+        }
+        let table = Arc::new(table);
+        let p = header.payload_offset as u64;
+        let done = store_chunks(fetch, &table, 0, &first[p as usize..], *id)?;
+        let n = table.len() as u64;
+        let groups: Vec<(u64, u64)> = (done as u64..n).step_by(RANGE_CHUNKS as usize).map(|c| (c, (c + RANGE_CHUNKS).min(n))).collect();
+        let key_ref = &key;
+        let table_ref = &table;
+        stream::iter(groups.into_iter().map(move |(c0, c1)| async move {
+            let start = p + c0 * proof::CHUNK;
+            let end = p + (c1 * proof::CHUNK).min(fetch.len) - 1;
+            let data = self.range(key_ref, start, end).await?;
+            // hashing 8 MiB takes a few ms: let the runtime move other tasks off this worker
+            tokio::task::block_in_place(|| store_chunks(fetch, table_ref, c0 as usize, &data, *id)).map(|_| ())
+        }))
+        .buffer_unordered(PARALLEL_GETS)
+        .try_collect::<Vec<()>>()
+        .await?;
+        Ok(())
     }
 
     async fn has_blob(&self, id: &BlobId) -> Result<bool, StoreError> {

@@ -1,0 +1,129 @@
+//! A blob being fetched from the object store into a local file, readable while it downloads:
+//! each 1 MiB chunk becomes readable once it arrived and was verified against its proof.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use crate::blob::BlobId;
+use crate::proof::CHUNK;
+use crate::tiers::StoreError;
+
+struct State {
+    ready: Vec<bool>,
+    failed: Option<String>,
+}
+
+/// A download in progress.
+pub struct Fetch {
+    /// the blob
+    pub id: BlobId,
+    /// its raw length
+    pub len: u64,
+    /// the file the bytes land in (in the staging dir until the fetch is complete)
+    pub path: PathBuf,
+    /// that file, open for reading and writing
+    pub file: Arc<File>,
+    st: Mutex<State>,
+    cv: Condvar,
+}
+
+impl Fetch {
+    /// A fetch of `len` bytes into a new file at `path`.
+    pub fn create(id: BlobId, len: u64, path: PathBuf) -> Result<Arc<Self>, StoreError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| StoreError::io("create fetch file", e))?;
+        file.set_len(len).map_err(|e| StoreError::io("size fetch file", e))?;
+        let n = crate::proof::chunks(len).max(1) as usize;
+        Ok(Arc::new(Fetch {
+            id,
+            len,
+            path,
+            file: Arc::new(file),
+            st: Mutex::new(State { ready: vec![false; n], failed: None }),
+            cv: Condvar::new(),
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Chunk `i` was written and verified.
+    pub fn mark(&self, i: usize) {
+        if let Some(r) = self.lock().ready.get_mut(i) {
+            *r = true;
+        }
+        self.cv.notify_all();
+    }
+
+    /// Every chunk was written and the whole blob verified.
+    pub fn mark_all(&self) {
+        self.lock().ready.iter_mut().for_each(|r| *r = true);
+        self.cv.notify_all();
+    }
+
+    /// The download failed: waiting and later readers get the error.
+    pub fn fail(&self, msg: String) {
+        self.lock().failed = Some(msg);
+        self.cv.notify_all();
+    }
+
+    /// Whether the download failed.
+    pub fn failed(&self) -> bool {
+        self.lock().failed.is_some()
+    }
+
+    /// Whether every chunk is readable.
+    pub fn complete(&self) -> bool {
+        self.lock().ready.iter().all(|r| *r)
+    }
+
+    /// Block until bytes `[offset, offset + len)` are readable.
+    pub fn wait(&self, offset: u64, len: u64) -> Result<(), StoreError> {
+        if len == 0 || offset >= self.len {
+            return Ok(());
+        }
+        let first = (offset / CHUNK) as usize;
+        let last = ((offset + len).min(self.len) - 1) / CHUNK;
+        let mut st = self.lock();
+        loop {
+            // verified chunks stay readable even when another part of the download failed
+            if st.ready[first..=last as usize].iter().all(|r| *r) {
+                return Ok(());
+            }
+            if let Some(msg) = &st.failed {
+                return Err(StoreError::io(format!("fetch of blob {}", self.id), std::io::Error::other(msg.clone())));
+            }
+            st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readers_wait_for_their_chunks_and_see_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = Fetch::create(BlobId::of(b"x"), 3 * CHUNK, dir.path().join("f")).unwrap();
+        f.mark(0);
+        f.wait(0, 10).unwrap();
+        let f2 = f.clone();
+        let t = std::thread::spawn(move || f2.wait(CHUNK, 2 * CHUNK));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!t.is_finished());
+        f.mark(1);
+        f.mark(2);
+        t.join().unwrap().unwrap();
+        assert!(f.complete());
+        let g = Fetch::create(BlobId::of(b"y"), CHUNK, dir.path().join("g")).unwrap();
+        g.fail("server gone".into());
+        assert!(g.wait(0, 1).is_err());
+    }
+}

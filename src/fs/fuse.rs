@@ -288,6 +288,15 @@ impl Filesystem for WombatFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        if self.offload.is_some() {
+            // answer inline whatever is local or already downloaded; only reads that must
+            // wait for the object store go to a blocking thread
+            match self.core.try_read(fh.0, offset, size) {
+                Ok(Some(buf)) => return reply.data(&buf),
+                Ok(None) => {}
+                Err(e) => return reply.error(errno("read", &e)),
+            }
+        }
         self.run(move |core| match core.read(fh.0, offset, size) {
             Ok(buf) => reply.data(&buf),
             Err(e) => reply.error(errno("read", &e)),

@@ -109,8 +109,18 @@ impl FsCore {
     }
 
     /// Read up to `size` bytes at `offset`: the staging file while the inode is being written,
-    /// the sealed blob otherwise.
+    /// the sealed blob otherwise (waiting for verified bytes of a blob still downloading).
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        self.read_inner(fh, offset, size, true).map(|r| r.unwrap_or_default())
+    }
+
+    /// Like `read`, but `Ok(None)` instead of waiting for bytes still downloading — the FUSE
+    /// adapter answers those reads inline and hands only the others to a blocking thread.
+    pub fn try_read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Option<Vec<u8>>> {
+        self.read_inner(fh, offset, size, false)
+    }
+
+    fn read_inner(&self, fh: u64, offset: u64, size: u32, wait: bool) -> FsResult<Option<Vec<u8>>> {
         let (file, _, _) = self.handle(fh)?;
         let (src, len, pending) = {
             let mut st = file.lock();
@@ -124,10 +134,13 @@ impl FsCore {
             }
         };
         if offset >= len {
-            return Ok(Vec::new());
+            return Ok(Some(Vec::new()));
         }
         let want = (size as u64).min(len - offset) as usize;
         if let Some(r) = pending {
+            if !wait && !r.ready(offset, want as u64) {
+                return Ok(None);
+            }
             // a blob still downloading: wait (without the inode lock) for verified bytes
             r.wait(offset, want as u64)?;
         }
@@ -142,7 +155,7 @@ impl FsCore {
             }
         }
         buf.truncate(done);
-        Ok(buf)
+        Ok(Some(buf))
     }
 
     fn reader(&self, st: &mut FileState) -> FsResult<BlobReader> {

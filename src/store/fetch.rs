@@ -83,6 +83,15 @@ impl Fetch {
         self.lock().ready.iter().all(|r| *r)
     }
 
+    /// Whether bytes `[offset, offset + len)` are readable now.
+    pub fn ready(&self, offset: u64, len: u64) -> bool {
+        if len == 0 || offset >= self.len {
+            return true;
+        }
+        let (first, last) = ((offset / CHUNK) as usize, (((offset + len).min(self.len) - 1) / CHUNK) as usize);
+        self.lock().ready[first..=last].iter().all(|r| *r)
+    }
+
     /// Block until bytes `[offset, offset + len)` are readable.
     pub fn wait(&self, offset: u64, len: u64) -> Result<(), StoreError> {
         if len == 0 || offset >= self.len {

@@ -59,6 +59,14 @@ impl BlobReader {
         }
     }
 
+    /// Whether `[offset, offset+len)` is readable without waiting.
+    pub fn ready(&self, offset: u64, len: u64) -> bool {
+        match self {
+            BlobReader::Local(_) => true,
+            BlobReader::Fetching(f) => f.ready(offset, len),
+        }
+    }
+
     /// Whether this reader can no longer serve (its download failed).
     pub fn failed(&self) -> bool {
         matches!(self, BlobReader::Fetching(f) if f.failed())

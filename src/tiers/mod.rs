@@ -77,19 +77,7 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Download the blob into `fetch`, making each part readable as soon as it is verified.
     /// The default downloads and verifies the whole blob first.
     async fn fetch_into(&self, id: &BlobId, fetch: &crate::store::fetch::Fetch) -> Result<(), StoreError> {
-        let whole = fetch.path.with_extension("whole");
-        let res = async {
-            self.get_blob(id, &whole).await?;
-            let mut src = std::fs::File::open(&whole).map_err(|e| StoreError::io("open fetched blob", e))?;
-            let mut dst: &std::fs::File = &fetch.file;
-            std::io::copy(&mut src, &mut dst).map_err(|e| StoreError::io("copy fetched blob", e))?;
-            Ok(())
-        }
-        .await;
-        let _ = std::fs::remove_file(&whole);
-        res?;
-        fetch.mark_all();
-        Ok(())
+        fetch_whole(self, id, fetch).await
     }
     /// Whether the store holds the blob.
     async fn has_blob(&self, id: &BlobId) -> Result<bool, StoreError>;
@@ -97,4 +85,22 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn delete_blob(&self, id: &BlobId) -> Result<(), StoreError>;
     /// Every blob id in the store.
     async fn list_blobs(&self) -> Result<Vec<BlobId>, StoreError>;
+}
+
+/// Download a blob whole (`get_blob` verifies it), copy it into the fetch file and make it all
+/// readable: the path of stores without per-chunk proofs, and of blobs without proofs.
+pub async fn fetch_whole<S: ObjectStore + ?Sized>(store: &S, id: &BlobId, fetch: &crate::store::fetch::Fetch) -> Result<(), StoreError> {
+    let whole = fetch.path.with_extension("whole");
+    let res = async {
+        store.get_blob(id, &whole).await?;
+        let mut src = std::fs::File::open(&whole).map_err(|e| StoreError::io("open fetched blob", e))?;
+        let mut dst: &std::fs::File = &fetch.file;
+        std::io::copy(&mut src, &mut dst).map_err(|e| StoreError::io("copy fetched blob", e))?;
+        Ok(())
+    }
+    .await;
+    let _ = std::fs::remove_file(&whole);
+    res?;
+    fetch.mark_all();
+    Ok(())
 }

@@ -319,16 +319,7 @@ impl ObjectStore for S3Store {
         };
         let Some(table) = header.proofs else {
             // small or compressed blob: no proofs, fetch and verify it whole
-            let whole = fetch.path.with_extension("whole");
-            let res = self.get_blob(id, &whole).await.and_then(|_| {
-                let mut src = std::fs::File::open(&whole).map_err(|e| StoreError::io("open fetched blob", e))?;
-                let mut dst: &std::fs::File = &fetch.file;
-                std::io::copy(&mut src, &mut dst).map(|_| ()).map_err(|e| StoreError::io("copy fetched blob", e))
-            });
-            let _ = std::fs::remove_file(&whole);
-            res?;
-            fetch.mark_all();
-            return Ok(());
+            return crate::tiers::fetch_whole(self, id, fetch).await;
         };
         if header.raw_len != fetch.len {
             return Err(corrupt(codec::CodecError::Malformed("blob length differs from the index")));

@@ -223,6 +223,8 @@ fn flat_tier_loss_is_repaired_from_the_object_store_and_corruption_is_eio() {
     std::fs::remove_file(&flat).unwrap();
     assert_eq!(f.read_file("ns/f").unwrap(), data);
     assert!(flat.exists());
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&flat).unwrap().nlink(), 2, "relinked from the local store, not copied");
     // corrupt bytes in the store with no flat copy: EIO, never wrong data
     f.remount();
     std::fs::remove_file(&flat).unwrap();

@@ -238,6 +238,10 @@ impl BlobStore {
             Err(StoreError::NotFound(_)) => {}
             Err(e) => return Err(e),
         }
+        if self.remote.is_local() {
+            // same disk: hard-link the object back into the flat tier, no copy, no download
+            return self.open_blob(id).map(|f| BlobReader::Local(Arc::new(f)));
+        }
         if let Some(f) = self.fetches.get(id).and_then(|w| w.upgrade()).filter(|f| !f.failed()) {
             return Ok(BlobReader::Fetching(f));
         }

@@ -106,6 +106,10 @@ impl ObjectStore for LocalStore {
         Some(self.put_sync(id, src))
     }
 
+    fn is_local(&self) -> bool {
+        true
+    }
+
     fn delete_blob_now(&self, id: &BlobId) -> Option<Result<(), StoreError>> {
         Some(self.delete_sync(id))
     }

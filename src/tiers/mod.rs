@@ -60,6 +60,11 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn describe(&self) -> String;
     /// Check the store is reachable and writable; called at startup.
     async fn check(&self) -> Result<(), StoreError>;
+    /// Whether the store is a local directory: reads from it never wait on a network, and a
+    /// blob missing from the flat tier is relinked from it rather than streamed.
+    fn is_local(&self) -> bool {
+        false
+    }
     /// For stores where a put is a cheap local operation (a hard link): do it synchronously
     /// and return `Some`; the blob store then skips the upload queue. Others return `None`.
     fn put_blob_now(&self, _id: &BlobId, _src: &Path) -> Option<Result<(), StoreError>> {

@@ -245,7 +245,21 @@ fn serve(s: &Settings, report: Option<&mut File>, mut lock: File) -> Result<()> 
     };
     rt.block_on(remote.check()).with_context(|| format!("object store {} is not usable", remote.describe()))?;
     let store = Arc::new(BlobStore::open(&s.cache_dir, remote.clone(), rt.handle())?.with_sync_uploads(s.sync_uploads));
-    let (index, snapshot) = Index::open(&s.cache_dir.join("index"), rt.handle())?;
+    let (index, mut snapshot) = Index::open(&s.cache_dir.join("index"), rt.handle())?;
+    if snapshot.is_empty() && !remote.is_local() {
+        // an empty cache dir on an existing bucket: rebuild the tree from its newest snapshot
+        tracing::info!(store = %remote.describe(), "empty cache dir: looking for a tree snapshot in the object store");
+        if let Some((name, kv)) = rt.block_on(crate::fs::snapshot::newest(remote.as_ref()))? {
+            let inodes = kv.iter().filter(|(k, _)| k.first() == Some(&crate::index::keys::INODE)).count();
+            tracing::info!(%name, inodes, records = kv.len(), "restoring the tree");
+            for chunk in kv.chunks(10_000) {
+                index.commit(chunk.iter().map(|(k, v)| crate::index::Op::Put(k.clone(), v.clone())).collect())?;
+            }
+            index.sync()?;
+            tracing::info!(%name, inodes, "tree restored; file contents come from the object store on first read");
+            snapshot = kv;
+        }
+    }
     let opts = CoreOptions { max_file_size: s.max_file_size, ..CoreOptions::default() };
     let core = Arc::new(FsCore::load(&s.cache_dir, store, index, snapshot, opts)?);
     let notifier = Arc::new(OnceLock::new());

@@ -115,3 +115,46 @@ fn cold_reads_waiting_on_s3_do_not_block_other_requests() {
     }
     m.unmount();
 }
+
+#[test]
+fn a_new_node_with_an_empty_cache_dir_rebuilds_the_tree_from_the_bucket() {
+    let Some(ep) = endpoint() else { return };
+    let prefix = unique_prefix("restore");
+    let args = s3_args(&ep, &prefix, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut a = Mount::start_with(&args);
+    let mut expected = Vec::new();
+    for ns in ["llama", "qwen", "mistral"] {
+        for d in 0..7 {
+            fs::create_dir_all(a.path(&format!("{ns}/layer{d}"))).unwrap();
+            for i in 0..100 {
+                let rel = format!("{ns}/layer{d}/block-{i:03}.bin");
+                let data = format!("{rel} {}", "x".repeat(i * 7)).into_bytes();
+                fs::write(a.path(&rel), &data).unwrap();
+                expected.push((rel, data));
+            }
+        }
+    }
+    fs::create_dir(a.path("qwen/empty-dir")).unwrap();
+    std::os::unix::fs::symlink("../llama/layer0/block-000.bin", a.path("qwen/alias")).unwrap();
+    fs::hard_link(a.path("llama/layer1/block-001.bin"), a.path("mistral/hard.bin")).unwrap();
+    let big: Vec<u8> = (0..(5u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 9) as u8).collect();
+    fs::write(a.path("llama/big.bin"), &big).unwrap();
+    a.unmount(); // drains uploads, then writes the tree snapshot
+
+    let b = Mount::start_with(&args); // another cache dir, same bucket prefix
+    assert!(b.log().contains("restoring the tree"), "{}", b.log());
+    assert_eq!(expected.len(), 2100);
+    for (rel, data) in &expected {
+        assert_eq!(fs::metadata(b.path(rel)).unwrap().len(), data.len() as u64, "{rel}");
+    }
+    for (rel, data) in expected.iter().step_by(97) {
+        assert_eq!(&fs::read(b.path(rel)).unwrap(), data, "{rel}");
+    }
+    assert!(fs::read(b.path("llama/big.bin")).unwrap() == big);
+    assert!(fs::read_dir(b.path("qwen/empty-dir")).unwrap().next().is_none());
+    assert_eq!(fs::read_link(b.path("qwen/alias")).unwrap(), std::path::Path::new("../llama/layer0/block-000.bin"));
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(fs::metadata(b.path("mistral/hard.bin")).unwrap().nlink(), 2);
+    assert_eq!(fs::read_dir(b.path("llama/layer3")).unwrap().count(), 100);
+}

@@ -489,7 +489,12 @@ impl FsCore {
             }
         }
         if !self.store.drain(upload_timeout) {
-            tracing::warn!("uploads still pending at shutdown; they resume at the next mount");
+            tracing::warn!("uploads still pending at shutdown; they resume at the next mount; no tree snapshot written");
+        } else if !self.store.remote().is_local() {
+            match self.write_snapshot() {
+                Ok(name) => tracing::info!(%name, "tree snapshot written to the object store"),
+                Err(e) => tracing::warn!(error = %e, "could not write a tree snapshot"),
+            }
         }
         self.index.close()?;
         Ok(())

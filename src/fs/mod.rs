@@ -7,6 +7,7 @@ pub mod fuse;
 pub mod io;
 pub mod open;
 pub mod seqhash;
+pub mod snapshot;
 pub mod tree;
 pub mod xattr;
 

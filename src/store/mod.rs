@@ -130,6 +130,11 @@ impl BlobStore {
         &self.remote
     }
 
+    /// Run a future of the store's runtime to completion. Must not be called from inside it.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
     /// Upload queue counters.
     pub fn upload_stats(&self) -> &UploadStats {
         &self.ctx.stats

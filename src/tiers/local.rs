@@ -154,6 +154,30 @@ impl ObjectStore for LocalStore {
         self.delete_sync(id)
     }
 
+    async fn put_meta(&self, name: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let dst = self.root.join(name);
+        if let Some(dir) = dst.parent() {
+            fs::create_dir_all(dir).map_err(io("create", dir))?;
+        }
+        let tmp = self.tmp_path();
+        fs::write(&tmp, &bytes).and_then(|_| fs::rename(&tmp, &dst)).map_err(io("write", &dst))
+    }
+
+    async fn get_meta(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+        fs::read(self.root.join(name)).map_err(io("read", &self.root.join(name)))
+    }
+
+    async fn list_meta(&self, dir: &str) -> Result<Vec<String>, StoreError> {
+        let d = self.root.join(dir);
+        let mut out: Vec<String> = match fs::read_dir(&d) {
+            Ok(rd) => rd.flatten().map(|e| format!("{}/{}", dir.trim_end_matches('/'), e.file_name().to_string_lossy())).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(StoreError::io(format!("list {}", d.display()), e)),
+        };
+        out.sort();
+        Ok(out)
+    }
+
     async fn list_blobs(&self) -> Result<Vec<BlobId>, StoreError> {
         let mut out = Vec::new();
         let blobs = self.root.join("blobs");

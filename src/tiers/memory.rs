@@ -15,6 +15,7 @@ use crate::tiers::{ObjectStore, StoreError};
 #[derive(Default)]
 pub struct MemoryStore {
     objects: Mutex<HashMap<BlobId, Vec<u8>>>,
+    meta: Mutex<std::collections::BTreeMap<String, Vec<u8>>>,
     fail_next: AtomicU32,
     /// Number of `get_blob` calls served (a metric for tests).
     pub gets: AtomicU64,
@@ -97,6 +98,25 @@ impl ObjectStore for MemoryStore {
         self.fault()?;
         self.lock().remove(id);
         Ok(())
+    }
+
+    async fn put_meta(&self, name: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.fault()?;
+        self.meta.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), bytes);
+        Ok(())
+    }
+
+    async fn get_meta(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+        self.fault()?;
+        let m = self.meta.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(name).cloned().ok_or_else(|| StoreError::io(format!("meta {name}"), std::io::Error::from(std::io::ErrorKind::NotFound)))
+    }
+
+    async fn list_meta(&self, dir: &str) -> Result<Vec<String>, StoreError> {
+        self.fault()?;
+        let prefix = format!("{}/", dir.trim_end_matches('/'));
+        let m = self.meta.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(m.keys().filter(|k| k.starts_with(&prefix)).cloned().collect())
     }
 
     async fn list_blobs(&self) -> Result<Vec<BlobId>, StoreError> {

@@ -90,6 +90,12 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn delete_blob(&self, id: &BlobId) -> Result<(), StoreError>;
     /// Every blob id in the store.
     async fn list_blobs(&self) -> Result<Vec<BlobId>, StoreError>;
+    /// Store a small metadata object (tree snapshots) at `<prefix>/<name>`.
+    async fn put_meta(&self, name: &str, bytes: Vec<u8>) -> Result<(), StoreError>;
+    /// Read a metadata object.
+    async fn get_meta(&self, name: &str) -> Result<Vec<u8>, StoreError>;
+    /// Names of the metadata objects under `dir` (all pages), sorted.
+    async fn list_meta(&self, dir: &str) -> Result<Vec<String>, StoreError>;
 }
 
 /// Download a blob whole (`get_blob` verifies it), copy it into the fetch file and make it all

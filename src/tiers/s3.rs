@@ -358,6 +358,36 @@ impl ObjectStore for S3Store {
         }
     }
 
+    async fn put_meta(&self, name: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let key = format!("{}{name}", self.root());
+        self.put_envelope(&key, &bytes).await
+    }
+
+    async fn get_meta(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+        let key = format!("{}{name}", self.root());
+        self.bucket.get_object(&key).await.map(|r| r.to_vec()).map_err(|e| remote(format!("GET {key}"), e))
+    }
+
+    async fn list_meta(&self, dir: &str) -> Result<Vec<String>, StoreError> {
+        let root = self.root();
+        let prefix = format!("{root}{}/", dir.trim_end_matches('/'));
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            let (page, _) = self
+                .bucket
+                .list_page(prefix.clone(), None, token.clone(), None, Some(1000))
+                .await
+                .map_err(|e| remote(format!("LIST {prefix}"), e))?;
+            out.extend(page.contents.iter().filter_map(|o| o.key.strip_prefix(&root).map(str::to_string)));
+            if !page.is_truncated || page.next_continuation_token.is_none() {
+                out.sort();
+                return Ok(out);
+            }
+            token = page.next_continuation_token;
+        }
+    }
+
     async fn list_blobs(&self) -> Result<Vec<BlobId>, StoreError> {
         let prefix = format!("{}blobs/", self.root());
         let mut out = Vec::new();

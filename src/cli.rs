@@ -59,6 +59,10 @@ pub struct MountArgs {
     /// or `sync` (close and fsync return after the object store acknowledged).
     #[arg(long, value_parser = ["async", "sync"], default_value = "async")]
     pub upload: String,
+    /// Seconds between tree snapshots in a remote store when the tree changed (0: only at
+    /// unmount). A node with an empty cache dir restores the newest snapshot.
+    #[arg(long, default_value_t = 300)]
+    pub snapshot_interval: u64,
     /// S3 endpoint URL for non-AWS services (MinIO, Ceph RGW, R2, SeaweedFS…).
     #[arg(long)]
     pub s3_endpoint: Option<String>,
@@ -111,6 +115,7 @@ impl MountArgs {
             max_file_size: file.max_file_size.unwrap_or(1 << 40),
             compression,
             sync_uploads: self.upload == "sync",
+            snapshot_interval: std::time::Duration::from_secs(self.snapshot_interval),
             s3: crate::tiers::s3::S3Config {
                 bucket: String::new(),
                 prefix: String::new(),

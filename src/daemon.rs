@@ -228,6 +228,46 @@ fn fuse_config(s: &Settings) -> fuser::Config {
     cfg
 }
 
+/// With a remote store and a non-zero interval: a thread that snapshots the tree into the
+/// store whenever it changed and every upload is durable.
+fn spawn_snapshotter(s: &Settings, core: &Arc<FsCore>, remote: &Arc<dyn ObjectStore>) -> Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)> {
+    if remote.is_local() || s.snapshot_interval.is_zero() {
+        return None;
+    }
+    let node = match crate::fs::snapshot::node_id(&s.cache_dir) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "no node id; periodic snapshots disabled");
+            return None;
+        }
+    };
+    let (stop, core, every) = (Arc::new(AtomicBool::new(false)), core.clone(), s.snapshot_interval);
+    let stop2 = stop.clone();
+    let handle = std::thread::Builder::new()
+        .name("wombatfs-snapshot".into())
+        .spawn(move || {
+            let mut last = 0u64;
+            let mut next = std::time::Instant::now() + every;
+            while !stop2.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(100));
+                if std::time::Instant::now() < next {
+                    continue;
+                }
+                next = std::time::Instant::now() + every;
+                match core.snapshot_if_changed(&node, last) {
+                    Ok(Some(changes)) => {
+                        last = changes;
+                        tracing::info!(changes, "tree snapshot written to the object store");
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "periodic tree snapshot failed; will retry"),
+                }
+            }
+        })
+        .ok()?;
+    Some((stop, handle))
+}
+
 fn serve(s: &Settings, report: Option<&mut File>, mut lock: File) -> Result<()> {
     write_pid(&mut lock);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -282,6 +322,7 @@ fn serve(s: &Settings, report: Option<&mut File>, mut lock: File) -> Result<()> 
         tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
         stop2.store(true, Ordering::SeqCst);
     });
+    let snapshots = spawn_snapshotter(s, &core, &remote);
     let mut unmount_sent = false;
     while !bg.guard.is_finished() {
         if stop.load(Ordering::SeqCst) && !unmount_sent {
@@ -295,6 +336,10 @@ fn serve(s: &Settings, report: Option<&mut File>, mut lock: File) -> Result<()> 
     }
     if let Err(e) = bg.join() {
         tracing::warn!(error = %e, "FUSE session ended with an error");
+    }
+    if let Some((stop, handle)) = snapshots {
+        stop.store(true, Ordering::SeqCst);
+        let _ = handle.join();
     }
     tracing::info!("unmounted; flushing");
     core.shutdown(Duration::from_secs(30))?;

@@ -158,3 +158,26 @@ fn a_new_node_with_an_empty_cache_dir_rebuilds_the_tree_from_the_bucket() {
     assert_eq!(fs::metadata(b.path("mistral/hard.bin")).unwrap().nlink(), 2);
     assert_eq!(fs::read_dir(b.path("llama/layer3")).unwrap().count(), 100);
 }
+
+#[test]
+fn periodic_snapshots_let_a_new_node_recover_after_a_crash() {
+    let Some(ep) = endpoint() else { return };
+    let prefix = unique_prefix("periodic");
+    let args = s3_args(&ep, &prefix, &["--snapshot-interval", "1"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut a = Mount::start_with(&args);
+    fs::create_dir_all(a.path("ns/d")).unwrap();
+    for i in 0..50 {
+        fs::write(a.path(&format!("ns/d/f{i}")), format!("block {i}")).unwrap();
+    }
+    let t = std::time::Instant::now();
+    while !a.log().contains("tree snapshot written") {
+        assert!(t.elapsed().as_secs() < 20, "no periodic snapshot:\n{}", a.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    a.kill9(); // no clean unmount: only the periodic snapshot can help the next node
+    let b = Mount::start_with(&args);
+    for i in 0..50 {
+        assert_eq!(fs::read_to_string(b.path(&format!("ns/d/f{i}"))).unwrap(), format!("block {i}"));
+    }
+}

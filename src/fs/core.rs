@@ -482,6 +482,7 @@ impl FsCore {
 
     /// Flush everything: seal open dirty files, drain uploads, checkpoint and close the index.
     pub fn shutdown(&self, upload_timeout: std::time::Duration) -> FsResult<()> {
+        let node = crate::fs::snapshot::node_id(&self.cache_dir)?;
         let fhs: Vec<u64> = self.handles.iter().map(|h| *h.key()).collect();
         for fh in fhs {
             if let Err(e) = self.flush(fh) {
@@ -491,7 +492,7 @@ impl FsCore {
         if !self.store.drain(upload_timeout) {
             tracing::warn!("uploads still pending at shutdown; they resume at the next mount; no tree snapshot written");
         } else if !self.store.remote().is_local() {
-            match self.write_snapshot() {
+            match self.write_snapshot(&node) {
                 Ok(name) => tracing::info!(%name, "tree snapshot written to the object store"),
                 Err(e) => tracing::warn!(error = %e, "could not write a tree snapshot"),
             }

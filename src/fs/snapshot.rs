@@ -3,26 +3,51 @@
 //!
 //! A snapshot is the index's own records for the linked tree — inodes, directory entries,
 //! blob sizes, the inode counter — bincode-encoded and wrapped in the object envelope (zstd
-//! when it pays, blake3-verified), at `<prefix>/snapshots/<time>-<pid>`. It is written at a
-//! clean unmount once every upload is durable, so every blob it names is in the bucket.
+//! when it pays, blake3-verified), at `<prefix>/snapshots/<time>-<node id>`. It is written at
+//! a clean unmount and periodically, only while no upload is pending, so every blob it names
+//! is in the bucket.
 //! Restoring loads those records as the new node's index; blobs come from the bucket on
 //! first read. (Changes after the newest snapshot need the change journal: not written yet.)
+
+use std::sync::atomic::Ordering;
 
 use crate::blob::BlobId;
 use crate::codec::{self, Compression};
 use crate::fs::core::FsCore;
 use crate::fs::error::{FsError, FsResult};
+use crate::fs::tree::Tree;
 use crate::index::records::{self, BlobRecord};
 use crate::index::{keys, Snapshot};
 use crate::tiers::{ObjectStore, StoreError};
 
 /// Where snapshots live under the store prefix.
 pub const DIR: &str = "snapshots";
+/// Snapshots of this node kept in the store; older ones are deleted.
+pub const KEEP: usize = 3;
 
 impl FsCore {
     /// The index records of the linked tree (unlinked-but-open inodes are left out).
     pub fn export_records(&self) -> Snapshot {
-        let t = self.read_tree();
+        export(&self.read_tree())
+    }
+
+    /// Write a snapshot if the tree changed since `last_change` and every blob it names is
+    /// already durable in the object store (no upload pending: an upload is queued under the
+    /// same lock that publishes its blob). Returns the change count the snapshot covers.
+    pub fn snapshot_if_changed(&self, node: &str, last_change: u64) -> FsResult<Option<u64>> {
+        let (changes, kv) = {
+            let t = self.read_tree();
+            if t.changes == last_change || self.store().upload_stats().pending.load(Ordering::SeqCst) != 0 {
+                return Ok(None);
+            }
+            (t.changes, export(&t))
+        };
+        self.put_snapshot(node, kv)?;
+        Ok(Some(changes))
+    }
+}
+
+fn export(t: &Tree) -> Snapshot {
         let mut kv = vec![
             (keys::format_version(), keys::FORMAT.to_be_bytes().to_vec()),
             (keys::next_ino(), t.next_ino.to_be_bytes().to_vec()),
@@ -42,17 +67,44 @@ impl FsCore {
         }
         kv.sort();
         kv
+}
+
+impl FsCore {
+    /// Write a snapshot of the tree to the object store (the caller ensures every upload is
+    /// durable) and delete this node's older ones beyond `KEEP`; returns its name.
+    pub fn write_snapshot(&self, node: &str) -> FsResult<String> {
+        self.put_snapshot(node, self.export_records())
     }
 
-    /// Write a snapshot of the tree to the object store; returns its name.
-    pub fn write_snapshot(&self) -> FsResult<String> {
-        let body = bincode::serialize(&self.export_records()).map_err(|e| FsError::Io(std::io::Error::other(e)))?;
+    fn put_snapshot(&self, node: &str, kv: Snapshot) -> FsResult<String> {
+        let body = bincode::serialize(&kv).map_err(|e| FsError::Io(std::io::Error::other(e)))?;
         let env = codec::encode(&body, Compression::Auto(3));
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        let name = format!("{DIR}/{:012}-{:09}-{}", now.as_secs(), now.subsec_nanos(), std::process::id());
+        let name = format!("{DIR}/{:012}-{:09}-{node}", now.as_secs(), now.subsec_nanos());
         let remote = self.store().remote().clone();
-        self.store().block_on(remote.put_meta(&name, env))?;
+        self.store().block_on(async {
+            remote.put_meta(&name, env).await?;
+            let mine: Vec<String> = remote.list_meta(DIR).await?.into_iter().filter(|n| n.ends_with(&format!("-{node}"))).collect();
+            for old in mine.iter().take(mine.len().saturating_sub(KEEP)) {
+                remote.delete_meta(old).await?;
+            }
+            Ok::<_, StoreError>(())
+        })?;
         Ok(name)
+    }
+}
+
+/// This node's id, kept in `<cache>/node-id` (created on first use).
+pub fn node_id(cache: &std::path::Path) -> std::io::Result<String> {
+    let p = cache.join("node-id");
+    match std::fs::read_to_string(&p) {
+        Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+        _ => {
+            let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
+            let id = hex::encode(&blake3::hash(seed.as_bytes()).as_bytes()[..8]);
+            std::fs::write(&p, &id)?;
+            Ok(id)
+        }
     }
 }
 

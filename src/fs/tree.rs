@@ -72,6 +72,8 @@ pub struct Tree {
     pub orphans: HashSet<u64>,
     /// the blob whose pages the kernel may hold for an inode (KEEP_CACHE is only safe for it)
     pub kernel_cached: HashMap<u64, BlobId>,
+    /// committed changes since mount (tells a snapshot writer whether anything changed)
+    pub changes: u64,
 }
 
 impl Tree {
@@ -212,6 +214,7 @@ impl Tree {
     /// Commit a transaction to the index and start its uploads. Called with the lock held.
     pub fn commit(&mut self, tx: Tx, index: &Index, store: &BlobStore) -> FsResult<()> {
         index.commit(tx.ops)?;
+        self.changes += 1;
         for id in tx.uploads {
             store.enqueue_upload(id);
         }

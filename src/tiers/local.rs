@@ -167,6 +167,13 @@ impl ObjectStore for LocalStore {
         fs::read(self.root.join(name)).map_err(io("read", &self.root.join(name)))
     }
 
+    async fn delete_meta(&self, name: &str) -> Result<(), StoreError> {
+        match fs::remove_file(self.root.join(name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::io(format!("delete {name}"), e)),
+            _ => Ok(()),
+        }
+    }
+
     async fn list_meta(&self, dir: &str) -> Result<Vec<String>, StoreError> {
         let d = self.root.join(dir);
         let mut out: Vec<String> = match fs::read_dir(&d) {

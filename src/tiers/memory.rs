@@ -112,6 +112,12 @@ impl ObjectStore for MemoryStore {
         m.get(name).cloned().ok_or_else(|| StoreError::io(format!("meta {name}"), std::io::Error::from(std::io::ErrorKind::NotFound)))
     }
 
+    async fn delete_meta(&self, name: &str) -> Result<(), StoreError> {
+        self.fault()?;
+        self.meta.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+        Ok(())
+    }
+
     async fn list_meta(&self, dir: &str) -> Result<Vec<String>, StoreError> {
         self.fault()?;
         let prefix = format!("{}/", dir.trim_end_matches('/'));

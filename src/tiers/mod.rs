@@ -94,6 +94,8 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn put_meta(&self, name: &str, bytes: Vec<u8>) -> Result<(), StoreError>;
     /// Read a metadata object.
     async fn get_meta(&self, name: &str) -> Result<Vec<u8>, StoreError>;
+    /// Delete a metadata object (absent is fine).
+    async fn delete_meta(&self, name: &str) -> Result<(), StoreError>;
     /// Names of the metadata objects under `dir` (all pages), sorted.
     async fn list_meta(&self, dir: &str) -> Result<Vec<String>, StoreError>;
 }

@@ -368,6 +368,15 @@ impl ObjectStore for S3Store {
         self.bucket.get_object(&key).await.map(|r| r.to_vec()).map_err(|e| remote(format!("GET {key}"), e))
     }
 
+    async fn delete_meta(&self, name: &str) -> Result<(), StoreError> {
+        let key = format!("{}{name}", self.root());
+        match self.bucket.delete_object(&key).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_404(&e) => Ok(()),
+            Err(e) => Err(remote(format!("DELETE {key}"), e)),
+        }
+    }
+
     async fn list_meta(&self, dir: &str) -> Result<Vec<String>, StoreError> {
         let root = self.root();
         let prefix = format!("{root}{}/", dir.trim_end_matches('/'));

@@ -169,6 +169,24 @@ impl S3Store {
         }
     }
 
+    /// Every key under `prefix`, following continuation tokens past 1000 keys per page.
+    async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            let (page, _) = self
+                .bucket
+                .list_page(prefix.to_string(), None, token.clone(), None, Some(1000))
+                .await
+                .map_err(|e| remote(format!("LIST {prefix}"), e))?;
+            out.extend(page.contents.into_iter().map(|o| o.key));
+            if !page.is_truncated || page.next_continuation_token.is_none() {
+                return Ok(out);
+            }
+            token = page.next_continuation_token;
+        }
+    }
+
     async fn range(&self, key: &str, start: u64, end_incl: u64) -> Result<Vec<u8>, StoreError> {
         let r = self.bucket.get_object_range(key, start, Some(end_incl)).await.map_err(|e| remote(format!("GET {key} [{start}..={end_incl}]"), e))?;
         let data = r.to_vec();
@@ -379,39 +397,14 @@ impl ObjectStore for S3Store {
 
     async fn list_meta(&self, dir: &str) -> Result<Vec<String>, StoreError> {
         let root = self.root();
-        let prefix = format!("{root}{}/", dir.trim_end_matches('/'));
-        let mut out = Vec::new();
-        let mut token = None;
-        loop {
-            let (page, _) = self
-                .bucket
-                .list_page(prefix.clone(), None, token.clone(), None, Some(1000))
-                .await
-                .map_err(|e| remote(format!("LIST {prefix}"), e))?;
-            out.extend(page.contents.iter().filter_map(|o| o.key.strip_prefix(&root).map(str::to_string)));
-            if !page.is_truncated || page.next_continuation_token.is_none() {
-                out.sort();
-                return Ok(out);
-            }
-            token = page.next_continuation_token;
-        }
+        let keys = self.list_keys(&format!("{root}{}/", dir.trim_end_matches('/'))).await?;
+        let mut out: Vec<String> = keys.iter().filter_map(|k| k.strip_prefix(&root).map(str::to_string)).collect();
+        out.sort();
+        Ok(out)
     }
 
     async fn list_blobs(&self) -> Result<Vec<BlobId>, StoreError> {
-        let prefix = format!("{}blobs/", self.root());
-        let mut out = Vec::new();
-        let mut token = None;
-        loop {
-            let (page, _) = self
-                .bucket
-                .list_page(prefix.clone(), None, token.clone(), None, Some(1000))
-                .await
-                .map_err(|e| remote(format!("LIST {prefix}"), e))?;
-            out.extend(page.contents.iter().filter_map(|o| o.key.rsplit('/').next().and_then(BlobId::from_hex)));
-            if !page.is_truncated || page.next_continuation_token.is_none() {
-                return Ok(out);
-            }
-            token = page.next_continuation_token;
-        }
+        let keys = self.list_keys(&format!("{}blobs/", self.root())).await?;
+        Ok(keys.iter().filter_map(|k| k.rsplit('/').next().and_then(BlobId::from_hex)).collect())
     }
 }

@@ -33,9 +33,10 @@ impl BlobId {
         Ok((BlobId(*hasher.finalize().as_bytes()), total))
     }
 
-    /// The id of the empty blob (every new file starts bound to it).
+    /// The id of the empty blob (every new file starts bound to it); hashed once.
     pub fn empty() -> Self {
-        Self::of(&[])
+        static EMPTY: std::sync::OnceLock<BlobId> = std::sync::OnceLock::new();
+        *EMPTY.get_or_init(|| Self::of(&[]))
     }
 
     /// Lower-case hex, 64 characters.

@@ -24,7 +24,7 @@ const ATIME_SLACK_SECS: i64 = 1;
 
 impl FsCore {
     /// Register a handle on an inode, creating its shared state on first open.
-    fn register(&self, ino: u64, read: bool, write: bool) -> FsResult<(u64, Arc<OpenInode>)> {
+    fn register(&self, ino: u64, write: bool) -> FsResult<(u64, Arc<OpenInode>)> {
         let mut t = self.write_tree();
         let rec = t.get(ino)?;
         let (blob, size) = match rec.kind {
@@ -36,7 +36,7 @@ impl FsCore {
         entry.count += 1;
         let file = entry.file.clone();
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.insert(fh, Handle { file: file.clone(), read, write });
+        self.handles.insert(fh, Handle { file: file.clone(), write });
         Ok((fh, file))
     }
 
@@ -44,7 +44,7 @@ impl FsCore {
     pub fn open(&self, ino: u64, flags: i32) -> FsResult<Opened> {
         let acc = flags & libc::O_ACCMODE;
         let (read, write) = (acc != libc::O_WRONLY, acc != libc::O_RDONLY);
-        let (fh, file) = self.register(ino, read, write)?;
+        let (fh, file) = self.register(ino, write)?;
         let res = (|| {
             if write && flags & libc::O_TRUNC != 0 {
                 let mut st = file.lock();
@@ -99,13 +99,13 @@ impl FsCore {
     pub fn create(&self, caller: Caller, parent: u64, name: &[u8], mode: u32, umask: u32, flags: i32) -> FsResult<(Attr, Opened)> {
         let attr = self.mknod(caller, parent, name, libc::S_IFREG | (mode & 0o7777), umask)?;
         let acc = flags & libc::O_ACCMODE;
-        let (fh, file) = self.register(attr.ino, acc != libc::O_WRONLY, acc != libc::O_RDONLY)?;
+        let (fh, file) = self.register(attr.ino, acc != libc::O_RDONLY)?;
         Ok((attr, self.open_reply(fh, &file, false, acc != libc::O_RDONLY, flags)))
     }
 
-    fn handle(&self, fh: u64) -> FsResult<(Arc<OpenInode>, bool, bool)> {
+    fn handle(&self, fh: u64) -> FsResult<(Arc<OpenInode>, bool)> {
         let h = self.handles.get(&fh).ok_or(FsError::BadHandle)?;
-        Ok((h.file.clone(), h.read, h.write))
+        Ok((h.file.clone(), h.write))
     }
 
     /// Read up to `size` bytes at `offset`: the staging file while the inode is being written,
@@ -121,7 +121,7 @@ impl FsCore {
     }
 
     fn read_inner(&self, fh: u64, offset: u64, size: u32, wait: bool) -> FsResult<Option<Vec<u8>>> {
-        let (file, _, _) = self.handle(fh)?;
+        let (file, _) = self.handle(fh)?;
         let (src, len, pending) = {
             let mut st = file.lock();
             match &st.staging {
@@ -185,7 +185,7 @@ impl FsCore {
 
     /// Write bytes at `offset`.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
-        let (file, _, write) = self.handle(fh)?;
+        let (file, write) = self.handle(fh)?;
         if !write {
             return Err(FsError::BadHandle);
         }
@@ -242,10 +242,10 @@ impl FsCore {
     pub(crate) fn truncate(&self, ino: u64, size: u64, fh: Option<u64>) -> FsResult<()> {
         let temp = match fh.and_then(|fh| self.handles.get(&fh).filter(|h| h.write).map(|_| fh)) {
             Some(fh) => (fh, false),
-            None => (self.register(ino, false, true)?.0, true),
+            None => (self.register(ino, true)?.0, true),
         };
         let res = (|| {
-            let (file, _, _) = self.handle(temp.0)?;
+            let (file, _) = self.handle(temp.0)?;
             let mut st = file.lock();
             self.resize_locked(&file, &mut st, size)?;
             if temp.1 {
@@ -264,7 +264,7 @@ impl FsCore {
         if mode != 0 {
             return Err(FsError::NotSupported("fallocate modes other than 0"));
         }
-        let (file, _, write) = self.handle(fh)?;
+        let (file, write) = self.handle(fh)?;
         if !write {
             return Err(FsError::BadHandle);
         }
@@ -344,7 +344,7 @@ impl FsCore {
 
     /// `close()` of a descriptor: seal if the file was written, so close ⇒ durable.
     pub fn flush(&self, fh: u64) -> FsResult<()> {
-        let (file, _, write) = self.handle(fh)?;
+        let (file, write) = self.handle(fh)?;
         if write {
             let mut st = file.lock();
             self.seal_locked(&file, &mut st)?;
@@ -354,7 +354,7 @@ impl FsCore {
 
     /// `fsync`: seal, then make the blob and the metadata durable on disk.
     pub fn fsync(&self, fh: u64) -> FsResult<()> {
-        let (file, _, _) = self.handle(fh)?;
+        let (file, _) = self.handle(fh)?;
         let mut st = file.lock();
         self.seal_locked(&file, &mut st)?;
         if st.staging.is_none() {

@@ -63,8 +63,6 @@ impl OpenInode {
 pub struct Handle {
     /// the inode's shared state
     pub file: Arc<OpenInode>,
-    /// opened for reading
-    pub read: bool,
     /// opened for writing
     pub write: bool,
 }

@@ -29,14 +29,8 @@ pub struct Fetch {
 }
 
 impl Fetch {
-    /// A fetch of `len` bytes into a new file at `path`.
-    pub fn create(id: BlobId, len: u64, path: PathBuf) -> Result<Arc<Self>, StoreError> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| StoreError::io("create fetch file", e))?;
+    /// A fetch of `len` bytes into `file` (new, empty, read-write) at `path`.
+    pub fn create(id: BlobId, len: u64, file: File, path: PathBuf) -> Result<Arc<Self>, StoreError> {
         file.set_len(len).map_err(|e| StoreError::io("size fetch file", e))?;
         let n = crate::proof::chunks(len).max(1) as usize;
         Ok(Arc::new(Fetch {
@@ -120,7 +114,8 @@ mod tests {
     #[test]
     fn readers_wait_for_their_chunks_and_see_failures() {
         let dir = tempfile::tempdir().unwrap();
-        let f = Fetch::create(BlobId::of(b"x"), 3 * CHUNK, dir.path().join("f")).unwrap();
+        let new = |name: &str| std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(dir.path().join(name)).unwrap();
+        let f = Fetch::create(BlobId::of(b"x"), 3 * CHUNK, new("f"), dir.path().join("f")).unwrap();
         f.mark(0);
         f.wait(0, 10).unwrap();
         let f2 = f.clone();
@@ -131,7 +126,7 @@ mod tests {
         f.mark(2);
         t.join().unwrap().unwrap();
         assert!(f.complete());
-        let g = Fetch::create(BlobId::of(b"y"), CHUNK, dir.path().join("g")).unwrap();
+        let g = Fetch::create(BlobId::of(b"y"), CHUNK, new("g"), dir.path().join("g")).unwrap();
         g.fail("server gone".into());
         assert!(g.wait(0, 1).is_err());
     }

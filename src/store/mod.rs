@@ -250,10 +250,8 @@ impl BlobStore {
         if let Some(f) = self.fetches.get(id).and_then(|w| w.upgrade()).filter(|f| !f.failed()) {
             return Ok(BlobReader::Fetching(f));
         }
-        let (f, tmp) = self.new_staging()?;
-        drop(f);
-        let _ = std::fs::remove_file(&tmp);
-        let fetch = fetch::Fetch::create(*id, len, tmp)?;
+        let (file, tmp) = self.new_staging()?;
+        let fetch = fetch::Fetch::create(*id, len, file, tmp)?;
         self.fetches.insert(*id, Arc::downgrade(&fetch));
         self.remote_gets.fetch_add(1, Ordering::Relaxed);
         let (remote, flat, fetches, job, id) = (self.remote.clone(), self.flat.clone(), self.fetches.clone(), fetch.clone(), *id);

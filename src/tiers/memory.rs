@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -17,8 +17,6 @@ pub struct MemoryStore {
     objects: Mutex<HashMap<BlobId, Vec<u8>>>,
     meta: Mutex<std::collections::BTreeMap<String, Vec<u8>>>,
     fail_next: AtomicU32,
-    /// Number of `get_blob` calls served (a metric for tests).
-    pub gets: AtomicU64,
 }
 
 impl MemoryStore {
@@ -82,7 +80,6 @@ impl ObjectStore for MemoryStore {
 
     async fn get_blob(&self, id: &BlobId, dst: &Path) -> Result<u64, StoreError> {
         self.fault()?;
-        self.gets.fetch_add(1, Ordering::Relaxed);
         let env = self.lock().get(id).cloned().ok_or(StoreError::NotFound(*id))?;
         let raw = codec::decode(&env, id).map_err(|source| StoreError::Corrupt { id: *id, source })?;
         std::fs::write(dst, &raw).map_err(|e| StoreError::io("write fetched blob", e))?;

@@ -63,6 +63,11 @@ pub struct MountArgs {
     /// unmount). A node with an empty cache dir restores the newest snapshot.
     #[arg(long, default_value_t = 300)]
     pub snapshot_interval: u64,
+    /// Milliseconds between polls of the other nodes' change journals in a shared bucket
+    /// (0: do not follow other nodes). Their changes show up here within this plus their
+    /// publication delay (≈ 0.1–0.4 s after their upload).
+    #[arg(long, default_value_t = 2000)]
+    pub poll_interval_ms: u64,
     /// S3 endpoint URL for non-AWS services (MinIO, Ceph RGW, R2, SeaweedFS…).
     #[arg(long)]
     pub s3_endpoint: Option<String>,
@@ -116,6 +121,7 @@ impl MountArgs {
             compression,
             sync_uploads: self.upload == "sync",
             snapshot_interval: std::time::Duration::from_secs(self.snapshot_interval),
+            poll_interval: std::time::Duration::from_millis(self.poll_interval_ms),
             s3: crate::tiers::s3::S3Config {
                 bucket: String::new(),
                 prefix: String::new(),

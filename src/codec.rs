@@ -184,6 +184,18 @@ pub fn decode(env: &[u8], expected: &BlobId) -> Result<Vec<u8>, CodecError> {
     Ok(raw)
 }
 
+/// Wrap a metadata object (tree snapshot, change batch) in a self-verifying envelope: the
+/// header records the blake3 of the content, so no external id is needed to check it.
+pub fn seal_meta(body: &[u8]) -> Vec<u8> {
+    encode(body, Compression::Auto(3))
+}
+
+/// Open an envelope made by [`seal_meta`], verifying its content against the hash it carries.
+pub fn open_meta(env: &[u8]) -> Result<Vec<u8>, CodecError> {
+    let id = env.get(16..HEADER_LEN).and_then(|b| <[u8; 32]>::try_from(b).ok()).map(BlobId);
+    decode(env, &id.ok_or(CodecError::Malformed("shorter than header"))?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -116,6 +116,8 @@ pub struct Settings {
     pub sync_uploads: bool,
     /// how often a changed tree is snapshotted into a remote store (zero: only at unmount)
     pub snapshot_interval: Duration,
+    /// how often other nodes' change journals are polled (zero: never)
+    pub poll_interval: Duration,
     /// how to reach S3 when the store is `s3://`
     pub s3: crate::tiers::s3::S3Config,
 }

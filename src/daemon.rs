@@ -288,20 +288,19 @@ fn serve(s: &Settings, report: Option<&mut File>, mut lock: File) -> Result<()> 
     let (index, mut snapshot) = Index::open(&s.cache_dir.join("index"), rt.handle())?;
     if snapshot.is_empty() && !remote.is_local() {
         // an empty cache dir on an existing bucket: rebuild the tree from its newest snapshot
+        // (the journals after it are applied by the first poll, before the mount goes live)
         tracing::info!(store = %remote.describe(), "empty cache dir: looking for a tree snapshot in the object store");
-        if let Some((name, kv)) = rt.block_on(crate::fs::snapshot::newest(remote.as_ref()))? {
-            let inodes = kv.iter().filter(|(k, _)| k.first() == Some(&crate::index::keys::INODE)).count();
-            tracing::info!(%name, inodes, records = kv.len(), "restoring the tree");
-            for chunk in kv.chunks(10_000) {
-                index.commit(chunk.iter().map(|(k, v)| crate::index::Op::Put(k.clone(), v.clone())).collect())?;
-            }
-            index.sync()?;
-            tracing::info!(%name, inodes, "tree restored; file contents come from the object store on first read");
-            snapshot = kv;
-        }
+        snapshot = rt.block_on(crate::fs::snapshot::restore(remote.as_ref(), &index))?;
     }
     let opts = CoreOptions { max_file_size: s.max_file_size, ..CoreOptions::default() };
     let core = Arc::new(FsCore::load(&s.cache_dir, store, index, snapshot, opts)?);
+    if !remote.is_local() && !s.poll_interval.is_zero() {
+        // catch up with the other nodes before serving
+        match rt.block_on(core.poll_once()) {
+            Ok(n) => tracing::info!(changes = n, "caught up with the other nodes' change journals"),
+            Err(e) => tracing::warn!(error = %e, "could not read the other nodes' change journals yet; will keep trying"),
+        }
+    }
     let notifier = Arc::new(OnceLock::new());
     // a remote store: slow operations leave the FUSE workers (see WombatFuse::new)
     let offload = matches!(s.store, StoreUrl::S3 { .. }).then(|| rt.handle().clone());
@@ -309,6 +308,7 @@ fn serve(s: &Settings, report: Option<&mut File>, mut lock: File) -> Result<()> 
     let session = fuser::Session::new(fs, &s.mountpoint, &fuse_config(s))
         .with_context(|| format!("cannot mount on {}", s.mountpoint.display()))?;
     let _ = notifier.set(session.notifier());
+    core.set_invalidator(Box::new(crate::fs::fuse::invalidator(notifier.clone())));
     let bg = session.spawn().context("cannot start the FUSE session")?;
     tracing::info!(mountpoint = %s.mountpoint.display(), cache = %s.cache_dir.display(), store = %remote.describe(), "mounted");
     if let Some(r) = report {
@@ -323,6 +323,13 @@ fn serve(s: &Settings, report: Option<&mut File>, mut lock: File) -> Result<()> 
         stop2.store(true, Ordering::SeqCst);
     });
     let snapshots = spawn_snapshotter(s, &core, &remote);
+    let (following, publishing) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    if !remote.is_local() {
+        rt.spawn(core.clone().publish_loop(publishing.clone()));
+        if !s.poll_interval.is_zero() {
+            rt.spawn(core.clone().poll_loop(s.poll_interval, following.clone()));
+        }
+    }
     let mut unmount_sent = false;
     while !bg.guard.is_finished() {
         if stop.load(Ordering::SeqCst) && !unmount_sent {
@@ -341,8 +348,10 @@ fn serve(s: &Settings, report: Option<&mut File>, mut lock: File) -> Result<()> 
         stop.store(true, Ordering::SeqCst);
         let _ = handle.join();
     }
+    following.store(true, Ordering::SeqCst);
     tracing::info!("unmounted; flushing");
     core.shutdown(Duration::from_secs(30))?;
+    publishing.store(true, Ordering::SeqCst);
     tracing::info!("clean shutdown");
     drop(lock);
     Ok(())

@@ -11,6 +11,7 @@ pub mod codec;
 pub mod index;
 pub mod proof;
 pub mod store;
+pub mod sync;
 pub mod tiers;
 pub mod fs;
 pub mod cli;

@@ -181,3 +181,82 @@ fn periodic_snapshots_let_a_new_node_recover_after_a_crash() {
         assert_eq!(fs::read_to_string(b.path(&format!("ns/d/f{i}"))).unwrap(), format!("block {i}"));
     }
 }
+
+/// Wait until `f` holds, at most `limit`; returns how long it took.
+fn within(limit: std::time::Duration, what: &str, mut f: impl FnMut() -> bool) -> std::time::Duration {
+    let t = std::time::Instant::now();
+    while !f() {
+        assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    t.elapsed()
+}
+
+#[test]
+fn two_daemons_one_bucket_see_each_others_changes() {
+    let Some(ep) = endpoint() else { return };
+    let prefix = unique_prefix("two");
+    let args = s3_args(&ep, &prefix, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let a = Mount::start_with(&args);
+    let b = Mount::start_with(&args);
+    let ten = std::time::Duration::from_secs(10);
+    // B looks first: the kernel caches a negative entry that A's create must invalidate
+    assert!(fs::metadata(b.path("ns")).is_err());
+    fs::create_dir_all(a.path("ns/layer0")).unwrap();
+    let block: Vec<u8> = (0..(6u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+    fs::write(a.path("ns/layer0/blk0"), &block).unwrap();
+    let took = within(ten, "A's file on B", || fs::metadata(b.path("ns/layer0/blk0")).is_ok());
+    eprintln!("create on A visible on B after {took:?}");
+    assert_eq!(fs::read(b.path("ns/layer0/blk0")).unwrap(), block, "B reads A's bytes");
+
+    // unlink on B: gone on A (its kernel entry cache too)
+    assert!(fs::metadata(a.path("ns/layer0/blk0")).is_ok());
+    fs::remove_file(b.path("ns/layer0/blk0")).unwrap();
+    let took = within(ten, "B's unlink on A", || fs::metadata(a.path("ns/layer0/blk0")).is_err());
+    eprintln!("unlink on B visible on A after {took:?}");
+    assert!(fs::read_dir(a.path("ns/layer0")).unwrap().next().is_none());
+
+    // rename on A (write to a temp name, rename into place, as SGLang does)
+    fs::write(a.path("ns/.tmp-1"), b"final bytes").unwrap();
+    fs::rename(a.path("ns/.tmp-1"), a.path("ns/final")).unwrap();
+    within(ten, "A's rename on B", || fs::read(b.path("ns/final")).map(|d| d == b"final bytes").unwrap_or(false));
+    assert!(fs::metadata(b.path("ns/.tmp-1")).is_err());
+
+    // rewrite on B: A's cached pages of the old content must not be served
+    fs::write(b.path("ns/final"), b"rewritten on B").unwrap();
+    within(ten, "B's rewrite on A", || fs::read(a.path("ns/final")).map(|d| d == b"rewritten on B").unwrap_or(false));
+
+    // dedup across nodes: the same block written on both is one object in the bucket
+    let shared = vec![0x5au8; 3 << 20];
+    fs::write(a.path("ns/dup-a"), &shared).unwrap();
+    fs::write(b.path("ns/dup-b"), &shared).unwrap();
+    within(ten, "both copies everywhere", || fs::metadata(a.path("ns/dup-b")).is_ok() && fs::metadata(b.path("ns/dup-a")).is_ok());
+    let id = wombatfs::blob::BlobId::of(&shared);
+    let store = common::s3::store(&ep, &prefix);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let blobs = rt.block_on(wombatfs::tiers::ObjectStore::list_blobs(&store)).unwrap();
+    assert_eq!(blobs.iter().filter(|b| **b == id).count(), 1);
+    drop((a, b));
+}
+
+#[test]
+fn sync_mode_survives_losing_the_node() {
+    let Some(ep) = endpoint() else { return };
+    let prefix = unique_prefix("loss");
+    let args = s3_args(&ep, &prefix, &["--upload", "sync", "--snapshot-interval", "0"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut a = Mount::start_with(&args);
+    fs::create_dir(a.path("ns")).unwrap();
+    for i in 0..20 {
+        fs::write(a.path(&format!("ns/blk{i}")), format!("block {i}").repeat(1000)).unwrap();
+    }
+    // the node is lost the moment close() returned: no unmount, no snapshot, no cache dir
+    a.kill9();
+    common::mount::lazy_unmount(&a.mnt);
+    fs::remove_dir_all(&a.cache).unwrap();
+    let c = Mount::start_with(&args);
+    for i in 0..20 {
+        assert_eq!(fs::read(c.path(&format!("ns/blk{i}"))).unwrap(), format!("block {i}").repeat(1000).into_bytes());
+    }
+}

@@ -47,6 +47,7 @@ pub struct FsCore {
     pub(crate) store: Arc<BlobStore>,
     pub(crate) index: Index,
     pub(crate) opts: CoreOptions,
+    pub(crate) invalidator: std::sync::OnceLock<Box<dyn Fn(&[crate::fs::Inval]) + Send + Sync>>,
     cache_dir: PathBuf,
 }
 
@@ -95,7 +96,10 @@ impl FsCore {
             ctime: now,
             xattrs: Default::default(),
         };
-        let tree = Tree::load(snapshot, &store, &index, root)?;
+        let mut tree = Tree::load(snapshot, &store, &index, root)?;
+        // a remote store may be shared: publish this node's changes for the others
+        let node = crate::fs::snapshot::node_id(cache_dir)?;
+        tree.outbox.init(&node, !store.remote().is_local());
         let idx = index.clone();
         store.set_uploaded_hook(Arc::new(move |id: BlobId| {
             if let Err(e) = idx.commit(vec![crate::index::Op::Delete(crate::index::keys::upload(&id))]) {
@@ -110,6 +114,7 @@ impl FsCore {
             store,
             index,
             opts,
+            invalidator: std::sync::OnceLock::new(),
             cache_dir: cache_dir.to_path_buf(),
         })
     }
@@ -173,11 +178,12 @@ impl FsCore {
         }
         tx.put_inode(rec);
         let attr = attr_of(rec);
+        t.note_state(&mut tx, ino);
         t.commit(tx, &self.index, &self.store)?;
         Ok(attr)
     }
 
-    fn new_inode(&self, t: &mut Tree, tx: &mut Tx, caller: Caller, parent: u64, kind: InodeKind, perm: u16) -> FsResult<InodeRecord> {
+    pub(crate) fn new_inode(&self, t: &mut Tree, tx: &mut Tx, caller: Caller, parent: u64, kind: InodeKind, perm: u16) -> FsResult<InodeRecord> {
         let now = Ts::now();
         let p = t.get(parent)?;
         // BSD group semantics for setgid directories, as ext4 does
@@ -196,7 +202,7 @@ impl FsCore {
         Ok(InodeRecord { ino, kind, perm, uid: caller.uid, gid, nlink, size, atime: now, mtime: now, ctime: now, xattrs: Default::default() })
     }
 
-    fn check_new_entry(t: &Tree, parent: u64, name: &[u8], is_dir: bool) -> FsResult<()> {
+    pub(crate) fn check_new_entry(t: &Tree, parent: u64, name: &[u8], is_dir: bool) -> FsResult<()> {
         check_name(name)?;
         if parent == ROOT && !is_dir {
             return Err(FsError::NotPermitted("only namespace directories may live at the root"));
@@ -208,6 +214,15 @@ impl FsCore {
     }
 
     fn insert(&self, t: &mut Tree, mut tx: Tx, parent: u64, name: &[u8], rec: InodeRecord) -> FsResult<Attr> {
+        let ino = rec.ino;
+        let attr = Self::insert_in(t, &mut tx, parent, name, rec)?;
+        t.note_state(&mut tx, ino);
+        t.commit(tx, &self.index, &self.store)?;
+        Ok(attr)
+    }
+
+    /// Link a new inode under `parent` (no commit).
+    pub(crate) fn insert_in(t: &mut Tree, tx: &mut Tx, parent: u64, name: &[u8], rec: InodeRecord) -> FsResult<Attr> {
         let now = rec.ctime;
         let attr = attr_of(&rec);
         let ino = rec.ino;
@@ -217,12 +232,11 @@ impl FsCore {
             t.dirs.insert(ino, Default::default());
         }
         t.inodes.insert(ino, rec);
-        t.link_entry(&mut tx, parent, name, ino);
+        t.link_entry(tx, parent, name, ino);
         if is_dir {
             t.get_mut(parent)?.nlink += 1;
         }
-        t.touch_dir(&mut tx, parent, now);
-        t.commit(tx, &self.index, &self.store)?;
+        t.touch_dir(tx, parent, now);
         Ok(attr)
     }
 
@@ -302,6 +316,7 @@ impl FsCore {
         let attr = attr_of(rec);
         t.link_entry(&mut tx, newparent, newname, ino);
         t.touch_dir(&mut tx, newparent, now);
+        t.note_entry(&mut tx, newparent, newname);
         t.commit(tx, &self.index, &self.store)?;
         Ok(attr)
     }
@@ -309,16 +324,22 @@ impl FsCore {
     /// Remove a non-directory name.
     pub fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
         let mut t = self.write_tree();
+        let mut tx = Tx::default();
+        t.note_remove(&mut tx, parent, name);
+        self.unlink_in(&mut t, &mut tx, parent, name)?;
+        t.commit(tx, &self.index, &self.store)
+    }
+
+    pub(crate) fn unlink_in(&self, t: &mut Tree, tx: &mut Tx, parent: u64, name: &[u8]) -> FsResult<()> {
         let ino = t.child(parent, name)?.ok_or(FsError::NotFound)?;
         if t.dirs.contains_key(&ino) {
             return Err(FsError::IsDir);
         }
-        let mut tx = Tx::default();
         let now = Ts::now();
-        t.unlink_entry(&mut tx, parent, name);
-        t.drop_link(&mut tx, &self.store, ino, now)?;
-        t.touch_dir(&mut tx, parent, now);
-        t.commit(tx, &self.index, &self.store)
+        t.unlink_entry(tx, parent, name);
+        t.drop_link(tx, &self.store, ino, now)?;
+        t.touch_dir(tx, parent, now);
+        Ok(())
     }
 
     /// Remove an empty directory.
@@ -330,17 +351,23 @@ impl FsCore {
             return Err(FsError::NotEmpty);
         }
         let mut t = self.write_tree();
+        let mut tx = Tx::default();
+        t.note_remove(&mut tx, parent, name);
+        Self::rmdir_in(&mut t, &mut tx, parent, name)?;
+        t.commit(tx, &self.index, &self.store)
+    }
+
+    pub(crate) fn rmdir_in(t: &mut Tree, tx: &mut Tx, parent: u64, name: &[u8]) -> FsResult<()> {
         let ino = t.child(parent, name)?.ok_or(FsError::NotFound)?;
         if !t.children(ino)?.is_empty() {
             return Err(FsError::NotEmpty);
         }
-        let mut tx = Tx::default();
         let now = Ts::now();
-        t.unlink_entry(&mut tx, parent, name);
-        t.remove_dir(&mut tx, ino);
+        t.unlink_entry(tx, parent, name);
+        t.remove_dir(tx, ino);
         t.get_mut(parent)?.nlink -= 1;
-        t.touch_dir(&mut tx, parent, now);
-        t.commit(tx, &self.index, &self.store)
+        t.touch_dir(tx, parent, now);
+        Ok(())
     }
 
     /// Rename, atomically replacing the target; honours `RENAME_NOREPLACE` and
@@ -353,6 +380,30 @@ impl FsCore {
         }
         check_name(newname)?;
         let mut t = self.write_tree();
+        let mut tx = Tx::default();
+        let (from, to) = (t.path(parent, name), t.path(newparent, newname));
+        let src = self.rename_in(&mut t, &mut tx, parent, name, newparent, newname, flags)?;
+        if exchange {
+            for (p, n) in [(parent, name), (newparent, newname)] {
+                t.note_entry(&mut tx, p, n);
+            }
+        } else if let Some(src) = src {
+            t.note_rename(&mut tx, from, to);
+            if !t.dirs.contains_key(&src) {
+                // files travel with their content, so a node that missed the old name still
+                // ends up with the new one
+                t.note_entry(&mut tx, newparent, newname);
+            }
+        }
+        t.commit(tx, &self.index, &self.store)
+    }
+
+    /// The body of `rename` (no commit); returns the moved inode, or `None` when nothing
+    /// changed (two names of one inode).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn rename_in(&self, t: &mut Tree, tx: &mut Tx, parent: u64, name: &[u8], newparent: u64, newname: &[u8], flags: u32) -> FsResult<Option<u64>> {
+        let noreplace = flags & libc::RENAME_NOREPLACE != 0;
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
         let src = t.child(parent, name)?.ok_or(FsError::NotFound)?;
         let dst = t.child(newparent, newname)?;
         let src_dir = t.dirs.contains_key(&src);
@@ -363,7 +414,6 @@ impl FsCore {
             return Err(FsError::Invalid("cannot move a directory into itself"));
         }
         let now = Ts::now();
-        let mut tx = Tx::default();
         if exchange {
             let dst = dst.ok_or(FsError::NotFound)?;
             let dst_dir = t.dirs.contains_key(&dst);
@@ -373,17 +423,17 @@ impl FsCore {
             if dst_dir && t.is_within(parent, dst) {
                 return Err(FsError::Invalid("cannot move a directory into itself"));
             }
-            t.link_entry(&mut tx, parent, name, dst);
-            t.link_entry(&mut tx, newparent, newname, src);
-            self.reparent(&mut t, &mut tx, src, parent, newparent, now)?;
-            self.reparent(&mut t, &mut tx, dst, newparent, parent, now)?;
+            t.link_entry(tx, parent, name, dst);
+            t.link_entry(tx, newparent, newname, src);
+            self.reparent(t, tx, src, parent, newparent, now)?;
+            self.reparent(t, tx, dst, newparent, parent, now)?;
         } else {
             if let Some(dst) = dst {
                 if noreplace {
                     return Err(FsError::Exists);
                 }
                 if dst == src {
-                    return Ok(()); // two names of one inode: POSIX says do nothing
+                    return Ok(None); // two names of one inode: POSIX says do nothing
                 }
                 let dst_dir = t.dirs.contains_key(&dst);
                 match (src_dir, dst_dir) {
@@ -392,23 +442,23 @@ impl FsCore {
                     (true, true) if !t.children(dst)?.is_empty() => return Err(FsError::NotEmpty),
                     _ => {}
                 }
-                t.unlink_entry(&mut tx, newparent, newname);
+                t.unlink_entry(tx, newparent, newname);
                 if dst_dir {
-                    t.remove_dir(&mut tx, dst);
+                    t.remove_dir(tx, dst);
                     t.get_mut(newparent)?.nlink -= 1;
                 } else {
-                    t.drop_link(&mut tx, &self.store, dst, now)?;
+                    t.drop_link(tx, &self.store, dst, now)?;
                 }
             }
-            t.unlink_entry(&mut tx, parent, name);
-            t.link_entry(&mut tx, newparent, newname, src);
-            self.reparent(&mut t, &mut tx, src, parent, newparent, now)?;
+            t.unlink_entry(tx, parent, name);
+            t.link_entry(tx, newparent, newname, src);
+            self.reparent(t, tx, src, parent, newparent, now)?;
         }
-        t.touch_dir(&mut tx, parent, now);
+        t.touch_dir(tx, parent, now);
         if newparent != parent {
-            t.touch_dir(&mut tx, newparent, now);
+            t.touch_dir(tx, newparent, now);
         }
-        t.commit(tx, &self.index, &self.store)
+        Ok(Some(src))
     }
 
     /// After an entry moved from `from` to `to`: fix a directory's `..` and link counts, touch ctime.
@@ -491,6 +541,8 @@ impl FsCore {
         }
         if !self.store.drain(upload_timeout) {
             tracing::warn!("uploads still pending at shutdown; they resume at the next mount; no tree snapshot written");
+        } else if let Err(e) = self.wait_published(upload_timeout) {
+            tracing::warn!(error = %e, "changes not yet in the bucket's journal at shutdown; they are published at the next mount; no tree snapshot written");
         } else if !self.store.remote().is_local() {
             match self.write_snapshot(&node) {
                 Ok(name) => tracing::info!(%name, "tree snapshot written to the object store"),

@@ -134,6 +134,20 @@ impl WombatFuse {
     }
 }
 
+/// The function that drops kernel cache entries after another node's changes were applied.
+pub fn invalidator(notifier: Arc<OnceLock<Notifier>>) -> impl Fn(&[crate::fs::Inval]) + Send + Sync {
+    move |inval| {
+        let Some(n) = notifier.get() else { return };
+        for i in inval {
+            // ENOENT: the kernel had nothing cached, which is fine
+            let _ = match i {
+                crate::fs::Inval::Entry(parent, name) => n.inval_entry(INodeNo(*parent), OsStr::from_bytes(name)),
+                crate::fs::Inval::Inode(ino) => n.inval_inode(INodeNo(*ino), -1, 0),
+            };
+        }
+    }
+}
+
 fn xattr_reply(reply: ReplyXattr, size: u32, r: Result<Vec<u8>, FsError>, op: &'static str) {
     match r {
         Ok(v) if size == 0 => reply.size(v.len() as u32),

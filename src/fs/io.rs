@@ -328,6 +328,7 @@ impl FsCore {
         };
         rec.size = size;
         tx.put_inode(rec);
+        t.note_state(&mut tx, file.ino);
         t.decref(&mut tx, &self.store, old);
         t.kernel_cached.remove(&file.ino);
         t.commit(tx, &self.index, &self.store)?;
@@ -348,6 +349,17 @@ impl FsCore {
         if write {
             let mut st = file.lock();
             self.seal_locked(&file, &mut st)?;
+            drop(st);
+            self.publish_if_sync()?;
+        }
+        Ok(())
+    }
+
+    /// `--upload sync`: the name, not only the blob, must be in the bucket before `close` or
+    /// `fsync` returns, so the file survives the loss of this node.
+    fn publish_if_sync(&self) -> FsResult<()> {
+        if self.store.sync_uploads() {
+            self.wait_published(std::time::Duration::from_secs(30))?;
         }
         Ok(())
     }
@@ -362,7 +374,7 @@ impl FsCore {
         }
         drop(st);
         self.index.sync()?;
-        Ok(())
+        self.publish_if_sync()
     }
 
     /// Last close of a handle.

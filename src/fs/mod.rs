@@ -6,6 +6,8 @@ pub mod error;
 pub mod fuse;
 pub mod io;
 pub mod open;
+pub mod publish;
+pub mod remote;
 pub mod seqhash;
 pub mod snapshot;
 pub mod tree;
@@ -123,6 +125,15 @@ pub struct StatFs {
     pub files: u64,
     /// free inodes
     pub ffree: u64,
+}
+
+/// A kernel cache entry to drop after another node changed the namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Inval {
+    /// the entry `name` in directory `parent` (positive or negative)
+    Entry(u64, Vec<u8>),
+    /// the attributes of an inode
+    Inode(u64),
 }
 
 /// Block size reported by `statfs` and `stat`.

@@ -11,8 +11,7 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::blob::BlobId;
-use crate::codec::{self, Compression};
+use crate::codec;
 use crate::fs::core::FsCore;
 use crate::fs::error::{FsError, FsResult};
 use crate::fs::tree::Tree;
@@ -37,7 +36,8 @@ impl FsCore {
     pub fn snapshot_if_changed(&self, node: &str, last_change: u64) -> FsResult<Option<u64>> {
         let (changes, kv) = {
             let t = self.read_tree();
-            if t.changes == last_change || self.store().upload_stats().pending.load(Ordering::SeqCst) != 0 {
+            let unpublished = !t.outbox.queue.is_empty();
+            if t.changes == last_change || unpublished || self.store().upload_stats().pending.load(Ordering::SeqCst) != 0 {
                 return Ok(None);
             }
             (t.changes, export(&t))
@@ -65,6 +65,10 @@ fn export(t: &Tree) -> Snapshot {
         for (id, e) in &t.blobs {
             kv.push((keys::blob(id), records::encode(&BlobRecord { size: e.size })));
         }
+        // where each node's journal continues after this snapshot
+        for (node, seq) in &t.outbox.cursors {
+            kv.push((keys::cursor(node), seq.to_be_bytes().to_vec()));
+        }
         kv.sort();
         kv
 }
@@ -78,7 +82,7 @@ impl FsCore {
 
     fn put_snapshot(&self, node: &str, kv: Snapshot) -> FsResult<String> {
         let body = bincode::serialize(&kv).map_err(|e| FsError::Io(std::io::Error::other(e)))?;
-        let env = codec::encode(&body, Compression::Auto(3));
+        let env = codec::seal_meta(&body);
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let name = format!("{DIR}/{:012}-{:09}-{node}", now.as_secs(), now.subsec_nanos());
         let remote = self.store().remote().clone();
@@ -112,13 +116,35 @@ pub fn node_id(cache: &std::path::Path) -> std::io::Result<String> {
 pub async fn newest(remote: &dyn ObjectStore) -> Result<Option<(String, Snapshot)>, StoreError> {
     let Some(name) = remote.list_meta(DIR).await?.pop() else { return Ok(None) };
     let env = remote.get_meta(&name).await?;
-    let bad = |why: &'static str| StoreError::Config(format!("snapshot {name} is unusable: {why}"));
-    if env.len() < codec::HEADER_LEN {
-        return Err(bad("too short"));
+    Ok(Some((name.clone(), open_snapshot(&name, &env)?)))
+}
+
+/// Verify and decode a snapshot object (self-verifying: its envelope records the blake3 of
+/// its content).
+pub fn open_snapshot(name: &str, env: &[u8]) -> Result<Snapshot, StoreError> {
+    let bad = |why: String| StoreError::Config(format!("snapshot {name} is unusable: {why}"));
+    let body = codec::open_meta(env).map_err(|e| bad(e.to_string()))?;
+    bincode::deserialize(&body).map_err(|_| bad("undecodable records".into()))
+}
+
+/// Load the newest snapshot in the store into an empty index (the library's and the daemon's
+/// restore of a node with an empty cache dir). Returns the records loaded, empty when the
+/// store has no snapshot. Changes published after it are applied by polling the journals
+/// from the cursors the snapshot carries ([`FsCore::poll_once`]).
+pub async fn restore(remote: &dyn ObjectStore, index: &crate::index::Index) -> FsResult<Snapshot> {
+    let Some((name, kv)) = newest(remote).await? else {
+        tracing::info!("no tree snapshot in the object store; starting from the change journals");
+        return Ok(Vec::new());
+    };
+    let inodes = kv.iter().filter(|(k, _)| k.first() == Some(&keys::INODE)).count();
+    tracing::info!(%name, inodes, records = kv.len(), "restoring the tree");
+    let mut done = 0;
+    for chunk in kv.chunks(10_000) {
+        index.commit(chunk.iter().map(|(k, v)| crate::index::Op::Put(k.clone(), v.clone())).collect())?;
+        done += chunk.len();
+        tracing::info!(%name, done, of = kv.len(), "restoring the tree");
     }
-    // a snapshot is self-verifying: its envelope records the blake3 of its content
-    let id = BlobId(env[16..48].try_into().map_err(|_| bad("header"))?);
-    let body = codec::decode(&env, &id).map_err(|source| StoreError::Corrupt { id, source })?;
-    let kv: Snapshot = bincode::deserialize(&body).map_err(|_| bad("undecodable records"))?;
-    Ok(Some((name, kv)))
+    index.sync()?;
+    tracing::info!(%name, inodes, "tree restored; file contents come from the object store on first read");
+    Ok(kv)
 }

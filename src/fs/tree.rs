@@ -7,10 +7,12 @@ use std::sync::Arc;
 use crate::blob::BlobId;
 use crate::fs::error::{FsError, FsResult};
 use crate::fs::open::OpenInode;
+use crate::fs::publish::Outbox;
 use crate::index::keys;
 use crate::index::records::{self, BlobRecord, InodeKind, InodeRecord, Ts};
 use crate::index::{Index, Op, Snapshot};
 use crate::store::BlobStore;
+use crate::sync::change::{Attrs, Change};
 
 /// The root directory's inode number.
 pub const ROOT: u64 = 1;
@@ -37,12 +39,17 @@ pub struct OpenEntry {
 pub struct Tx {
     ops: Vec<Op>,
     uploads: Vec<BlobId>,
+    changes: Vec<Change>,
 }
 
 impl Tx {
     /// Record an inode.
     pub fn put_inode(&mut self, rec: &InodeRecord) {
         self.ops.push(Op::Put(keys::inode(rec.ino), records::encode(rec)));
+    }
+    /// Record a raw key/value.
+    pub fn put_raw(&mut self, k: Vec<u8>, v: Vec<u8>) {
+        self.ops.push(Op::Put(k, v));
     }
     fn del_inode(&mut self, ino: u64) {
         self.ops.push(Op::Delete(keys::inode(ino)));
@@ -74,6 +81,10 @@ pub struct Tree {
     pub kernel_cached: HashMap<u64, BlobId>,
     /// committed changes since mount (tells a snapshot writer whether anything changed)
     pub changes: u64,
+    /// the names of every linked inode (a directory has one), for publishing changes by path
+    pub names: HashMap<u64, Vec<(u64, Vec<u8>)>>,
+    /// changes waiting to be published to the other nodes, and the journal cursors
+    pub outbox: Outbox,
 }
 
 impl Tree {
@@ -110,16 +121,103 @@ impl Tree {
 
     /// Insert a directory entry.
     pub fn link_entry(&mut self, tx: &mut Tx, parent: u64, name: &[u8], ino: u64) {
-        self.dirs.entry(parent).or_default().insert(name.to_vec(), ino);
+        if let Some(old) = self.dirs.entry(parent).or_default().insert(name.to_vec(), ino) {
+            self.forget_name(old, parent, name);
+        }
+        self.names.entry(ino).or_default().push((parent, name.to_vec()));
         tx.put_dirent(parent, name, ino);
     }
 
     /// Remove a directory entry (not the inode).
     pub fn unlink_entry(&mut self, tx: &mut Tx, parent: u64, name: &[u8]) {
-        if let Some(d) = self.dirs.get_mut(&parent) {
-            d.remove(name);
+        if let Some(ino) = self.dirs.get_mut(&parent).and_then(|d| d.remove(name)) {
+            self.forget_name(ino, parent, name);
         }
         tx.del_dirent(parent, name);
+    }
+
+    fn forget_name(&mut self, ino: u64, parent: u64, name: &[u8]) {
+        if let Some(v) = self.names.get_mut(&ino) {
+            v.retain(|(p, n)| !(*p == parent && n == name));
+            if v.is_empty() {
+                self.names.remove(&ino);
+            }
+        }
+    }
+
+    /// Path of a directory relative to the root (empty for the root itself).
+    pub fn dir_path(&self, ino: u64) -> Option<Vec<u8>> {
+        if ino == ROOT {
+            return Some(Vec::new());
+        }
+        let (parent, name) = self.names.get(&ino)?.first()?;
+        Some(self.path(*parent, name)?)
+    }
+
+    /// Path of the entry `name` in directory `parent`, as published to other nodes.
+    pub fn path(&self, parent: u64, name: &[u8]) -> Option<Vec<u8>> {
+        let mut p = self.dir_path(parent)?;
+        if !p.is_empty() {
+            p.push(b'/');
+        }
+        p.extend_from_slice(name);
+        Some(p)
+    }
+
+    /// The change that publishes the current state of `ino` under `path`.
+    pub fn state_change(&self, ino: u64, path: Vec<u8>) -> Option<Change> {
+        let rec = self.inodes.get(&ino)?;
+        let attrs = Attrs { perm: rec.perm, uid: rec.uid, gid: rec.gid, mtime: rec.mtime };
+        Some(match &rec.kind {
+            InodeKind::File { blob } => Change::File { path, blob: *blob, size: rec.size, attrs },
+            InodeKind::Symlink { target } => Change::Symlink { path, target: target.clone(), attrs },
+            InodeKind::Dir { .. } => Change::Dir { path, attrs },
+        })
+    }
+
+    /// Publish the current state of `ino` under each of its names.
+    pub fn note_state(&self, tx: &mut Tx, ino: u64) {
+        if !self.outbox.enabled {
+            return;
+        }
+        for (parent, name) in self.names.get(&ino).into_iter().flatten() {
+            if let Some(c) = self.path(*parent, name).and_then(|p| self.state_change(ino, p)) {
+                tx.changes.push(c);
+            }
+        }
+    }
+
+    /// Publish the state of the entry `name` in `parent`.
+    pub fn note_entry(&self, tx: &mut Tx, parent: u64, name: &[u8]) {
+        if !self.outbox.enabled {
+            return;
+        }
+        let ino = self.dirs.get(&parent).and_then(|d| d.get(name));
+        if let Some(c) = ino.and_then(|i| self.state_change(*i, self.path(parent, name)?)) {
+            tx.changes.push(c);
+        }
+    }
+
+    /// Publish the removal of `name` from `parent` (call before removing it).
+    pub fn note_remove(&self, tx: &mut Tx, parent: u64, name: &[u8]) {
+        if !self.outbox.enabled {
+            return;
+        }
+        let Some(ino) = self.dirs.get(&parent).and_then(|d| d.get(name)) else { return };
+        let blob = match self.inodes.get(ino).map(|r| &r.kind) {
+            Some(InodeKind::File { blob }) => Some(*blob),
+            _ => None,
+        };
+        if let Some(path) = self.path(parent, name) {
+            tx.changes.push(Change::Remove { path, blob });
+        }
+    }
+
+    /// Publish a rename (paths computed before the move).
+    pub fn note_rename(&self, tx: &mut Tx, from: Option<Vec<u8>>, to: Option<Vec<u8>>) {
+        if let (true, Some(from), Some(to)) = (self.outbox.enabled, from, to) {
+            tx.changes.push(Change::Rename { from, to });
+        }
     }
 
     /// Touch mtime+ctime of a directory and record it.
@@ -140,6 +238,16 @@ impl Tree {
                 tx.ops.push(Op::Put(keys::upload(&id), Vec::new()));
                 tx.uploads.push(id);
             }
+            BlobEntry { size, refs: 0 }
+        });
+        e.refs += 1;
+    }
+
+    /// Take a reference on a blob another node published: it is in the object store, so it is
+    /// recorded without an upload and fetched on first read.
+    pub fn incref_published(&mut self, tx: &mut Tx, id: BlobId, size: u64) {
+        let e = self.blobs.entry(id).or_insert_with(|| {
+            tx.ops.push(Op::Put(keys::blob(&id), records::encode(&BlobRecord { size })));
             BlobEntry { size, refs: 0 }
         });
         e.refs += 1;
@@ -212,8 +320,13 @@ impl Tree {
     }
 
     /// Commit a transaction to the index and start its uploads. Called with the lock held.
-    pub fn commit(&mut self, tx: Tx, index: &Index, store: &BlobStore) -> FsResult<()> {
-        index.commit(tx.ops)?;
+    pub fn commit(&mut self, mut tx: Tx, index: &Index, store: &BlobStore) -> FsResult<()> {
+        let staged = self.outbox.stage(&mut tx.ops, std::mem::take(&mut tx.changes));
+        if let Err(e) = index.commit(tx.ops) {
+            self.outbox.abort();
+            return Err(e.into());
+        }
+        self.outbox.push(staged);
         self.changes += 1;
         for id in tx.uploads {
             store.enqueue_upload(id);
@@ -249,6 +362,8 @@ impl Tree {
                     }
                 }
                 Some(&keys::UPLOAD) => pending.extend(keys::blob_after_prefix(&k)),
+                Some(&keys::CURSOR) => t.outbox.load_cursor(&k[1..], &v),
+                Some(&keys::OUTBOX) => t.outbox.load_change(&k, &v),
                 Some(&keys::META) if k == keys::format_version() => {
                     format = <[u8; 4]>::try_from(v.as_slice()).ok().map(u32::from_be_bytes);
                 }
@@ -290,6 +405,7 @@ impl Tree {
                 *parent = p;
             }
             *links.entry(ino).or_default() += 1;
+            t.names.entry(ino).or_default().push((p, name.clone()));
             t.dirs.entry(p).or_default().insert(name, ino);
         }
         // inodes nobody links to (crash between unlink and forget) are dropped

@@ -9,6 +9,8 @@
 //! | `d` parent:u64 BE name bytes          | child ino:u64 BE                   | a directory entry               |
 //! | `b` blake3:32                         | bincode `BlobRecord`               | a blob known to this node       |
 //! | `u` blake3:32                         | empty                              | blob queued for upload          |
+//! | `o` seq:u64 BE                        | bincode `sync::Change`             | change not yet in the journal   |
+//! | `c` node id bytes                     | u64 BE                             | last change seq seen of a node  |
 //!
 //! Blob reference counts are not stored: they are recomputed from the inodes at mount, so a
 //! crash can never leave a count that disagrees with the tree.
@@ -25,6 +27,11 @@ pub const DIRENT: u8 = b'd';
 pub const BLOB: u8 = b'b';
 /// Prefix of upload-queue keys.
 pub const UPLOAD: u8 = b'u';
+
+/// Prefix of outbox keys (changes waiting to be published in the bucket's journal).
+pub const OUTBOX: u8 = b'o';
+/// Prefix of journal cursors (per node: the last change applied, or for this node published).
+pub const CURSOR: u8 = b'c';
 
 /// Index format version written at `m format`.
 pub const FORMAT: u32 = 1;
@@ -64,6 +71,16 @@ pub fn blob(id: &BlobId) -> Vec<u8> {
 /// `u` + blob id.
 pub fn upload(id: &BlobId) -> Vec<u8> {
     [&[UPLOAD][..], &id.0].concat()
+}
+
+/// `o` + seq.
+pub fn outbox(seq: u64) -> Vec<u8> {
+    [&[OUTBOX][..], &seq.to_be_bytes()].concat()
+}
+
+/// `c` + node id.
+pub fn cursor(node: &str) -> Vec<u8> {
+    [&[CURSOR][..], node.as_bytes()].concat()
 }
 
 /// Decode a u64 from the 8 bytes after the prefix byte.

@@ -103,6 +103,7 @@ impl BlobStore {
             flat_path: Box::new(move |id| flat2.path(id)),
             hook: std::sync::OnceLock::new(),
             stats: Arc::new(UploadStats::default()),
+            queued: Default::default(),
         });
         let (jobs, rx) = mpsc::unbounded_channel();
         rt.spawn(upload::run(ctx.clone(), rx));
@@ -174,8 +175,13 @@ impl BlobStore {
 
     /// Queue a blob for upload (the caller has persisted the intent).
     pub fn enqueue_upload(&self, id: BlobId) {
-        self.ctx.stats.pending.fetch_add(1, Ordering::Relaxed);
+        self.ctx.queue(id);
         let _ = self.jobs.send(Job::Upload(id));
+    }
+
+    /// Whether an upload of the blob is queued or in flight (not yet durable in the store).
+    pub fn upload_pending(&self, id: &BlobId) -> bool {
+        self.ctx.queued.contains_key(id)
     }
 
     /// A blob no name on this node refers to any more: remove its flat file. The object is

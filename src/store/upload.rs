@@ -37,6 +37,23 @@ pub(crate) struct UploadCtx {
     pub flat_path: Box<dyn Fn(&BlobId) -> PathBuf + Send + Sync>,
     pub hook: std::sync::OnceLock<UploadedHook>,
     pub stats: Arc<UploadStats>,
+    /// blobs queued or in flight (a blob may be queued more than once)
+    pub queued: dashmap::DashMap<BlobId, u32>,
+}
+
+impl UploadCtx {
+    pub fn queue(&self, id: BlobId) {
+        self.stats.pending.fetch_add(1, Ordering::Relaxed);
+        *self.queued.entry(id).or_insert(0) += 1;
+    }
+
+    fn done(&self, id: &BlobId) {
+        self.queued.remove_if_mut(id, |_, n| {
+            *n -= 1;
+            *n == 0
+        });
+        self.stats.pending.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 pub(crate) async fn run(ctx: Arc<UploadCtx>, mut rx: mpsc::UnboundedReceiver<Job>) {
@@ -69,7 +86,7 @@ pub(crate) async fn run(ctx: Arc<UploadCtx>, mut rx: mpsc::UnboundedReceiver<Job
                         }
                     }
                 }
-                ctx.stats.pending.fetch_sub(1, Ordering::Relaxed);
+                ctx.done(&id);
             }
             Job::Drain(done) => {
                 let _ = done.send(());

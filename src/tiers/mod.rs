@@ -98,6 +98,11 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn delete_meta(&self, name: &str) -> Result<(), StoreError>;
     /// Names of the metadata objects under `dir` (all pages), sorted.
     async fn list_meta(&self, dir: &str) -> Result<Vec<String>, StoreError>;
+    /// Names under `dir` that sort after `after` (a full name), sorted: the start-after
+    /// listing that reads a journal from a cursor in O(new objects).
+    async fn list_meta_after(&self, dir: &str, after: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self.list_meta(dir).await?.into_iter().filter(|n| n.as_str() > after).collect())
+    }
 }
 
 /// Download a blob whole (`get_blob` verifies it), copy it into the fetch file and make it all

@@ -170,13 +170,15 @@ impl S3Store {
     }
 
     /// Every key under `prefix`, following continuation tokens past 1000 keys per page.
-    async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+    async fn list_keys(&self, prefix: &str, start_after: Option<String>) -> Result<Vec<String>, StoreError> {
         let mut out = Vec::new();
         let mut token = None;
         loop {
+            // start-after applies to the first page; continuation tokens carry it afterwards
+            let after = if token.is_none() { start_after.clone() } else { None };
             let (page, _) = self
                 .bucket
-                .list_page(prefix.to_string(), None, token.clone(), None, Some(1000))
+                .list_page(prefix.to_string(), None, token.clone(), after, Some(1000))
                 .await
                 .map_err(|e| remote(format!("LIST {prefix}"), e))?;
             out.extend(page.contents.into_iter().map(|o| o.key));
@@ -185,6 +187,14 @@ impl S3Store {
             }
             token = page.next_continuation_token;
         }
+    }
+
+    async fn list_meta_keys(&self, dir: &str, start_after: Option<String>) -> Result<Vec<String>, StoreError> {
+        let root = self.root();
+        let keys = self.list_keys(&format!("{root}{}/", dir.trim_end_matches('/')), start_after).await?;
+        let mut out: Vec<String> = keys.iter().filter_map(|k| k.strip_prefix(&root).map(str::to_string)).collect();
+        out.sort();
+        Ok(out)
     }
 
     async fn range(&self, key: &str, start: u64, end_incl: u64) -> Result<Vec<u8>, StoreError> {
@@ -396,15 +406,15 @@ impl ObjectStore for S3Store {
     }
 
     async fn list_meta(&self, dir: &str) -> Result<Vec<String>, StoreError> {
-        let root = self.root();
-        let keys = self.list_keys(&format!("{root}{}/", dir.trim_end_matches('/'))).await?;
-        let mut out: Vec<String> = keys.iter().filter_map(|k| k.strip_prefix(&root).map(str::to_string)).collect();
-        out.sort();
-        Ok(out)
+        self.list_meta_keys(dir, None).await
+    }
+
+    async fn list_meta_after(&self, dir: &str, after: &str) -> Result<Vec<String>, StoreError> {
+        self.list_meta_keys(dir, Some(format!("{}{after}", self.root()))).await
     }
 
     async fn list_blobs(&self) -> Result<Vec<BlobId>, StoreError> {
-        let keys = self.list_keys(&format!("{}blobs/", self.root())).await?;
+        let keys = self.list_keys(&format!("{}blobs/", self.root()), None).await?;
         Ok(keys.iter().filter_map(|k| k.rsplit('/').next().and_then(BlobId::from_hex)).collect())
     }
 }

@@ -16,6 +16,7 @@ use wombatfs::fs::{Attr, Caller, Kind};
 use wombatfs::index::Index;
 use wombatfs::store::BlobStore;
 use wombatfs::tiers::local::LocalStore;
+use wombatfs::tiers::ObjectStore;
 
 pub const ROOT: u64 = 1;
 pub const CALLER: Caller = Caller { uid: 0, gid: 0 };
@@ -24,6 +25,8 @@ pub struct Fixture {
     pub dir: tempfile::TempDir,
     rt: Option<tokio::runtime::Runtime>,
     core: Option<Arc<FsCore>>,
+    /// a shared object store (several fixtures = several nodes); the local store otherwise
+    shared: Option<Arc<dyn ObjectStore>>,
 }
 
 pub type R<T> = Result<T, i32>;
@@ -35,9 +38,33 @@ pub fn e(err: FsError) -> i32 {
 impl Fixture {
     pub fn new() -> Self {
         let dir = tempfile::Builder::new().prefix("wombat-core-").tempdir().unwrap();
-        let mut f = Fixture { dir, rt: None, core: None };
+        let mut f = Fixture { dir, rt: None, core: None, shared: None };
         f.open();
         f
+    }
+
+    /// A node on its own cache dir over a shared (non-local) object store.
+    pub fn node(remote: Arc<dyn ObjectStore>) -> Self {
+        let dir = tempfile::Builder::new().prefix("wombat-node-").tempdir().unwrap();
+        let mut f = Fixture { dir, rt: None, core: None, shared: Some(remote) };
+        f.open();
+        f.block_on(async { assert!(f.core().start_publishing(&Default::default()).await) });
+        f
+    }
+
+    pub fn block_on<F: std::future::Future>(&self, fut: F) -> F::Output {
+        self.rt.as_ref().unwrap().block_on(fut)
+    }
+
+    /// Upload what is queued, then publish this node's changes.
+    pub fn publish(&self) -> usize {
+        self.drain();
+        self.block_on(self.core().publish_ready()).unwrap()
+    }
+
+    /// Apply the other nodes' published changes.
+    pub fn poll(&self) -> usize {
+        self.block_on(self.core().poll_once()).unwrap()
     }
 
     pub fn cache(&self) -> PathBuf {
@@ -48,9 +75,15 @@ impl Fixture {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let cache = self.cache();
         std::fs::create_dir_all(&cache).unwrap();
-        let remote = Arc::new(LocalStore::open(&cache.join("objects"), Compression::Auto(1)).unwrap());
+        let remote: Arc<dyn ObjectStore> = match &self.shared {
+            Some(r) => r.clone(),
+            None => Arc::new(LocalStore::open(&cache.join("objects"), Compression::Auto(1)).unwrap()),
+        };
         let store = Arc::new(BlobStore::open(&cache, remote, rt.handle()).unwrap());
-        let (index, snap) = Index::open(&cache.join("index"), rt.handle()).unwrap();
+        let (index, mut snap) = Index::open(&cache.join("index"), rt.handle()).unwrap();
+        if let (true, Some(r)) = (snap.is_empty(), &self.shared) {
+            snap = rt.block_on(wombatfs::fs::snapshot::restore(r.as_ref(), &index)).unwrap();
+        }
         let core = FsCore::load(&cache, store, index, snap, CoreOptions::default()).unwrap();
         self.core = Some(Arc::new(core));
         self.rt = Some(rt);
@@ -74,6 +107,16 @@ impl Fixture {
         if let Some(rt) = self.rt.take() {
             rt.shutdown_background();
         }
+        self.open();
+    }
+
+    /// Like `crash`, with `f` run on the cache dir while nothing is running.
+    pub fn crash_with(&mut self, f: impl FnOnce(&std::path::Path)) {
+        self.core = None;
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+        f(&self.cache());
         self.open();
     }
 

@@ -1,0 +1,366 @@
+//! Publishing this node's namespace changes to the bucket, and following the other nodes'.
+//!
+//! Every committed namespace change (create, seal, rename, unlink, mkdir, rmdir, symlink, link,
+//! chmod/utimes) is recorded by path in the same index commit as the tree change (`o/<seq>`),
+//! so it survives `kill -9`. A publisher task writes the changes, in order, as batches to
+//! `journal/<node>/<first seq>`; a change that names a blob waits until the blob is durable in
+//! the bucket (so a reader never sees a name whose bytes are missing). After the PUT the
+//! outbox entries are deleted and the node's cursor (`c/<node>`) advanced in one commit; a
+//! crash between the two is repaired at start by listing the node's own journal after its
+//! cursor (so a batch is never written twice under different keys).
+//!
+//! A poller lists `nodes/` and, for every other node, `journal/<node>/` after its cursor
+//! (start-after: O(new batches), not O(history)), applies the batches to the tree
+//! ([`crate::fs::remote`]) and advances the cursor in the same commit. Cost per poll: one
+//! LIST for the node registry plus one LIST per other node; GETs only for new batches.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::fs::core::FsCore;
+use crate::fs::error::{FsError, FsResult};
+use crate::index::{keys, records, Op};
+use crate::sync::change::{self, Batch, Change};
+use crate::tiers::StoreError;
+
+/// Most changes in one journal object.
+const MAX_BATCH: usize = 10_000;
+/// How long the publisher lets a burst of changes gather before writing a batch.
+const GATHER: Duration = Duration::from_millis(100);
+
+/// Publication progress, for writers that wait (`--upload sync`).
+#[derive(Default)]
+pub struct Published {
+    /// (last published seq, last attempt failed, attempts so far)
+    state: Mutex<(u64, bool, u64)>,
+    cv: Condvar,
+}
+
+impl Published {
+    /// Record the outcome of a publishing attempt.
+    fn set(&self, seq: Option<u64>, failing: bool) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(seq) = seq {
+            s.0 = s.0.max(seq);
+        }
+        s.1 = failing;
+        s.2 += 1;
+        self.cv.notify_all();
+    }
+
+    /// Wait until change `seq` is in the bucket. `wake` prompts the publisher to try now;
+    /// an attempt that fails after the wait began is an error at once, as is `timeout`.
+    pub fn wait(&self, seq: u64, wake: &Notify, timeout: Duration) -> FsResult<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let start = s.2;
+        wake.notify_one();
+        loop {
+            if s.0 >= seq {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if (s.1 && s.2 > start) || left.is_zero() {
+                return Err(FsError::Io(std::io::Error::other("the change journal could not be written to the object store")));
+            }
+            s = self.cv.wait_timeout(s, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+}
+
+/// Changes waiting to be published and the journal cursors; lives in the tree (its lock
+/// orders changes exactly as the tree orders them).
+pub struct Outbox {
+    /// publishing is on (remote stores)
+    pub enabled: bool,
+    /// this node's id
+    pub node: String,
+    /// unpublished changes, ascending sequence
+    pub queue: VecDeque<(u64, Change)>,
+    /// next sequence number
+    pub next_seq: u64,
+    /// per node: last change applied (this node: last change published)
+    pub cursors: BTreeMap<String, u64>,
+    /// wakes the publisher
+    pub wake: Arc<Notify>,
+    /// publication progress
+    pub published: Arc<Published>,
+    /// queued changes a staged commit supersedes
+    superseded: Vec<u64>,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Outbox {
+            enabled: false,
+            node: String::new(),
+            queue: VecDeque::new(),
+            next_seq: 1,
+            cursors: BTreeMap::new(),
+            wake: Arc::new(Notify::new()),
+            published: Arc::new(Published::default()),
+            superseded: Vec::new(),
+        }
+    }
+}
+
+impl Outbox {
+    /// Assign sequence numbers and add the outbox records to a commit. A new state of the
+    /// file that the newest queued change also describes (create then seal) supersedes it:
+    /// the older record is deleted in the same commit. (If the publisher already has it in
+    /// flight it is published too; applying both is harmless.)
+    pub fn stage(&mut self, ops: &mut Vec<Op>, changes: Vec<Change>) -> Vec<(u64, Change)> {
+        if !self.enabled {
+            return Vec::new();
+        }
+        let mut out: Vec<(u64, Change)> = Vec::with_capacity(changes.len());
+        for c in changes {
+            let prev = out.last().or(self.queue.back());
+            if let (Some((old, Change::File { path: p0, .. })), Change::File { path, .. }) = (prev, &c) {
+                if p0 == path {
+                    let old = *old;
+                    ops.push(Op::Delete(keys::outbox(old)));
+                    self.superseded.push(old);
+                    out.retain(|e| e.0 != old);
+                }
+            }
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            ops.push(Op::Put(keys::outbox(seq), records::encode(&c)));
+            out.push((seq, c));
+        }
+        out
+    }
+
+    /// The commit of staged changes failed: keep the superseded ones.
+    pub fn abort(&mut self) {
+        self.superseded.clear();
+    }
+
+    /// Queue committed changes for the publisher.
+    pub fn push(&mut self, staged: Vec<(u64, Change)>) {
+        if !self.superseded.is_empty() {
+            let gone = std::mem::take(&mut self.superseded);
+            self.queue.retain(|e| !gone.contains(&e.0));
+        }
+        if !staged.is_empty() {
+            self.queue.extend(staged);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Load a `c/<node>` record.
+    pub fn load_cursor(&mut self, node: &[u8], v: &[u8]) {
+        if let (Ok(node), Ok(b)) = (std::str::from_utf8(node), <[u8; 8]>::try_from(v)) {
+            self.cursors.insert(node.to_string(), u64::from_be_bytes(b));
+        }
+    }
+
+    /// Load an `o/<seq>` record (keys come in ascending order).
+    pub fn load_change(&mut self, k: &[u8], v: &[u8]) {
+        match (keys::id_after_prefix(k), records::decode::<Change>(v)) {
+            (Some(seq), Some(c)) => self.queue.push_back((seq, c)),
+            _ => tracing::error!(key = %hex::encode(k), "undecodable outbox record skipped"),
+        }
+    }
+
+    /// Set the node id and whether publishing is on, once loaded.
+    pub fn init(&mut self, node: &str, enabled: bool) {
+        self.node = node.to_string();
+        self.enabled = enabled;
+        let published = self.cursors.get(node).copied().unwrap_or(0);
+        let queued = self.queue.back().map(|c| c.0).unwrap_or(0);
+        self.next_seq = published.max(queued) + 1;
+        self.published.set(Some(published), false);
+        if !enabled {
+            self.queue.clear();
+        }
+    }
+
+    /// The newest change recorded (published or not).
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+}
+
+impl FsCore {
+    /// Wait until every change made so far is in the bucket's journal (`--upload sync`).
+    pub fn wait_published(&self, timeout: Duration) -> FsResult<()> {
+        let (seq, published, wake) = {
+            let t = self.read_tree();
+            if !t.outbox.enabled {
+                return Ok(());
+            }
+            (t.outbox.last_seq(), t.outbox.published.clone(), t.outbox.wake.clone())
+        };
+        published.wait(seq, &wake, timeout)
+    }
+
+    /// Whether every change was published.
+    pub fn outbox_empty(&self) -> bool {
+        self.read_tree().outbox.queue.is_empty()
+    }
+
+    /// The next publishable batch: consecutive changes from the front of the outbox, up to the
+    /// first whose blob is not durable in the bucket yet.
+    fn ready_batch(&self) -> Option<Batch> {
+        let t = self.read_tree();
+        let mut changes = Vec::new();
+        for (seq, c) in t.outbox.queue.iter().take(MAX_BATCH) {
+            if c.blob().is_some_and(|id| self.store.upload_pending(&id)) {
+                break;
+            }
+            changes.push((*seq, c.clone()));
+        }
+        (!changes.is_empty()).then(|| Batch { node: t.outbox.node.clone(), changes })
+    }
+
+    /// Record that the changes up to `last` are in the bucket.
+    fn mark_published(&self, last: u64) -> FsResult<()> {
+        let mut t = self.write_tree();
+        let mut ops = Vec::new();
+        while t.outbox.queue.front().is_some_and(|c| c.0 <= last) {
+            if let Some((seq, _)) = t.outbox.queue.pop_front() {
+                ops.push(Op::Delete(keys::outbox(seq)));
+            }
+        }
+        let node = t.outbox.node.clone();
+        let cur = t.outbox.cursors.entry(node.clone()).or_insert(0);
+        *cur = (*cur).max(last);
+        ops.push(Op::Put(keys::cursor(&node), cur.to_be_bytes().to_vec()));
+        self.index.commit(ops)?;
+        t.outbox.published.set(Some(last), false);
+        Ok(())
+    }
+
+    /// Register this node and adopt batches a crash left published but unrecorded.
+    async fn recover_journal(&self) -> Result<(), StoreError> {
+        let (node, cursor) = {
+            let t = self.read_tree();
+            (t.outbox.node.clone(), t.outbox.cursors.get(&t.outbox.node).copied().unwrap_or(0))
+        };
+        let remote = self.store.remote();
+        remote.put_meta(&format!("{}/{node}", change::NODES), Vec::new()).await?;
+        for key in remote.list_meta_after(&change::journal_dir(&node), &change::batch_key(&node, cursor)).await? {
+            let batch = Batch::open(&remote.get_meta(&key).await?).map_err(StoreError::Config)?;
+            tracing::info!(%key, last = batch.last_seq(), "adopting a change batch published before a crash");
+            self.mark_published(batch.last_seq()).map_err(|e| StoreError::Config(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Publish every ready batch; returns how many changes went out. On an object-store
+    /// error the changes stay queued (and writers waiting in `--upload sync` get EIO).
+    pub async fn publish_ready(&self) -> Result<usize, StoreError> {
+        let (node, published) = {
+            let t = self.read_tree();
+            (t.outbox.node.clone(), t.outbox.published.clone())
+        };
+        let mut sent = 0;
+        while let Some(batch) = self.ready_batch() {
+            let key = change::batch_key(&node, batch.changes[0].0);
+            if let Err(e) = self.store.remote().put_meta(&key, batch.seal()).await {
+                published.set(None, true);
+                return Err(e);
+            }
+            self.mark_published(batch.last_seq()).map_err(|e| StoreError::Config(format!("recording a published batch: {e}")))?;
+            sent += batch.changes.len();
+        }
+        Ok(sent)
+    }
+
+    /// Register this node and adopt what a crash left behind; must succeed before anything
+    /// new is published. Retries until it does (or `stop`).
+    pub async fn start_publishing(&self, stop: &AtomicBool) -> bool {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.recover_journal().await {
+                Ok(()) => return true,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot reach the change journal; retrying");
+                    self.read_tree().outbox.published.set(None, true);
+                }
+            }
+            if stop.load(Ordering::SeqCst) {
+                return false;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    /// The publisher: runs until `stop`.
+    pub async fn publish_loop(self: Arc<Self>, stop: Arc<AtomicBool>) {
+        if !self.start_publishing(&stop).await {
+            return;
+        }
+        let wake = self.read_tree().outbox.wake.clone();
+        let mut backoff = Duration::from_millis(100);
+        while !stop.load(Ordering::SeqCst) {
+            // wait for new changes (and look now and then for changes waiting on an upload);
+            // after a failure, back off — but a writer waiting in sync mode cuts it short
+            let pause = match self.publish_ready().await {
+                Ok(_) => {
+                    backoff = Duration::from_millis(100);
+                    Duration::from_millis(250)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "publishing changes failed; will retry");
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    backoff / 2
+                }
+            };
+            let _ = tokio::time::timeout(pause, wake.notified()).await;
+            tokio::time::sleep(GATHER).await;
+        }
+    }
+
+    /// Apply every other node's batches published since the last poll; returns how many
+    /// changes were applied.
+    pub async fn poll_once(&self) -> Result<usize, StoreError> {
+        let remote = self.store.remote().clone();
+        let (me, cursors) = {
+            let t = self.read_tree();
+            (t.outbox.node.clone(), t.outbox.cursors.clone())
+        };
+        let mut applied = 0;
+        for name in remote.list_meta(change::NODES).await? {
+            let Some(node) = name.strip_prefix(change::NODES).and_then(|n| n.strip_prefix('/')) else { continue };
+            if node == me || !change::valid_node_id(node) {
+                continue;
+            }
+            let mut cursor = cursors.get(node).copied().unwrap_or(0);
+            for key in remote.list_meta_after(&change::journal_dir(node), &change::batch_key(node, cursor)).await? {
+                let Some((_, first)) = change::parse_batch_key(&key) else { continue };
+                let batch = match remote.get_meta(&key).await.map(|env| Batch::open(&env)) {
+                    Ok(Ok(b)) if b.node == node => b,
+                    Ok(Ok(_)) => return Err(StoreError::Config(format!("{key} names another node"))),
+                    Ok(Err(why)) => return Err(StoreError::Config(format!("{key}: {why}"))),
+                    Err(e) => return Err(e),
+                };
+                if first > cursor + 1 {
+                    tracing::warn!(node, missing_from = cursor + 1, missing_to = first - 1, "changes of a node are missing from its journal; this node may disagree until the names are written again");
+                }
+                applied += self.apply_remote(node, &batch).map_err(|e| StoreError::Config(e.to_string()))?;
+                cursor = batch.last_seq();
+            }
+        }
+        Ok(applied)
+    }
+
+    /// The poller: every `interval` until `stop`.
+    pub async fn poll_loop(self: Arc<Self>, interval: Duration, stop: Arc<AtomicBool>) {
+        while !stop.load(Ordering::SeqCst) {
+            match self.poll_once().await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(changes = n, "applied changes from other nodes"),
+                Err(e) => tracing::warn!(error = %e, "following the other nodes' changes failed; will retry"),
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }
+}

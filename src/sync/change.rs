@@ -1,0 +1,181 @@
+//! Change records: what one node tells the others about its namespace, by path.
+//!
+//! Inode numbers are private to a node, so changes name paths (`ns/dir/file`, relative to the
+//! mount root). A node appends its changes, in the order it made them, to its own journal in
+//! the object store: `<prefix>/journal/<node>/<first seq, 20 digits>`, one self-verifying
+//! envelope per batch of consecutive changes. Sequence numbers increase by one per change and
+//! never repeat, so a reader's position in a node's journal is one number (its cursor) and the
+//! next batch is found with one start-after listing.
+
+use serde::{Deserialize, Serialize};
+
+use crate::blob::BlobId;
+use crate::codec;
+use crate::index::records::Ts;
+
+/// Where nodes register (`nodes/<node id>`), so readers can find every journal.
+pub const NODES: &str = "nodes";
+/// Where the journals live (`journal/<node id>/<seq>`).
+pub const JOURNAL: &str = "journal";
+
+/// Ownership, permission bits and modification time of a published name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attrs {
+    /// permission bits
+    pub perm: u16,
+    /// owner
+    pub uid: u32,
+    /// group
+    pub gid: u32,
+    /// modification time
+    pub mtime: Ts,
+}
+
+/// One namespace change, by path. Applying a change is idempotent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// `path` is a regular file holding `blob` (created, rewritten or its attributes changed).
+    File {
+        /// the name
+        path: Vec<u8>,
+        /// its content
+        blob: BlobId,
+        /// raw size of the blob
+        size: u64,
+        /// attributes
+        attrs: Attrs,
+    },
+    /// `path` is a symbolic link to `target`.
+    Symlink {
+        /// the name
+        path: Vec<u8>,
+        /// link target
+        target: Vec<u8>,
+        /// attributes
+        attrs: Attrs,
+    },
+    /// `path` is a directory.
+    Dir {
+        /// the name
+        path: Vec<u8>,
+        /// attributes
+        attrs: Attrs,
+    },
+    /// `path` was removed. For a file, `blob` is the content it had: a reader whose file has
+    /// different (newer) content keeps it.
+    Remove {
+        /// the name
+        path: Vec<u8>,
+        /// content of the removed file, if it was one
+        blob: Option<BlobId>,
+    },
+    /// `from` was renamed to `to`, replacing what was there.
+    Rename {
+        /// old name
+        from: Vec<u8>,
+        /// new name
+        to: Vec<u8>,
+    },
+}
+
+impl Change {
+    /// The blob this change makes a name refer to, if any.
+    pub fn blob(&self) -> Option<BlobId> {
+        match self {
+            Change::File { blob, .. } => Some(*blob),
+            _ => None,
+        }
+    }
+}
+
+/// Consecutive changes of one node, as stored in one journal object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    /// the node that made the changes
+    pub node: String,
+    /// (sequence number, change), ascending
+    pub changes: Vec<(u64, Change)>,
+}
+
+impl Batch {
+    /// Sequence number of the last change.
+    pub fn last_seq(&self) -> u64 {
+        self.changes.last().map(|c| c.0).unwrap_or(0)
+    }
+
+    /// Encode as a self-verifying envelope.
+    pub fn seal(&self) -> Vec<u8> {
+        codec::seal_meta(&bincode::serialize(self).expect("a batch always serializes"))
+    }
+
+    /// Decode and verify an envelope made by [`Batch::seal`].
+    pub fn open(env: &[u8]) -> Result<Batch, String> {
+        let body = codec::open_meta(env).map_err(|e| e.to_string())?;
+        bincode::deserialize(&body).map_err(|e| format!("undecodable change batch: {e}"))
+    }
+}
+
+/// The journal directory of a node.
+pub fn journal_dir(node: &str) -> String {
+    format!("{JOURNAL}/{node}")
+}
+
+/// Key of the batch of `node` whose first change is `seq`; also the start-after key that
+/// lists the batches after a reader's cursor `seq`.
+pub fn batch_key(node: &str, seq: u64) -> String {
+    format!("{JOURNAL}/{node}/{seq:020}")
+}
+
+/// Node id and first sequence number from a batch key.
+pub fn parse_batch_key(key: &str) -> Option<(&str, u64)> {
+    let rest = key.strip_prefix(JOURNAL)?.strip_prefix('/')?;
+    let (node, seq) = rest.rsplit_once('/')?;
+    Some((node, seq.parse().ok()?))
+}
+
+/// A node id is a short lowercase hex or alphanumeric token (it becomes part of object keys).
+pub fn valid_node_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Split a published path into its components, rejecting anything a well-behaved node could
+/// not have written (empty components, `.`, `..`, NUL, over-long names).
+pub fn components(path: &[u8]) -> Option<Vec<&[u8]>> {
+    let parts: Vec<&[u8]> = path.split(|b| *b == b'/').collect();
+    let ok = parts.iter().all(|p| crate::fs::check_name(p).is_ok());
+    ok.then_some(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_round_trip_and_corruption() {
+        let attrs = Attrs { perm: 0o644, uid: 1, gid: 2, mtime: Ts { secs: 5, nanos: 6 } };
+        let b = Batch {
+            node: "n1".into(),
+            changes: vec![
+                (7, Change::File { path: b"ns/a".to_vec(), blob: BlobId::of(b"x"), size: 1, attrs }),
+                (8, Change::Rename { from: b"ns/a".to_vec(), to: b"ns/b".to_vec() }),
+            ],
+        };
+        let env = b.seal();
+        assert_eq!(Batch::open(&env).unwrap(), b);
+        assert_eq!(b.last_seq(), 8);
+        let mut bad = env.clone();
+        let n = bad.len();
+        bad[n - 1] ^= 1;
+        assert!(Batch::open(&bad).is_err());
+    }
+
+    #[test]
+    fn keys_sort_by_sequence_and_parse() {
+        assert!(batch_key("n", 9) < batch_key("n", 10));
+        assert_eq!(parse_batch_key(&batch_key("abc", 42)), Some(("abc", 42)));
+        assert_eq!(parse_batch_key("journal/abc/x"), None);
+        assert!(valid_node_id("0af3") && !valid_node_id("a/b") && !valid_node_id(""));
+        assert_eq!(components(b"ns/d/f").unwrap().len(), 3);
+        assert!(components(b"ns//f").is_none() && components(b"ns/../f").is_none() && components(b"").is_none());
+    }
+}

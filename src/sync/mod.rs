@@ -1,0 +1,5 @@
+//! Sharing one bucket between nodes, without FUSE: the change records nodes publish
+//! ([`change`]), the name table rebuilt from a bucket ([`names`], the library's `restore`),
+//! and the collector of unreferenced blobs ([`gc`]).
+
+pub mod change;

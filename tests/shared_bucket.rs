@@ -1,0 +1,207 @@
+//! Several nodes on one bucket, without a kernel: each node is an `FsCore` on its own cache
+//! dir over one shared in-memory object store; changes travel through the change journals.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::Fixture;
+use wombatfs::tiers::memory::MemoryStore;
+use wombatfs::tiers::ObjectStore;
+
+fn bucket() -> Arc<MemoryStore> {
+    Arc::new(MemoryStore::new())
+}
+
+#[test]
+fn write_on_a_read_on_b_unlink_on_b_gone_on_a() {
+    let s = bucket();
+    let a = Fixture::node(s.clone());
+    let b = Fixture::node(s.clone());
+    a.mkdir_p("ns/layer0");
+    let block: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    a.write_file("ns/layer0/blk", &block).unwrap();
+    a.write_file("ns/small", b"tiny").unwrap();
+    assert!(a.publish() >= 4, "mkdir×2 + files published");
+    assert!(b.poll() >= 4);
+    assert_eq!(b.read_file("ns/layer0/blk").unwrap(), block, "B reads A's bytes from the bucket");
+    assert_eq!(b.read_file("ns/small").unwrap(), b"tiny");
+    assert_eq!(b.stat("ns/small").unwrap().perm, a.stat("ns/small").unwrap().perm);
+
+    b.unlink("ns/layer0/blk").unwrap();
+    b.publish();
+    a.poll();
+    assert_eq!(a.stat("ns/layer0/blk").unwrap_err(), libc::ENOENT, "B's unlink reached A");
+    assert_eq!(a.read_file("ns/small").unwrap(), b"tiny", "other names untouched");
+    // nothing travels twice: a second poll applies nothing
+    assert_eq!(a.poll(), 0);
+    assert_eq!(b.poll(), 0);
+}
+
+#[test]
+fn renames_directories_and_symlinks_travel() {
+    let s = bucket();
+    let a = Fixture::node(s.clone());
+    let b = Fixture::node(s.clone());
+    a.mkdir_p("ns/tmp");
+    a.write_file("ns/tmp/part", b"payload").unwrap();
+    a.rename("ns/tmp/part", "ns/tmp/final", 0).unwrap();
+    a.rename("ns/tmp", "ns/done", 0).unwrap();
+    let (p, n) = a.split("ns/link").unwrap();
+    a.core().symlink(common::CALLER, p, n.as_bytes(), b"done/final").unwrap();
+    a.mkdir_p("ns/empty");
+    a.mkdir_p("ns/gone");
+    a.rmdir("ns/gone").unwrap();
+    a.publish();
+    b.poll();
+    assert_eq!(b.read_file("ns/done/final").unwrap(), b"payload");
+    assert_eq!(b.stat("ns/tmp").unwrap_err(), libc::ENOENT);
+    assert_eq!(b.core().readlink(b.resolve("ns/link").unwrap()).unwrap(), b"done/final");
+    assert!(b.list("ns/empty").unwrap().is_empty());
+    assert_eq!(b.stat("ns/gone").unwrap_err(), libc::ENOENT);
+    let mut names: Vec<String> = b.list("ns").unwrap().into_iter().map(|e| e.0).collect();
+    names.sort();
+    assert_eq!(names, ["done", "empty", "link"]);
+}
+
+#[test]
+fn a_stale_remove_never_destroys_newer_content() {
+    let s = bucket();
+    let a = Fixture::node(s.clone());
+    let b = Fixture::node(s.clone());
+    a.mkdir_p("ns");
+    a.write_file("ns/f", b"v1").unwrap();
+    a.publish();
+    b.poll();
+    // B rewrites f while A (not yet aware) removes the old version
+    b.write_file("ns/f", b"v2 from b").unwrap();
+    a.unlink("ns/f").unwrap();
+    a.publish();
+    b.poll();
+    assert_eq!(b.read_file("ns/f").unwrap(), b"v2 from b", "A's removal of v1 must not remove B's v2");
+    b.publish();
+    a.poll();
+    assert_eq!(a.read_file("ns/f").unwrap(), b"v2 from b", "and B's newer write reaches A");
+}
+
+#[test]
+fn same_block_on_two_nodes_is_one_object() {
+    let s = bucket();
+    let a = Fixture::node(s.clone());
+    let b = Fixture::node(s.clone());
+    a.mkdir_p("ns");
+    b.mkdir_p("ns");
+    let block = vec![7u8; 2 << 20];
+    a.write_file("ns/a", &block).unwrap();
+    b.write_file("ns/b", &block).unwrap();
+    a.publish();
+    b.publish();
+    a.poll();
+    b.poll();
+    let blobs = a.block_on(s.list_blobs()).unwrap();
+    assert_eq!(blobs.len(), 2, "the block and the empty blob, once each: {blobs:?}");
+    for f in [&a, &b] {
+        assert_eq!(f.read_file("ns/a").unwrap(), block);
+        assert_eq!(f.read_file("ns/b").unwrap(), block);
+    }
+}
+
+#[test]
+fn unpublished_changes_survive_a_crash() {
+    let s = bucket();
+    let mut a = Fixture::node(s.clone());
+    let b = Fixture::node(s.clone());
+    a.mkdir_p("ns");
+    a.write_file("ns/f", b"written before the crash").unwrap();
+    a.drain();
+    // the object store refuses the journal: the change stays in the outbox
+    s.fail_next(1);
+    assert!(a.block_on(a.core().publish_ready()).is_err());
+    a.crash();
+    assert!(a.block_on(a.core().start_publishing(&Default::default())));
+    a.publish();
+    b.poll();
+    assert_eq!(b.read_file("ns/f").unwrap(), b"written before the crash");
+}
+
+#[test]
+fn a_batch_published_just_before_a_crash_is_adopted_not_repeated() {
+    let s = bucket();
+    let mut a = Fixture::node(s.clone());
+    let b = Fixture::node(s.clone());
+    a.mkdir_p("ns");
+    a.write_file("ns/f", b"one").unwrap();
+    a.drain();
+    // a crash image of A with the change still in its outbox
+    let image = tempfile::tempdir().unwrap();
+    a.crash_with(|cache| copy_dir(cache, image.path()));
+    assert_eq!(a.publish(), 2);
+    // the crash lands between the journal PUT and the local record of it
+    a.crash_with(|cache| {
+        std::fs::remove_dir_all(cache).unwrap();
+        copy_dir(image.path(), cache);
+    });
+    assert!(a.block_on(a.core().start_publishing(&Default::default())));
+    assert!(a.core().outbox_empty(), "the batch in the bucket is adopted");
+    assert_eq!(a.publish(), 0, "nothing is published twice");
+    a.write_file("ns/g", b"two").unwrap();
+    a.publish();
+    let keys = a.block_on(s.list_meta("journal")).unwrap();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    let batch = |k: &str| wombatfs::sync::change::Batch::open(&a.block_on(s.get_meta(k)).unwrap()).unwrap();
+    assert!(batch(&keys[1]).changes[0].0 > batch(&keys[0]).last_seq(), "no change is published twice");
+    assert_eq!(b.poll(), 3);
+    assert_eq!(b.read_file("ns/f").unwrap(), b"one");
+    assert_eq!(b.read_file("ns/g").unwrap(), b"two");
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), &dst).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_new_node_restores_snapshot_then_journal() {
+    let s = bucket();
+    let a = Fixture::node(s.clone());
+    a.mkdir_p("ns/d");
+    for i in 0..50 {
+        a.write_file(&format!("ns/d/f{i}"), format!("file {i}").as_bytes()).unwrap();
+    }
+    a.publish();
+    a.core().write_snapshot("nodea").unwrap();
+    // after the snapshot: more changes, only in the journal
+    a.unlink("ns/d/f0").unwrap();
+    a.write_file("ns/d/late", b"after the snapshot").unwrap();
+    a.publish();
+    let c = Fixture::node(s.clone());
+    c.poll();
+    assert_eq!(c.stat("ns/d/f0").unwrap_err(), libc::ENOENT);
+    assert_eq!(c.read_file("ns/d/late").unwrap(), b"after the snapshot");
+    for i in 1..50 {
+        assert_eq!(c.read_file(&format!("ns/d/f{i}")).unwrap(), format!("file {i}").as_bytes());
+    }
+    assert_eq!(c.list("ns/d").unwrap().len(), 50);
+}
+
+#[test]
+fn sync_mode_close_waits_for_the_journal_and_fails_with_eio() {
+    let s = bucket();
+    let a = Fixture::node(s.clone());
+    a.mkdir_p("ns");
+    // nothing publishes in this test (no publisher task): a sync-mode wait must time out or
+    // fail, never pretend
+    s.fail_next(1);
+    let _ = a.block_on(a.core().publish_ready());
+    let err = a.core().wait_published(std::time::Duration::from_millis(200)).unwrap_err();
+    assert_eq!(err.errno(), libc::EIO);
+    a.publish();
+    a.core().wait_published(std::time::Duration::from_millis(200)).unwrap();
+}

@@ -1,5 +1,6 @@
 //! The blob store as a library, without FUSE: put, get, exists, list, delete against the
-//! embedded default (a local directory) or, with `--s3 ENDPOINT BUCKET`, an S3 bucket.
+//! embedded default (a local directory) or, with `--s3 ENDPOINT BUCKET [PREFIX]`, an S3
+//! bucket — and `restore`: the files wombatfs nodes published under that prefix, read by name.
 //!
 //! ```sh
 //! cargo run --release --example store                      # local default in a temp dir
@@ -24,7 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let (endpoint, bucket) = (args.get(i + 1).ok_or("--s3 ENDPOINT BUCKET")?, args.get(i + 2).ok_or("--s3 ENDPOINT BUCKET")?);
             let cfg = S3Config {
                 bucket: bucket.clone(),
-                prefix: "wombatfs-example".into(),
+                prefix: args.get(i + 3).cloned().unwrap_or_else(|| "wombatfs-example".into()),
                 endpoint: Some(endpoint.clone()),
                 region: "us-east-1".into(),
                 path_style: true,
@@ -49,5 +50,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     store.delete(&id)?;
     assert!(!store.exists(&id)?);
     println!("deleted");
+
+    // the names published by mounted nodes on this store (none for a fresh local store)
+    let names = store.restore()?;
+    println!("restored {} names from the store", names.entries.len());
+    for (path, entry) in names.entries.iter().take(5) {
+        if let wombatfs::sync::names::Entry::File { blob, size, .. } = entry {
+            let bytes = store.get(blob)?;
+            assert_eq!(bytes.len() as u64, *size);
+            println!("  {} ({size} bytes, verified)", String::from_utf8_lossy(path));
+        }
+    }
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! Command line: `wombatfs mount <MOUNTPOINT> [--cache-dir DIR] [--store URL] [--foreground] [-o OPT,...]`.
+//! Command line: `wombatfs mount <MOUNTPOINT> [--cache-dir DIR] [--store URL] [--foreground] [-o OPT,...]`
+//! and `wombatfs gc --store s3://BUCKET[/PREFIX] [--grace SECS] [--dry-run]`.
 
 use std::path::PathBuf;
 
@@ -24,6 +25,66 @@ pub struct Cli {
 pub enum Command {
     /// Mount a wombatfs tree.
     Mount(MountArgs),
+    /// Delete blobs no node's names refer to any more from a shared bucket, once they have
+    /// stayed unreferenced for the grace period (run it periodically, e.g. from cron).
+    Gc(GcArgs),
+}
+
+/// How to reach an `s3://` store (shared by the subcommands).
+#[derive(clap::Args, Debug, Clone)]
+pub struct S3Args {
+    /// S3 endpoint URL for non-AWS services (MinIO, Ceph RGW, R2, SeaweedFS…).
+    #[arg(long)]
+    pub s3_endpoint: Option<String>,
+    /// S3 region.
+    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+    /// Path-style S3 addressing (endpoint/bucket/key).
+    #[arg(long)]
+    pub s3_path_style: bool,
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide = true)]
+    aws_access_key_id: Option<String>,
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide = true, hide_env_values = true)]
+    aws_secret_access_key: Option<String>,
+    #[arg(long, env = "AWS_SESSION_TOKEN", hide = true, hide_env_values = true)]
+    aws_session_token: Option<String>,
+    #[arg(long, env = "AWS_PROFILE", hide = true)]
+    aws_profile: Option<String>,
+}
+
+impl S3Args {
+    /// The S3 configuration (bucket and prefix come from the store URL).
+    pub fn config(&self, compression: crate::codec::Compression) -> crate::tiers::s3::S3Config {
+        crate::tiers::s3::S3Config {
+            bucket: String::new(),
+            prefix: String::new(),
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            path_style: self.s3_path_style,
+            access_key: self.aws_access_key_id.clone(),
+            secret_key: self.aws_secret_access_key.clone(),
+            session_token: self.aws_session_token.clone(),
+            profile: self.aws_profile.clone(),
+            compression: Some(compression),
+        }
+    }
+}
+
+/// Arguments of `gc`.
+#[derive(clap::Args, Debug)]
+pub struct GcArgs {
+    /// The shared object store (`s3://BUCKET[/PREFIX]`).
+    #[arg(long)]
+    pub store: String,
+    /// Seconds a blob must stay unreferenced (across runs) before it is deleted.
+    #[arg(long, default_value_t = 3600)]
+    pub grace: u64,
+    /// Report what would be deleted; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How to reach S3.
+    #[command(flatten)]
+    pub s3: S3Args,
 }
 
 /// Arguments of `mount`.
@@ -68,23 +129,9 @@ pub struct MountArgs {
     /// publication delay (≈ 0.1–0.4 s after their upload).
     #[arg(long, default_value_t = 2000)]
     pub poll_interval_ms: u64,
-    /// S3 endpoint URL for non-AWS services (MinIO, Ceph RGW, R2, SeaweedFS…).
-    #[arg(long)]
-    pub s3_endpoint: Option<String>,
-    /// S3 region.
-    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
-    pub s3_region: String,
-    /// Path-style S3 addressing (endpoint/bucket/key).
-    #[arg(long)]
-    pub s3_path_style: bool,
-    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide = true)]
-    aws_access_key_id: Option<String>,
-    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide = true, hide_env_values = true)]
-    aws_secret_access_key: Option<String>,
-    #[arg(long, env = "AWS_SESSION_TOKEN", hide = true, hide_env_values = true)]
-    aws_session_token: Option<String>,
-    #[arg(long, env = "AWS_PROFILE", hide = true)]
-    aws_profile: Option<String>,
+    /// How to reach S3.
+    #[command(flatten)]
+    pub s3: S3Args,
     #[arg(long, env = "XDG_CACHE_HOME", hide = true)]
     xdg_cache_home: Option<PathBuf>,
     #[arg(long, env = "HOME", hide = true)]
@@ -122,18 +169,7 @@ impl MountArgs {
             sync_uploads: self.upload == "sync",
             snapshot_interval: std::time::Duration::from_secs(self.snapshot_interval),
             poll_interval: std::time::Duration::from_millis(self.poll_interval_ms),
-            s3: crate::tiers::s3::S3Config {
-                bucket: String::new(),
-                prefix: String::new(),
-                endpoint: self.s3_endpoint.clone(),
-                region: self.s3_region.clone(),
-                path_style: self.s3_path_style,
-                access_key: self.aws_access_key_id.clone(),
-                secret_key: self.aws_secret_access_key.clone(),
-                session_token: self.aws_session_token.clone(),
-                profile: self.aws_profile.clone(),
-                compression: Some(compression),
-            },
+            s3: self.s3.config(compression),
         };
         s.validate()?;
         Ok(s)

@@ -356,3 +356,25 @@ fn serve(s: &Settings, report: Option<&mut File>, mut lock: File) -> Result<()> 
     drop(lock);
     Ok(())
 }
+
+/// `wombatfs gc`: collect unreferenced blobs of a shared bucket (see [`crate::sync::gc`]).
+pub fn gc(args: &crate::cli::GcArgs, log: &str) -> Result<()> {
+    init_logging(log, None);
+    let StoreUrl::S3 { bucket, prefix } = StoreUrl::parse(&args.store)? else {
+        anyhow::bail!("gc works on a shared s3:// bucket; a local store's node deletes unreferenced blobs itself");
+    };
+    let cfg = S3Config { bucket, prefix, ..args.s3.config(crate::codec::Compression::Auto(3)) };
+    let remote = S3Store::new(&cfg)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(remote.check()).with_context(|| format!("object store {} is not usable", remote.describe()))?;
+    let r = rt.block_on(crate::sync::gc::collect(&remote, Duration::from_secs(args.grace), args.dry_run))?;
+    let verb = if args.dry_run { "would delete" } else { "deleted" };
+    println!(
+        "{} nodes, {} blobs, {} referenced, {} unreferenced within the {} s grace period, {verb} {}",
+        r.nodes, r.blobs, r.referenced, r.waiting, args.grace, r.deleted.len()
+    );
+    for id in &r.deleted {
+        tracing::info!(%id, "{verb}");
+    }
+    Ok(())
+}

@@ -260,3 +260,47 @@ fn sync_mode_survives_losing_the_node() {
         assert_eq!(fs::read(c.path(&format!("ns/blk{i}"))).unwrap(), format!("block {i}").repeat(1000).into_bytes());
     }
 }
+
+#[test]
+fn gc_command_collects_what_no_name_refers_to() {
+    let Some(ep) = endpoint() else { return };
+    let prefix = unique_prefix("gc");
+    let args = s3_args(&ep, &prefix, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut a = Mount::start_with(&args);
+    fs::create_dir(a.path("ns")).unwrap();
+    fs::write(a.path("ns/old"), b"an old block").unwrap();
+    fs::write(a.path("ns/kept"), b"a kept block").unwrap();
+    a.unmount(); // both uploaded, snapshot written
+    a.mount();
+    fs::remove_file(a.path("ns/old")).unwrap();
+    a.unmount(); // the new snapshot no longer names it
+    let gc = |extra: &[&str]| {
+        let out = std::process::Command::new(common::mount::bin())
+            .args(["gc", "--store", &format!("s3://{}/{prefix}", common::s3::BUCKET), "--s3-endpoint", &ep, "--s3-path-style"])
+            .args(extra)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test-secret")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = gc(&["--grace", "3600"]);
+    assert!(first.contains("1 unreferenced within the 3600 s grace period, deleted 0"), "{first}");
+    let dry = gc(&["--grace", "0", "--dry-run"]);
+    assert!(dry.contains("would delete 1"), "{dry}");
+    let real = gc(&["--grace", "0"]);
+    assert!(real.contains("deleted 1"), "{real}");
+    let store = common::s3::store(&ep, &prefix);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let blobs = rt.block_on(wombatfs::tiers::ObjectStore::list_blobs(&store)).unwrap();
+    assert!(!blobs.contains(&wombatfs::blob::BlobId::of(b"an old block")));
+    assert!(blobs.contains(&wombatfs::blob::BlobId::of(b"a kept block")));
+    // the kept file still comes back on a node that has nothing local
+    fs::remove_dir_all(&a.cache).unwrap();
+    a.mount();
+    assert_eq!(fs::read(a.path("ns/kept")).unwrap(), b"a kept block");
+    assert!(fs::metadata(a.path("ns/old")).is_err());
+    a.unmount();
+}

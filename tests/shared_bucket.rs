@@ -205,3 +205,115 @@ fn sync_mode_close_waits_for_the_journal_and_fails_with_eio() {
     a.publish();
     a.core().wait_published(std::time::Duration::from_millis(200)).unwrap();
 }
+
+fn snapshot(f: &Fixture) {
+    f.publish();
+    f.core().write_snapshot(&f.core().node_id()).unwrap();
+}
+
+#[test]
+fn the_library_restore_rebuilds_the_same_names_as_a_node() {
+    use wombatfs::sync::names::{restore, Entry, NameTable};
+    let s = bucket();
+    let a = Fixture::node(s.clone());
+    a.mkdir_p("ns/x/y");
+    for i in 0..30 {
+        a.write_file(&format!("ns/x/f{i}"), format!("{i}").as_bytes()).unwrap();
+    }
+    snapshot(&a);
+    a.rename("ns/x", "ns/z", 0).unwrap();
+    a.unlink("ns/z/f3").unwrap();
+    a.write_file("ns/z/y/deep", b"deep").unwrap();
+    a.link("ns/z/f4", "ns/z/f4-again").unwrap();
+    a.rmdir("ns/z/y").unwrap_err();
+    a.publish();
+    // directory mtimes are per node (a child's change touches them locally, unpublished)
+    let strip = |t: NameTable| -> Vec<(Vec<u8>, Entry)> {
+        t.entries.into_iter().map(|(k, e)| match e {
+            Entry::Dir { mut attrs } => {
+                attrs.mtime = Default::default();
+                (k, Entry::Dir { attrs })
+            }
+            e => (k, e),
+        }).collect()
+    };
+    let table = a.block_on(restore(s.as_ref())).unwrap();
+    let mine = NameTable::from_snapshot(&a.core().export_records());
+    assert_eq!(strip(table.clone()), strip(mine));
+    assert!(table.entries.contains_key(&b"ns/z/y/deep"[..]));
+    assert!(!table.entries.contains_key(&b"ns/z/f3"[..]));
+    assert_eq!(table.entries.len(), 3 + 29 + 1 + 1, "ns, ns/z, ns/z/y, 29 files, deep, the second link");
+}
+
+#[test]
+fn gc_deletes_only_blobs_unreferenced_everywhere_after_the_grace_period() {
+    use std::time::Duration;
+    use wombatfs::sync::gc::collect;
+    let s = bucket();
+    let a = Fixture::node(s.clone());
+    let b = Fixture::node(s.clone());
+    a.mkdir_p("ns");
+    a.write_file("ns/old", b"old block").unwrap();
+    a.write_file("ns/keep", b"kept block").unwrap();
+    a.publish();
+    b.poll();
+    a.unlink("ns/old").unwrap();
+    snapshot(&a);
+    let old = wombatfs::blob::BlobId::of(b"old block");
+    let keep = wombatfs::blob::BlobId::of(b"kept block");
+    let gc = |grace| a.block_on(collect(s.as_ref(), Duration::from_secs(grace), false)).unwrap();
+    // B has no snapshot: what it may still name is everything in the journals
+    let r = gc(0);
+    assert!(r.deleted.is_empty(), "{r:?}");
+    assert_eq!(r.nodes, 2);
+    b.poll();
+    snapshot(&b);
+    // now no node names the old block; it must first wait out the grace period
+    let r = gc(3600);
+    assert_eq!((r.deleted.len(), r.waiting), (0, 1), "{r:?}");
+    let r = gc(0);
+    assert_eq!(r.deleted, vec![old]);
+    let left = a.block_on(s.list_blobs()).unwrap();
+    assert!(left.contains(&keep) && !left.contains(&old));
+    // a new node still reads everything that is named
+    let c = Fixture::node(s.clone());
+    c.poll();
+    assert_eq!(c.read_file("ns/keep").unwrap(), b"kept block");
+    assert_eq!(c.stat("ns/old").unwrap_err(), libc::ENOENT);
+}
+
+#[test]
+fn gc_forgets_a_candidate_that_is_named_again() {
+    use std::time::Duration;
+    use wombatfs::sync::gc::collect;
+    let s = bucket();
+    let a = Fixture::node(s.clone());
+    a.mkdir_p("ns");
+    a.write_file("ns/f", b"content").unwrap();
+    a.unlink("ns/f").unwrap();
+    snapshot(&a);
+    let gc = |grace| a.block_on(collect(s.as_ref(), Duration::from_secs(grace), false)).unwrap();
+    assert_eq!(gc(3600).waiting, 1);
+    // the same content is written again (dedup: no new upload) before the grace period ends
+    a.write_file("ns/g", b"content").unwrap();
+    snapshot(&a);
+    let r = gc(0);
+    assert!(r.deleted.is_empty() && r.waiting == 0, "{r:?}");
+    assert_eq!(a.read_file("ns/g").unwrap(), b"content");
+}
+
+#[test]
+fn gc_refuses_to_guess() {
+    use std::time::Duration;
+    let s = bucket();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("blob");
+    std::fs::write(&src, b"orphan?").unwrap();
+    rt.block_on(s.put_blob(&wombatfs::blob::BlobId::of(b"orphan?"), &src)).unwrap();
+    let err = rt.block_on(wombatfs::sync::gc::collect(s.as_ref(), Duration::ZERO, false)).unwrap_err();
+    assert!(err.to_string().contains("refusing"), "{err}");
+    assert_eq!(rt.block_on(s.list_blobs()).unwrap().len(), 1);
+    let local = wombatfs::tiers::local::LocalStore::open(dir.path(), wombatfs::codec::Compression::None).unwrap();
+    assert!(rt.block_on(wombatfs::sync::gc::collect(&local, Duration::ZERO, false)).is_err());
+}

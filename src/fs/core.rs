@@ -47,7 +47,7 @@ pub struct FsCore {
     pub(crate) store: Arc<BlobStore>,
     pub(crate) index: Index,
     pub(crate) opts: CoreOptions,
-    pub(crate) invalidator: std::sync::OnceLock<Box<dyn Fn(&[crate::fs::Inval]) + Send + Sync>>,
+    pub(crate) invalidator: std::sync::OnceLock<crate::fs::Invalidator>,
     cache_dir: PathBuf,
 }
 

@@ -136,6 +136,9 @@ pub enum Inval {
     Inode(u64),
 }
 
+/// Drops the kernel's cached entries (installed by the FUSE adapter).
+pub type Invalidator = Box<dyn Fn(&[Inval]) + Send + Sync>;
+
 /// Block size reported by `statfs` and `stat`.
 pub const BLOCK_SIZE: u32 = 4096;
 /// Longest accepted name.

@@ -25,6 +25,7 @@ use crate::fs::core::FsCore;
 use crate::fs::error::{FsError, FsResult};
 use crate::index::{keys, records, Op};
 use crate::sync::change::{self, Batch, Change};
+use crate::sync::names;
 use crate::tiers::StoreError;
 
 /// Most changes in one journal object.
@@ -200,6 +201,11 @@ impl FsCore {
         published.wait(seq, &wake, timeout)
     }
 
+    /// This node's id (names its journal and snapshots).
+    pub fn node_id(&self) -> String {
+        self.read_tree().outbox.node.clone()
+    }
+
     /// Whether every change was published.
     pub fn outbox_empty(&self) -> bool {
         self.read_tree().outbox.queue.is_empty()
@@ -328,25 +334,15 @@ impl FsCore {
             (t.outbox.node.clone(), t.outbox.cursors.clone())
         };
         let mut applied = 0;
-        for name in remote.list_meta(change::NODES).await? {
-            let Some(node) = name.strip_prefix(change::NODES).and_then(|n| n.strip_prefix('/')) else { continue };
-            if node == me || !change::valid_node_id(node) {
-                continue;
-            }
-            let mut cursor = cursors.get(node).copied().unwrap_or(0);
-            for key in remote.list_meta_after(&change::journal_dir(node), &change::batch_key(node, cursor)).await? {
-                let Some((_, first)) = change::parse_batch_key(&key) else { continue };
-                let batch = match remote.get_meta(&key).await.map(|env| Batch::open(&env)) {
-                    Ok(Ok(b)) if b.node == node => b,
-                    Ok(Ok(_)) => return Err(StoreError::Config(format!("{key} names another node"))),
-                    Ok(Err(why)) => return Err(StoreError::Config(format!("{key}: {why}"))),
-                    Err(e) => return Err(e),
-                };
-                if first > cursor + 1 {
-                    tracing::warn!(node, missing_from = cursor + 1, missing_to = first - 1, "changes of a node are missing from its journal; this node may disagree until the names are written again");
+        for node in names::nodes(remote.as_ref()).await?.into_iter().filter(|n| *n != me) {
+            let cursor = cursors.get(&node).copied().unwrap_or(0);
+            let batches = names::batches_after(remote.as_ref(), &node, cursor).await?;
+            let many = batches.len() > 10;
+            for (i, batch) in batches.iter().enumerate() {
+                applied += self.apply_remote(&node, batch).map_err(|e| StoreError::Config(e.to_string()))?;
+                if many && (i + 1) % 100 == 0 {
+                    tracing::info!(node, batches = i + 1, of = batches.len(), "applying another node's changes");
                 }
-                applied += self.apply_remote(node, &batch).map_err(|e| StoreError::Config(e.to_string()))?;
-                cursor = batch.last_seq();
             }
         }
         Ok(applied)

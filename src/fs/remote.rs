@@ -185,7 +185,7 @@ impl FsCore {
     }
 
     /// Install the function that invalidates kernel caches.
-    pub fn set_invalidator(&self, f: Box<dyn Fn(&[Inval]) + Send + Sync>) {
+    pub fn set_invalidator(&self, f: crate::fs::Invalidator) {
         let _ = self.invalidator.set(f);
     }
 }

@@ -151,7 +151,7 @@ impl Tree {
             return Some(Vec::new());
         }
         let (parent, name) = self.names.get(&ino)?.first()?;
-        Some(self.path(*parent, name)?)
+        self.path(*parent, name)
     }
 
     /// Path of the entry `name` in directory `parent`, as published to other nodes.

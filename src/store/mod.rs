@@ -318,6 +318,12 @@ impl BlobStore {
         self.rt.block_on(self.remote.list_blobs())
     }
 
+    /// Library API: the namespace that wombatfs nodes published to this store (newest tree
+    /// snapshot + change journals), as `path → entry`. Read a file with `get(&blob)`.
+    pub fn restore(&self) -> Result<crate::sync::names::NameTable, StoreError> {
+        self.rt.block_on(crate::sync::names::restore(self.remote.as_ref()))
+    }
+
     /// Library API: delete a blob from every tier.
     pub fn delete(&self, id: &BlobId) -> Result<(), StoreError> {
         self.flat.remove(id)?;

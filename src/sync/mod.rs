@@ -3,3 +3,5 @@
 //! and the collector of unreferenced blobs ([`gc`]).
 
 pub mod change;
+pub mod gc;
+pub mod names;

@@ -73,7 +73,10 @@ impl ObjectStore for MemoryStore {
 
     async fn put_blob(&self, id: &BlobId, src: &Path) -> Result<(), StoreError> {
         self.fault()?;
-        let raw = std::fs::read(src).map_err(|e| StoreError::io("read blob source", e))?;
+        let raw = std::fs::read(src).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => StoreError::NotFound(*id),
+            _ => StoreError::io("read blob source", e),
+        })?;
         self.lock().insert(*id, codec::encode(&raw, Compression::Auto(1)));
         Ok(())
     }

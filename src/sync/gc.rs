@@ -1,0 +1,130 @@
+//! The collector of a shared bucket: deletes blobs that no node's names refer to, once they
+//! have stayed unreferenced for a grace period.
+//!
+//! What is referenced is computed from the bucket alone, O(nodes + journal since the oldest
+//! snapshot): for each node, the blobs of its newest snapshot; plus every blob a journal
+//! change published after the *oldest* cursor any node's snapshot holds for that journal (a
+//! node without a snapshot counts as cursor 0, i.e. the whole journal). This over-approximates
+//! every node's current tree, so a blob some node still names is never a candidate.
+//! A candidate is recorded in `gc/pending` with the time it was first seen unreferenced and
+//! deleted only by a run at least `grace` later that still finds it unreferenced; a blob that
+//! becomes referenced again in between leaves the list. The grace period covers nodes that
+//! lag (poll interval, a daemon that was down) and uploads whose journal entry is not
+//! published yet.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::blob::BlobId;
+use crate::codec;
+use crate::fs::snapshot;
+use crate::index::keys;
+use crate::sync::names::{batches_after, nodes};
+use crate::tiers::{ObjectStore, StoreError};
+
+/// Where the candidates and the time each was first seen unreferenced are kept.
+pub const PENDING: &str = "gc/pending";
+
+/// What a collection found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// nodes (registered or with a snapshot)
+    pub nodes: usize,
+    /// blobs in the bucket
+    pub blobs: usize,
+    /// blobs some name may refer to
+    pub referenced: usize,
+    /// unreferenced blobs still inside their grace period
+    pub waiting: usize,
+    /// blobs deleted (or, in a dry run, that would have been)
+    pub deleted: Vec<BlobId>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The newest snapshot of each node, by node id (snapshot names end in `-<node>`).
+async fn newest_snapshots(remote: &dyn ObjectStore) -> Result<BTreeMap<String, String>, StoreError> {
+    let mut out = BTreeMap::new();
+    for name in remote.list_meta(snapshot::DIR).await? {
+        if let Some((_, node)) = name.rsplit_once('-') {
+            out.insert(node.to_string(), name.clone()); // names sort by time: the last wins
+        }
+    }
+    Ok(out)
+}
+
+/// Every blob some node's names may refer to.
+pub async fn referenced(remote: &dyn ObjectStore) -> Result<(usize, HashSet<BlobId>), StoreError> {
+    let snaps = newest_snapshots(remote).await?;
+    let mut all_nodes: Vec<String> = nodes(remote).await?;
+    all_nodes.extend(snaps.keys().cloned());
+    all_nodes.sort();
+    all_nodes.dedup();
+    let mut refs = HashSet::new();
+    let mut cursors: Vec<HashMap<String, u64>> = Vec::new();
+    for node in &all_nodes {
+        let Some(name) = snaps.get(node) else {
+            cursors.push(HashMap::new()); // no snapshot: every journal counts from the start
+            continue;
+        };
+        let kv = snapshot::open_snapshot(name, &remote.get_meta(name).await?)?;
+        let mut mine = HashMap::new();
+        for (k, v) in &kv {
+            match k.first() {
+                Some(&keys::BLOB) => refs.extend(keys::blob_after_prefix(k)),
+                Some(&keys::CURSOR) => {
+                    if let (Ok(n), Ok(b)) = (std::str::from_utf8(&k[1..]), <[u8; 8]>::try_from(v.as_slice())) {
+                        mine.insert(n.to_string(), u64::from_be_bytes(b));
+                    }
+                }
+                _ => {}
+            }
+        }
+        cursors.push(mine);
+    }
+    for journal in nodes(remote).await? {
+        let from = cursors.iter().map(|c| c.get(&journal).copied().unwrap_or(0)).min().unwrap_or(0);
+        for b in batches_after(remote, &journal, from).await? {
+            refs.extend(b.changes.iter().filter_map(|(_, c)| c.blob()));
+        }
+    }
+    Ok((all_nodes.len(), refs))
+}
+
+/// Collect: record new candidates, delete those unreferenced for at least `grace`.
+pub async fn collect(remote: &dyn ObjectStore, grace: Duration, dry_run: bool) -> Result<GcReport, StoreError> {
+    if remote.is_local() {
+        return Err(StoreError::Config("a local store belongs to one node, which deletes unreferenced blobs itself; gc is for shared buckets".into()));
+    }
+    let (nodes, refs) = referenced(remote).await?;
+    let blobs = remote.list_blobs().await?;
+    if nodes == 0 && !blobs.is_empty() {
+        return Err(StoreError::Config("the bucket has blobs but no node registry, snapshot or journal: refusing to decide that nothing is referenced".into()));
+    }
+    let mut pending: BTreeMap<BlobId, u64> = match remote.get_meta(PENDING).await {
+        Ok(env) => codec::open_meta(&env).ok().and_then(|b| bincode::deserialize(&b).ok()).unwrap_or_default(),
+        Err(_) => BTreeMap::new(),
+    };
+    let now = now_secs();
+    let mut report = GcReport { nodes, blobs: blobs.len(), referenced: refs.len(), ..Default::default() };
+    let mut next = BTreeMap::new();
+    for id in blobs.into_iter().filter(|id| !refs.contains(id)) {
+        let first = pending.remove(&id).unwrap_or(now);
+        if now.saturating_sub(first) >= grace.as_secs() {
+            if !dry_run {
+                remote.delete_blob(&id).await?;
+            }
+            report.deleted.push(id);
+        } else {
+            next.insert(id, first);
+            report.waiting += 1;
+        }
+    }
+    if !dry_run {
+        let body = bincode::serialize(&next).map_err(|e| StoreError::Config(e.to_string()))?;
+        remote.put_meta(PENDING, codec::seal_meta(&body)).await?;
+    }
+    Ok(report)
+}

@@ -1,0 +1,212 @@
+//! The namespace of a bucket as a table of paths, rebuilt without FUSE and without a cache
+//! dir: the newest tree snapshot, then every node's journal after the cursors it carries.
+//! This is the library's `restore`, and what the collector uses to know which blobs names
+//! still refer to.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::blob::BlobId;
+use crate::index::records::{self, InodeKind, InodeRecord};
+use crate::index::{keys, Snapshot};
+use crate::sync::change::{self, Attrs, Batch, Change};
+use crate::tiers::{ObjectStore, StoreError};
+
+/// What a path names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// a regular file
+    File {
+        /// its content
+        blob: BlobId,
+        /// raw size
+        size: u64,
+        /// attributes
+        attrs: Attrs,
+    },
+    /// a symbolic link
+    Symlink {
+        /// target
+        target: Vec<u8>,
+        /// attributes
+        attrs: Attrs,
+    },
+    /// a directory
+    Dir {
+        /// attributes
+        attrs: Attrs,
+    },
+}
+
+/// Every name of a bucket's namespace (`ns/dir/file` → entry), and how far each node's
+/// journal has been applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NameTable {
+    /// path → entry, sorted
+    pub entries: BTreeMap<Vec<u8>, Entry>,
+    /// node id → last change applied
+    pub cursors: BTreeMap<String, u64>,
+}
+
+fn attrs_of(r: &InodeRecord) -> Attrs {
+    Attrs { perm: r.perm, uid: r.uid, gid: r.gid, mtime: r.mtime }
+}
+
+fn is_within(path: &[u8], dir: &[u8]) -> bool {
+    path.len() > dir.len() && path.starts_with(dir) && path[dir.len()] == b'/'
+}
+
+impl NameTable {
+    /// The names of a tree snapshot (index records of one node).
+    pub fn from_snapshot(kv: &Snapshot) -> Self {
+        let mut inodes = HashMap::new();
+        let mut children: HashMap<u64, Vec<(Vec<u8>, u64)>> = HashMap::new();
+        let mut t = NameTable::default();
+        for (k, v) in kv {
+            match k.first() {
+                Some(&keys::INODE) => {
+                    if let Some(r) = records::decode::<InodeRecord>(v) {
+                        inodes.insert(r.ino, r);
+                    }
+                }
+                Some(&keys::DIRENT) => {
+                    if let (Some((p, name)), Ok(b)) = (keys::split_dirent(k), <[u8; 8]>::try_from(v.as_slice())) {
+                        children.entry(p).or_default().push((name.to_vec(), u64::from_be_bytes(b)));
+                    }
+                }
+                Some(&keys::CURSOR) => {
+                    if let (Ok(node), Ok(b)) = (std::str::from_utf8(&k[1..]), <[u8; 8]>::try_from(v.as_slice())) {
+                        t.cursors.insert(node.to_string(), u64::from_be_bytes(b));
+                    }
+                }
+                _ => {}
+            }
+        }
+        // walk from the root; a directory is visited once even if a corrupt snapshot loops
+        let mut stack = vec![(1u64, Vec::new())];
+        let mut seen = std::collections::HashSet::new();
+        while let Some((dir, path)) = stack.pop() {
+            if !seen.insert(dir) {
+                continue;
+            }
+            for (name, ino) in children.get(&dir).into_iter().flatten() {
+                let Some(r) = inodes.get(ino) else { continue };
+                let p = if path.is_empty() { name.clone() } else { [&path[..], b"/", name].concat() };
+                let e = match &r.kind {
+                    InodeKind::File { blob } => Entry::File { blob: *blob, size: r.size, attrs: attrs_of(r) },
+                    InodeKind::Symlink { target } => Entry::Symlink { target: target.clone(), attrs: attrs_of(r) },
+                    InodeKind::Dir { .. } => {
+                        stack.push((*ino, p.clone()));
+                        Entry::Dir { attrs: attrs_of(r) }
+                    }
+                };
+                t.entries.insert(p, e);
+            }
+        }
+        t
+    }
+
+    fn take_subtree(&mut self, path: &[u8]) -> Vec<(Vec<u8>, Entry)> {
+        let keys: Vec<Vec<u8>> = self.entries.range(path.to_vec()..).map(|(k, _)| k.clone()).take_while(|k| k == path || k.starts_with(path)).filter(|k| k == path || is_within(k, path)).collect();
+        keys.into_iter().filter_map(|k| self.entries.remove(&k).map(|e| (k, e))).collect()
+    }
+
+    /// Apply one change with the same rules as a mounted node ([`crate::fs::remote`]).
+    pub fn apply(&mut self, c: &Change) {
+        match c {
+            Change::File { path, blob, size, attrs } => {
+                if !matches!(self.entries.get(path), Some(Entry::Dir { .. })) {
+                    self.entries.insert(path.clone(), Entry::File { blob: *blob, size: *size, attrs: *attrs });
+                }
+            }
+            Change::Symlink { path, target, attrs } => {
+                if !matches!(self.entries.get(path), Some(Entry::Dir { .. })) {
+                    self.entries.insert(path.clone(), Entry::Symlink { target: target.clone(), attrs: *attrs });
+                }
+            }
+            Change::Dir { path, attrs } => {
+                self.entries.insert(path.clone(), Entry::Dir { attrs: *attrs });
+            }
+            Change::Remove { path, blob } => match self.entries.get(path) {
+                Some(Entry::File { blob: mine, .. }) if blob.is_some_and(|b| b != *mine) => {}
+                Some(Entry::Dir { .. }) => {
+                    if !self.entries.keys().any(|k| is_within(k, path)) {
+                        self.entries.remove(path);
+                    }
+                }
+                Some(_) => {
+                    self.entries.remove(path);
+                }
+                None => {}
+            },
+            Change::Rename { from, to } => {
+                if !self.entries.contains_key(from) || is_within(to, from) {
+                    return;
+                }
+                let moved = self.take_subtree(from);
+                self.take_subtree(to);
+                for (k, e) in moved {
+                    self.entries.insert([&to[..], &k[from.len()..]].concat(), e);
+                }
+            }
+        }
+    }
+
+    /// Apply a node's batch past this table's cursor for it.
+    pub fn apply_batch(&mut self, batch: &Batch) {
+        let cursor = self.cursors.get(&batch.node).copied().unwrap_or(0);
+        for (_, c) in batch.changes.iter().filter(|(s, _)| *s > cursor) {
+            self.apply(c);
+        }
+        self.cursors.insert(batch.node.clone(), batch.last_seq().max(cursor));
+    }
+
+    /// The blobs the names refer to.
+    pub fn blobs(&self) -> std::collections::HashSet<BlobId> {
+        self.entries.values().filter_map(|e| match e {
+            Entry::File { blob, .. } => Some(*blob),
+            _ => None,
+        }).collect()
+    }
+}
+
+/// The node ids registered in a bucket.
+pub async fn nodes(remote: &dyn ObjectStore) -> Result<Vec<String>, StoreError> {
+    Ok(remote
+        .list_meta(change::NODES)
+        .await?
+        .iter()
+        .filter_map(|n| n.strip_prefix(change::NODES)?.strip_prefix('/'))
+        .filter(|n| change::valid_node_id(n))
+        .map(str::to_string)
+        .collect())
+}
+
+/// The batches of `node` after change `cursor`, in order.
+pub async fn batches_after(remote: &dyn ObjectStore, node: &str, cursor: u64) -> Result<Vec<Batch>, StoreError> {
+    let mut out = Vec::new();
+    for key in remote.list_meta_after(&change::journal_dir(node), &change::batch_key(node, cursor)).await? {
+        let b = Batch::open(&remote.get_meta(&key).await?).map_err(|why| StoreError::Config(format!("{key}: {why}")))?;
+        if b.node != node {
+            return Err(StoreError::Config(format!("{key} holds changes of another node")));
+        }
+        out.push(b);
+    }
+    Ok(out)
+}
+
+/// Rebuild a bucket's namespace: its newest snapshot, then every node's journal from the
+/// snapshot's cursors. `O(1)` requests for the snapshot plus one LIST per node and one GET
+/// per journal batch published after it.
+pub async fn restore(remote: &dyn ObjectStore) -> Result<NameTable, StoreError> {
+    let mut t = match crate::fs::snapshot::newest(remote).await? {
+        Some((_, kv)) => NameTable::from_snapshot(&kv),
+        None => NameTable::default(),
+    };
+    for node in nodes(remote).await? {
+        let cursor = t.cursors.get(&node).copied().unwrap_or(0);
+        for b in batches_after(remote, &node, cursor).await? {
+            t.apply_batch(&b);
+        }
+    }
+    Ok(t)
+}

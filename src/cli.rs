@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Mount a wombatfs tree.
-    Mount(MountArgs),
+    Mount(Box<MountArgs>),
     /// Delete blobs no node's names refer to any more from a shared bucket, once they have
     /// stayed unreferenced for the grace period (run it periodically, e.g. from cron).
     Gc(GcArgs),

@@ -304,3 +304,32 @@ fn gc_command_collects_what_no_name_refers_to() {
     assert!(fs::metadata(a.path("ns/old")).is_err());
     a.unmount();
 }
+
+#[test]
+fn a_killed_daemon_with_a_full_upload_queue_drains_it_after_restart() {
+    if endpoint().is_none() {
+        return;
+    }
+    let server = PrivateServer::start();
+    let args = s3_args(&server.endpoint, "killq", &["--snapshot-interval", "0"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut a = Mount::start_with(&args);
+    fs::create_dir(a.path("ns")).unwrap();
+    server.stop();
+    let blocks: Vec<Vec<u8>> = (0..12u32).map(|i| (0..(300_000 + i * 1000)).map(|j| (j ^ i) as u8).collect()).collect();
+    for (i, b) in blocks.iter().enumerate() {
+        fs::write(a.path(&format!("ns/blk{i}")), b).unwrap(); // async: close returns at the local seal
+    }
+    a.kill9();
+    common::mount::lazy_unmount(&a.mnt);
+    server.restart();
+    a.mount(); // the persisted queue and outbox resume
+    a.unmount(); // a clean unmount waits for both
+    // a node with nothing local gets every block from the bucket
+    let b = Mount::start_with(&args);
+    for (i, want) in blocks.iter().enumerate() {
+        assert_eq!(&fs::read(b.path(&format!("ns/blk{i}"))).unwrap(), want, "blk{i}");
+    }
+    drop(b);
+    server.stop();
+}

@@ -128,11 +128,7 @@ impl NameTable {
             }
             Change::Remove { path, blob } => match self.entries.get(path) {
                 Some(Entry::File { blob: mine, .. }) if blob.is_some_and(|b| b != *mine) => {}
-                Some(Entry::Dir { .. }) => {
-                    if !self.entries.keys().any(|k| is_within(k, path)) {
-                        self.entries.remove(path);
-                    }
-                }
+                Some(Entry::Dir { .. }) if self.entries.keys().any(|k| is_within(k, path)) => {}
                 Some(_) => {
                     self.entries.remove(path);
                 }

@@ -129,6 +129,9 @@ pub struct MountArgs {
     /// publication delay (≈ 0.1–0.4 s after their upload).
     #[arg(long, default_value_t = 2000)]
     pub poll_interval_ms: u64,
+    /// Kernel readahead for the mount in KiB (0: kernel default, 128 KiB). Needs root.
+    #[arg(long, default_value_t = 1024)]
+    pub readahead_kb: u32,
     /// How to reach S3.
     #[command(flatten)]
     pub s3: S3Args,
@@ -169,6 +172,7 @@ impl MountArgs {
             sync_uploads: self.upload == "sync",
             snapshot_interval: std::time::Duration::from_secs(self.snapshot_interval),
             poll_interval: std::time::Duration::from_millis(self.poll_interval_ms),
+            readahead_kb: self.readahead_kb,
             s3: self.s3.config(compression),
         };
         s.validate()?;

@@ -118,6 +118,8 @@ pub struct Settings {
     pub snapshot_interval: Duration,
     /// how often other nodes' change journals are polled (zero: never)
     pub poll_interval: Duration,
+    /// kernel readahead of the mount in KiB (zero: kernel default)
+    pub readahead_kb: u32,
     /// how to reach S3 when the store is `s3://`
     pub s3: crate::tiers::s3::S3Config,
 }

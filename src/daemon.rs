@@ -200,6 +200,28 @@ fn write_pid(lock: &mut File) {
     let _ = std::os::unix::fs::FileExt::write_all_at(lock, std::process::id().to_string().as_bytes(), 0);
 }
 
+/// Raise the kernel's readahead for this mount (FUSE starts at 128 KiB): sequential reads then
+/// arrive as 1 MiB requests, several in flight, which is what lets a cold read keep up with
+/// the download. Needs root (sysfs); without it the kernel default stays, which is only slower.
+fn set_readahead(mountpoint: &Path, kb: u32) {
+    if kb == 0 {
+        return;
+    }
+    let want = mountpoint.to_string_lossy();
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // fields: id parent major:minor root mountpoint …; the newest mount on the path is last
+    let dev = info.lines().filter_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.get(4) == Some(&want.as_ref())).then(|| f.get(2).map(|d| d.to_string())).flatten()
+    }).next_back();
+    let Some(dev) = dev else { return };
+    let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    match std::fs::write(&path, kb.to_string()) {
+        Ok(()) => tracing::debug!(%path, kb, "readahead raised"),
+        Err(e) => tracing::debug!(%path, error = %e, "cannot raise the readahead; keeping the kernel default"),
+    }
+}
+
 fn fuse_config(s: &Settings) -> fuser::Config {
     use fuser::MountOption as M;
     let mut cfg = fuser::Config::default();
@@ -310,6 +332,7 @@ fn serve(s: &Settings, report: Option<&mut File>, mut lock: File) -> Result<()> 
     let _ = notifier.set(session.notifier());
     core.set_invalidator(Box::new(crate::fs::fuse::invalidator(notifier.clone())));
     let bg = session.spawn().context("cannot start the FUSE session")?;
+    set_readahead(&s.mountpoint, s.readahead_kb);
     tracing::info!(mountpoint = %s.mountpoint.display(), cache = %s.cache_dir.display(), store = %remote.describe(), "mounted");
     if let Some(r) = report {
         let _ = r.write_all(b"OK");

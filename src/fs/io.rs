@@ -144,18 +144,7 @@ impl FsCore {
             // a blob still downloading: wait (without the inode lock) for verified bytes
             r.wait(offset, want as u64)?;
         }
-        let mut buf = vec![0u8; want];
-        let mut done = 0;
-        while done < want {
-            match src.read_at(&mut buf[done..], offset + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        buf.truncate(done);
-        Ok(Some(buf))
+        Ok(Some(read_exact_at(&src, offset, want)?))
     }
 
     fn reader(&self, st: &mut FileState) -> FsResult<BlobReader> {
@@ -412,4 +401,30 @@ impl FsCore {
     pub fn sync_metadata(&self) -> FsResult<()> {
         Ok(self.index.sync()?)
     }
+}
+
+/// Read up to `want` bytes at `offset` (fewer only at end of file), into a buffer that is not
+/// zeroed first: reads are the hot path and each can be 1 MiB.
+fn read_exact_at(src: &File, offset: u64, want: usize) -> std::io::Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let mut buf: Vec<u8> = Vec::with_capacity(want);
+    let mut done = 0;
+    while done < want {
+        // SAFETY: pread writes at most `want - done` bytes into the spare capacity of `buf`,
+        // which we own; `done` only counts bytes pread reported as written.
+        let n = unsafe { libc::pread(src.as_raw_fd(), buf.as_mut_ptr().add(done).cast(), want - done, (offset + done as u64) as libc::off_t) };
+        match n {
+            0 => break,
+            n if n > 0 => done += n as usize,
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    // SAFETY: the first `done` bytes were initialised by pread.
+    unsafe { buf.set_len(done) };
+    Ok(buf)
 }

@@ -4,6 +4,7 @@
 //! with the S3 key layout); [`memory::MemoryStore`] serves tests. An S3 store drops in behind the
 //! same trait.
 
+pub mod chunk_sink;
 pub mod flat;
 pub mod local;
 pub mod memory;

@@ -25,12 +25,13 @@ use crate::blob::BlobId;
 use crate::codec::{self, Compression, HEADER_LEN};
 use crate::proof;
 use crate::store::fetch::Fetch;
+use crate::tiers::chunk_sink::{store_chunks, ChunkSink};
 use crate::tiers::{ObjectStore, StoreError};
 
 /// Objects larger than this are uploaded with multipart.
 const MULTIPART_ABOVE: usize = 16 << 20;
 /// Size of each ranged GET of a large object.
-const RANGE: u64 = 8 << 20;
+const RANGE: u64 = 16 << 20;
 /// Ranged GETs in flight per object.
 const PARALLEL_GETS: usize = 8;
 /// Proof chunks fetched per ranged GET once the first chunk is in.
@@ -207,31 +208,6 @@ impl S3Store {
     }
 }
 
-/// Verify the whole chunks in `data` (which starts at chunk `first`; the blob's last chunk may
-/// be short) against their proofs, write them into the fetch file and make them readable.
-/// Returns how many chunks were stored.
-fn store_chunks(fetch: &Fetch, table: &[[u8; 32]], first: usize, data: &[u8], id: BlobId) -> Result<usize, StoreError> {
-    let mut stored = 0;
-    for (k, bytes) in data.chunks(proof::CHUNK as usize).enumerate() {
-        let i = first + k;
-        let offset = i as u64 * proof::CHUNK;
-        let whole = bytes.len() as u64 == proof::CHUNK || offset + bytes.len() as u64 == fetch.len;
-        if !whole || i >= table.len() {
-            break;
-        }
-        if proof::chunk_cv(offset, bytes) != table[i] {
-            return Err(StoreError::Corrupt {
-                id,
-                source: codec::CodecError::Malformed("a chunk does not match its proof"),
-            });
-        }
-        fetch.file.write_all_at(bytes, offset).map_err(|e| StoreError::io("write fetched blob", e))?;
-        fetch.mark(i);
-        stored += 1;
-    }
-    Ok(stored)
-}
-
 #[async_trait]
 impl ObjectStore for S3Store {
     fn describe(&self) -> String {
@@ -334,13 +310,17 @@ impl ObjectStore for S3Store {
     async fn fetch_into(&self, id: &BlobId, fetch: &Fetch) -> Result<(), StoreError> {
         let key = self.key(id);
         let corrupt = |source| StoreError::Corrupt { id: *id, source };
-        let obj_len = self.object_len(&key).await?.ok_or(StoreError::NotFound(*id))?;
-        // enough for the header, the whole proof table and the first chunk
-        let want = (HEADER_LEN as u64 + 4 + 32 * proof::chunks(obj_len) + proof::CHUNK).min(obj_len);
-        if want < HEADER_LEN as u64 {
+        // one GET for the header, the whole proof table and the first chunk (sized from the
+        // raw length the index knows; a shorter object just returns less)
+        let want = HEADER_LEN as u64 + 4 + 32 * proof::chunks(fetch.len) + proof::CHUNK;
+        let first = match self.bucket.get_object_range(&key, 0, Some(want - 1)).await {
+            Ok(r) => r.into_bytes(),
+            Err(e) if is_404(&e) => return Err(StoreError::NotFound(*id)),
+            Err(e) => return Err(remote(format!("GET {key} [0..={}]", want - 1), e)),
+        };
+        if first.len() < HEADER_LEN {
             return Err(corrupt(codec::CodecError::Malformed("shorter than header")));
         }
-        let first = self.range(&key, 0, want - 1).await?;
         let header = match codec::parse_header(&first, id).map_err(corrupt)? {
             Ok(h) => h,
             Err(_) => return Err(corrupt(codec::CodecError::Malformed("truncated header"))),
@@ -362,9 +342,17 @@ impl ObjectStore for S3Store {
         stream::iter(groups.into_iter().map(move |(c0, c1)| async move {
             let start = p + c0 * proof::CHUNK;
             let end = p + (c1 * proof::CHUNK).min(fetch.len) - 1;
-            let data = self.range(key_ref, start, end).await?;
-            // hashing 8 MiB takes a few ms: let the runtime move other tasks off this worker
-            tokio::task::block_in_place(|| store_chunks(fetch, table_ref, c0 as usize, &data, *id)).map(|_| ())
+            // the body streams through the sink: each chunk is verified and readable on arrival
+            let mut sink = ChunkSink::new(fetch, table_ref, *id, c0 as usize, c1 as usize);
+            let res = self.bucket.get_object_range_to_writer(key_ref, start, Some(end), &mut sink).await;
+            if let Some(e) = sink.error.take() {
+                return Err(e);
+            }
+            match res {
+                Ok(200 | 206) if sink.finished() => Ok(()),
+                Ok(code) => Err(StoreError::io(format!("GET {key_ref} [{start}..={end}]"), std::io::Error::other(format!("status {code}, or a short body")))),
+                Err(e) => Err(remote(format!("GET {key_ref} [{start}..={end}]"), e)),
+            }
         }))
         .buffer_unordered(PARALLEL_GETS)
         .try_collect::<Vec<()>>()

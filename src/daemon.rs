@@ -393,8 +393,8 @@ pub fn gc(args: &crate::cli::GcArgs, log: &str) -> Result<()> {
     let r = rt.block_on(crate::sync::gc::collect(&remote, Duration::from_secs(args.grace), args.dry_run))?;
     let verb = if args.dry_run { "would delete" } else { "deleted" };
     println!(
-        "{} nodes, {} blobs, {} referenced, {} unreferenced within the {} s grace period, {verb} {}",
-        r.nodes, r.blobs, r.referenced, r.waiting, args.grace, r.deleted.len()
+        "{} nodes, {} blobs, {} referenced, {} unreferenced within the {} s grace period, {verb} {}; {verb} {} journal batches covered by every snapshot",
+        r.nodes, r.blobs, r.referenced, r.waiting, args.grace, r.deleted.len(), r.journal_batches_deleted
     );
     for id in &r.deleted {
         tracing::info!(%id, "{verb}");

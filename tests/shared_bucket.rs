@@ -271,6 +271,8 @@ fn gc_deletes_only_blobs_unreferenced_everywhere_after_the_grace_period() {
     // now no node names the old block; it must first wait out the grace period
     let r = gc(3600);
     assert_eq!((r.deleted.len(), r.waiting), (0, 1), "{r:?}");
+    assert_eq!(r.journal_batches_deleted, 1, "A's first batch is covered by both snapshots; its newest is kept");
+    assert_eq!(a.block_on(s.list_meta("journal")).unwrap().len(), 1);
     let r = gc(0);
     assert_eq!(r.deleted, vec![old]);
     let left = a.block_on(s.list_blobs()).unwrap();
@@ -290,6 +292,7 @@ fn gc_forgets_a_candidate_that_is_named_again() {
     let a = Fixture::node(s.clone());
     a.mkdir_p("ns");
     a.write_file("ns/f", b"content").unwrap();
+    a.publish(); // uploaded before it is unlinked
     a.unlink("ns/f").unwrap();
     snapshot(&a);
     let gc = |grace| a.block_on(collect(s.as_ref(), Duration::from_secs(grace), false)).unwrap();

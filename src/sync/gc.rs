@@ -6,6 +6,9 @@
 //! change published after the *oldest* cursor any node's snapshot holds for that journal (a
 //! node without a snapshot counts as cursor 0, i.e. the whole journal). This over-approximates
 //! every node's current tree, so a blob some node still names is never a candidate.
+//! Journal batches that every node's newest snapshot covers are deleted too (a node restoring
+//! starts from a snapshot, a running node's cursor is past its own snapshot's), so journals
+//! stay short.
 //! A candidate is recorded in `gc/pending` with the time it was first seen unreferenced and
 //! deleted only by a run at least `grace` later that still finds it unreferenced; a blob that
 //! becomes referenced again in between leaves the list. The grace period covers nodes that
@@ -19,6 +22,7 @@ use crate::blob::BlobId;
 use crate::codec;
 use crate::fs::snapshot;
 use crate::index::keys;
+use crate::sync::change;
 use crate::sync::names::{batches_after, nodes};
 use crate::tiers::{ObjectStore, StoreError};
 
@@ -38,6 +42,8 @@ pub struct GcReport {
     pub waiting: usize,
     /// blobs deleted (or, in a dry run, that would have been)
     pub deleted: Vec<BlobId>,
+    /// journal batches deleted because every node's snapshot covers them
+    pub journal_batches_deleted: usize,
 }
 
 fn now_secs() -> u64 {
@@ -55,8 +61,18 @@ async fn newest_snapshots(remote: &dyn ObjectStore) -> Result<BTreeMap<String, S
     Ok(out)
 }
 
+/// What the bucket's nodes may still name.
+pub struct References {
+    /// nodes (registered or with a snapshot)
+    pub nodes: usize,
+    /// blobs some name may refer to
+    pub blobs: HashSet<BlobId>,
+    /// per journal: every change up to this seq is covered by every node's newest snapshot
+    pub covered: HashMap<String, u64>,
+}
+
 /// Every blob some node's names may refer to.
-pub async fn referenced(remote: &dyn ObjectStore) -> Result<(usize, HashSet<BlobId>), StoreError> {
+pub async fn referenced(remote: &dyn ObjectStore) -> Result<References, StoreError> {
     let snaps = newest_snapshots(remote).await?;
     let mut all_nodes: Vec<String> = nodes(remote).await?;
     all_nodes.extend(snaps.keys().cloned());
@@ -84,13 +100,35 @@ pub async fn referenced(remote: &dyn ObjectStore) -> Result<(usize, HashSet<Blob
         }
         cursors.push(mine);
     }
+    let mut covered = HashMap::new();
     for journal in nodes(remote).await? {
         let from = cursors.iter().map(|c| c.get(&journal).copied().unwrap_or(0)).min().unwrap_or(0);
         for b in batches_after(remote, &journal, from).await? {
             refs.extend(b.changes.iter().filter_map(|(_, c)| c.blob()));
         }
+        covered.insert(journal, from);
     }
-    Ok((all_nodes.len(), refs))
+    Ok(References { nodes: all_nodes.len(), blobs: refs, covered })
+}
+
+/// Delete journal batches every node's newest snapshot already covers (nobody restoring or
+/// catching up reads them again). Returns how many were deleted.
+async fn compact_journals(remote: &dyn ObjectStore, covered: &HashMap<String, u64>, dry_run: bool) -> Result<usize, StoreError> {
+    let mut deleted = 0;
+    for (node, upto) in covered {
+        let keys = remote.list_meta(&change::journal_dir(node)).await?;
+        let firsts: Vec<u64> = keys.iter().filter_map(|k| change::parse_batch_key(k).map(|(_, f)| f)).collect();
+        // batch i ends before batch i+1 starts; the newest batch is always kept
+        for (i, key) in keys.iter().enumerate().take(keys.len().saturating_sub(1)) {
+            if firsts.get(i + 1).is_some_and(|next| next.saturating_sub(1) <= *upto) {
+                if !dry_run {
+                    remote.delete_meta(key).await?;
+                }
+                deleted += 1;
+            }
+        }
+    }
+    Ok(deleted)
 }
 
 /// Collect: record new candidates, delete those unreferenced for at least `grace`.
@@ -98,7 +136,7 @@ pub async fn collect(remote: &dyn ObjectStore, grace: Duration, dry_run: bool) -
     if remote.is_local() {
         return Err(StoreError::Config("a local store belongs to one node, which deletes unreferenced blobs itself; gc is for shared buckets".into()));
     }
-    let (nodes, refs) = referenced(remote).await?;
+    let References { nodes, blobs: refs, covered } = referenced(remote).await?;
     let blobs = remote.list_blobs().await?;
     if nodes == 0 && !blobs.is_empty() {
         return Err(StoreError::Config("the bucket has blobs but no node registry, snapshot or journal: refusing to decide that nothing is referenced".into()));
@@ -122,6 +160,7 @@ pub async fn collect(remote: &dyn ObjectStore, grace: Duration, dry_run: bool) -
             report.waiting += 1;
         }
     }
+    report.journal_batches_deleted = compact_journals(remote, &covered, dry_run).await?;
     if !dry_run {
         let body = bincode::serialize(&next).map_err(|e| StoreError::Config(e.to_string()))?;
         remote.put_meta(PENDING, codec::seal_meta(&body)).await?;

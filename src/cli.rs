@@ -129,6 +129,18 @@ pub struct MountArgs {
     /// publication delay (≈ 0.1–0.4 s after their upload).
     #[arg(long, default_value_t = 2000)]
     pub poll_interval_ms: u64,
+    /// Flat tier bound, e.g. 10GiB [default: 40 % of the cache filesystem, at most 16 GiB].
+    #[arg(long)]
+    pub flat_size: Option<String>,
+    /// foyer RAM tier capacity [default: 64MiB]; used with a remote store.
+    #[arg(long)]
+    pub foyer_memory: Option<String>,
+    /// foyer SSD tier capacity [default: 20 % of its filesystem, at most 8 GiB; 0: none].
+    #[arg(long)]
+    pub foyer_disk: Option<String>,
+    /// foyer SSD tier directory [default: <cache-dir>/foyer].
+    #[arg(long)]
+    pub foyer_dir: Option<PathBuf>,
     /// Kernel readahead for the mount in KiB (0: kernel default, 128 KiB). Needs root.
     #[arg(long, default_value_t = 1024)]
     pub readahead_kb: u32,
@@ -148,11 +160,19 @@ impl MountArgs {
             Some(p) => FileSettings::load(p)?,
             None => FileSettings::default(),
         };
-        let cache_dir = match self.cache_dir.clone().or(file.cache_dir) {
+        let cache_dir = match self.cache_dir.clone().or(file.cache_dir.clone()) {
             Some(d) => d,
             None => default_cache_dir(self.xdg_cache_home.as_deref(), self.home.as_deref())?,
         };
         let cache_dir = absolute(&cache_dir)?;
+        let tiers = crate::config::TierSettings::resolve(
+            self.flat_size.as_deref(),
+            self.foyer_memory.as_deref(),
+            self.foyer_disk.as_deref(),
+            self.foyer_dir.clone().map(|d| absolute(&d)).transpose()?,
+            &file,
+            &cache_dir,
+        )?;
         let store = match self.store.clone().or(file.store) {
             Some(s) => StoreUrl::parse(&s)?,
             None => StoreUrl::Local(cache_dir.join("objects")),
@@ -173,6 +193,7 @@ impl MountArgs {
             snapshot_interval: std::time::Duration::from_secs(self.snapshot_interval),
             poll_interval: std::time::Duration::from_millis(self.poll_interval_ms),
             readahead_kb: self.readahead_kb,
+            tiers,
             s3: self.s3.config(compression),
         };
         s.validate()?;

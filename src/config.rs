@@ -81,6 +81,16 @@ pub struct FileSettings {
     pub max_file_size: Option<u64>,
     /// `auto`, `none` or `zstd[:LEVEL]`, for envelopes the store writes
     pub compression: Option<String>,
+    /// flat tier bound (`256MiB`, `10GiB`, bytes)
+    pub flat_size: Option<String>,
+    /// foyer RAM capacity
+    pub foyer_memory: Option<String>,
+    /// foyer disk capacity
+    pub foyer_disk: Option<String>,
+    /// foyer disk directory
+    pub foyer_dir: Option<PathBuf>,
+    /// per-namespace byte budgets: namespace name → size
+    pub budgets: Option<std::collections::BTreeMap<String, String>>,
 }
 
 impl FileSettings {
@@ -120,8 +130,102 @@ pub struct Settings {
     pub poll_interval: Duration,
     /// kernel readahead of the mount in KiB (zero: kernel default)
     pub readahead_kb: u32,
+    /// local tier bounds and per-namespace budgets
+    pub tiers: TierSettings,
     /// how to reach S3 when the store is `s3://`
     pub s3: crate::tiers::s3::S3Config,
+}
+
+/// Bounds of the local tiers (see docs/configuration.md). `None` sizes are derived from the
+/// cache filesystem at mount: safe on a small machine.
+#[derive(Clone, Debug, Default)]
+pub struct TierSettings {
+    /// flat tier bound in bytes (default: 40 % of the cache filesystem, at most 16 GiB)
+    pub flat_size: Option<u64>,
+    /// foyer RAM in bytes (default 64 MiB)
+    pub foyer_memory: Option<u64>,
+    /// foyer disk in bytes (default: 20 % of the foyer dir's filesystem, at most 8 GiB; 0: no disk)
+    pub foyer_disk: Option<u64>,
+    /// foyer disk directory (default `<cache-dir>/foyer`)
+    pub foyer_dir: PathBuf,
+    /// budgets set in the config file: namespace → bytes
+    pub budgets: std::collections::BTreeMap<String, u64>,
+}
+
+impl TierSettings {
+    /// Resolve flags over the config file.
+    pub fn resolve(flat: Option<&str>, mem: Option<&str>, disk: Option<&str>, dir: Option<PathBuf>, file: &FileSettings, cache_dir: &Path) -> Result<Self, ConfigError> {
+        let size = |flag: Option<&str>, key: &Option<String>| -> Result<Option<u64>, ConfigError> {
+            flag.or(key.as_deref()).map(parse_size).transpose()
+        };
+        let mut budgets = std::collections::BTreeMap::new();
+        for (ns, v) in file.budgets.iter().flatten() {
+            crate::fs::check_name(ns.as_bytes()).map_err(|_| ConfigError::Invalid(format!("budget for {ns:?}: not a namespace name")))?;
+            budgets.insert(ns.clone(), parse_size(v)?);
+        }
+        let t = TierSettings {
+            flat_size: size(flat, &file.flat_size)?,
+            foyer_memory: size(mem, &file.foyer_memory)?,
+            foyer_disk: size(disk, &file.foyer_disk)?,
+            foyer_dir: dir.or(file.foyer_dir.clone()).unwrap_or_else(|| cache_dir.join("foyer")),
+            budgets,
+        };
+        if t.flat_size.is_some_and(|v| v < 16 << 20) {
+            return Err(ConfigError::Invalid("flat_size must be at least 16MiB".into()));
+        }
+        if t.foyer_memory.is_some_and(|v| v < 4 << 20) {
+            return Err(ConfigError::Invalid("foyer_memory must be at least 4MiB".into()));
+        }
+        if t.foyer_disk.is_some_and(|v| v != 0 && v < 64 << 20) {
+            return Err(ConfigError::Invalid("foyer_disk must be 0 (no disk) or at least 64MiB".into()));
+        }
+        Ok(t)
+    }
+}
+
+/// Total bytes of the filesystem holding `path` (its nearest existing ancestor).
+pub fn fs_capacity(path: &Path) -> Option<u64> {
+    let mut p = path;
+    while !p.exists() {
+        p = p.parent()?;
+    }
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statvfs fills the zeroed struct we own; the path is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0).then(|| st.f_blocks.saturating_mul(st.f_frsize))
+}
+
+/// Parse a size: plain bytes, or a number with a unit — `KiB`/`MiB`/`GiB`/`TiB` (also `K`,
+/// `M`, `G`, `T`, powers of 1024) or `KB`/`MB`/`GB`/`TB` (powers of 1000). `1.5GiB` is allowed.
+pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = (&t[..split], t[split..].trim());
+    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => return Err(ConfigError::Invalid(format!("size {s:?}: unknown unit {unit:?} (use bytes, KiB, MiB, GiB, TiB)"))),
+    };
+    let bad = || ConfigError::Invalid(format!("size {s:?}: not a number of bytes (e.g. 256MiB, 10GiB, 1048576)"));
+    if num.is_empty() {
+        return Err(bad());
+    }
+    if let Ok(n) = num.parse::<u64>() {
+        return n.checked_mul(mult).ok_or_else(bad);
+    }
+    let f: f64 = num.parse().map_err(|_| bad())?;
+    let v = f * mult as f64;
+    if !v.is_finite() || v < 0.0 || v > u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(v as u64)
 }
 
 /// Parse `auto`, `none`, `zstd` or `zstd:LEVEL`.
@@ -153,6 +257,24 @@ impl Settings {
             return Err(ConfigError::Invalid("the cache dir cannot be inside the mountpoint".into()));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_with_units_and_refuse_garbage() {
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
+        assert_eq!(parse_size("256MiB").unwrap(), 256 << 20);
+        assert_eq!(parse_size("10GiB").unwrap(), 10 << 30);
+        assert_eq!(parse_size("10 gib").unwrap(), 10 << 30);
+        assert_eq!(parse_size("1.5G").unwrap(), 3 << 29);
+        assert_eq!(parse_size("2MB").unwrap(), 2_000_000);
+        for bad in ["", "MiB", "12 parsecs", "-1", "1e3", "99999999999TiB", "1.2.3"] {
+            assert!(parse_size(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }
 

@@ -200,6 +200,27 @@ fn write_pid(lock: &mut File) {
     let _ = std::os::unix::fs::FileExt::write_all_at(lock, std::process::id().to_string().as_bytes(), 0);
 }
 
+/// Bound the flat tier and, with a remote store, open the foyer tier (RAM + SSD) between the
+/// flat tier and the object store. With the local store, blobs already sit on local disk in the
+/// store, so foyer would only hold them a second time.
+fn configure_tiers(s: &Settings, store: &Arc<BlobStore>, remote: &Arc<dyn ObjectStore>, rt: &tokio::runtime::Runtime) -> Result<()> {
+    let t = &s.tiers;
+    let cap = |p: &Path| crate::config::fs_capacity(p).unwrap_or(0);
+    let flat = t.flat_size.unwrap_or_else(|| (cap(&s.cache_dir) / 10 * 4).clamp(256 << 20, 16 << 30));
+    store.flat().set_limit(flat);
+    let mut foyer = (0, 0);
+    if !remote.is_local() {
+        let mem = t.foyer_memory.unwrap_or(64 << 20);
+        let disk = t.foyer_disk.unwrap_or_else(|| (cap(&t.foyer_dir) / 5).clamp(64 << 20, 8 << 30));
+        let f = rt.block_on(crate::tiers::foyer::FoyerTier::open(&t.foyer_dir, mem, disk)).context("cannot open the foyer cache")?;
+        store.set_foyer(Arc::new(f));
+        foyer = (mem, disk);
+    }
+    tracing::info!(flat_size = flat, foyer_memory = foyer.0, foyer_disk = foyer.1, "local tier bounds");
+    store.maybe_evict();
+    Ok(())
+}
+
 /// Raise the kernel's readahead for this mount (FUSE starts at 128 KiB): sequential reads then
 /// arrive as 1 MiB requests, several in flight, which is what lets a cold read keep up with
 /// the download. Needs root (sysfs); without it the kernel default stays, which is only slower.
@@ -307,6 +328,7 @@ fn serve(s: &Settings, report: Option<&mut File>, mut lock: File) -> Result<()> 
     };
     rt.block_on(remote.check()).with_context(|| format!("object store {} is not usable", remote.describe()))?;
     let store = Arc::new(BlobStore::open(&s.cache_dir, remote.clone(), rt.handle())?.with_sync_uploads(s.sync_uploads));
+    configure_tiers(s, &store, &remote, &rt)?;
     let (index, mut snapshot) = Index::open(&s.cache_dir.join("index"), rt.handle())?;
     if snapshot.is_empty() && !remote.is_local() {
         // an empty cache dir on an existing bucket: rebuild the tree from its newest snapshot
@@ -314,7 +336,7 @@ fn serve(s: &Settings, report: Option<&mut File>, mut lock: File) -> Result<()> 
         tracing::info!(store = %remote.describe(), "empty cache dir: looking for a tree snapshot in the object store");
         snapshot = rt.block_on(crate::fs::snapshot::restore(remote.as_ref(), &index))?;
     }
-    let opts = CoreOptions { max_file_size: s.max_file_size, ..CoreOptions::default() };
+    let opts = CoreOptions { max_file_size: s.max_file_size, budgets: s.tiers.budgets.clone(), ..CoreOptions::default() };
     let core = Arc::new(FsCore::load(&s.cache_dir, store, index, snapshot, opts)?);
     if !remote.is_local() && !s.poll_interval.is_zero() {
         // catch up with the other nodes before serving
@@ -347,6 +369,22 @@ fn serve(s: &Settings, report: Option<&mut File>, mut lock: File) -> Result<()> 
     });
     let snapshots = spawn_snapshotter(s, &core, &remote);
     let (following, publishing) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    {
+        // every second: namespace budgets (also enforced at once when one is set), and the
+        // flat tier's bound (blobs become evictable when their upload completes)
+        let (core, stop) = (core.clone(), following.clone());
+        rt.spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let c = core.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    c.enforce_budgets();
+                    c.store().maybe_evict();
+                })
+                .await;
+            }
+        });
+    }
     if !remote.is_local() {
         rt.spawn(core.clone().publish_loop(publishing.clone()));
         if !s.poll_interval.is_zero() {

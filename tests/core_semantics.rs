@@ -261,7 +261,7 @@ fn unreferenced_blobs_are_reclaimed_locally() {
 #[test]
 fn statfs_and_large_directory() {
     let f = Fixture::new();
-    let s = f.core().statfs().unwrap();
+    let s = f.core().statfs(1).unwrap();
     assert!(s.blocks > 0 && s.bavail <= s.blocks);
     f.mkdir("ns").unwrap();
     let ns = f.resolve("ns").unwrap();

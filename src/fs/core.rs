@@ -28,13 +28,15 @@ pub struct CoreOptions {
     pub root_uid: u32,
     /// group of a new root directory
     pub root_gid: u32,
+    /// namespace budgets from the config file (an attribute on the namespace wins)
+    pub budgets: std::collections::BTreeMap<String, u64>,
 }
 
 impl Default for CoreOptions {
     fn default() -> Self {
         // SAFETY: getuid/getgid cannot fail and touch no memory.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        CoreOptions { max_file_size: 1 << 40, root_uid: uid, root_gid: gid }
+        CoreOptions { max_file_size: 1 << 40, root_uid: uid, root_gid: gid, budgets: Default::default() }
     }
 }
 
@@ -48,6 +50,9 @@ pub struct FsCore {
     pub(crate) index: Index,
     pub(crate) opts: CoreOptions,
     pub(crate) invalidator: std::sync::OnceLock<crate::fs::Invalidator>,
+    /// last open of each inode since mount (recency for namespace budgets)
+    pub(crate) recent: DashMap<u64, u64>,
+    pub(crate) use_tick: AtomicU64,
     cache_dir: PathBuf,
 }
 
@@ -115,6 +120,8 @@ impl FsCore {
             index,
             opts,
             invalidator: std::sync::OnceLock::new(),
+            recent: DashMap::new(),
+            use_tick: AtomicU64::new(0),
             cache_dir: cache_dir.to_path_buf(),
         })
     }
@@ -511,8 +518,13 @@ impl FsCore {
         self.dir_handles.remove(&fh);
     }
 
-    /// Capacity of the local cache filesystem, in 4 KiB blocks.
-    pub fn statfs(&self) -> FsResult<StatFs> {
+    /// Capacity in 4 KiB blocks, as seen from `ino`: inside a namespace with a budget, the
+    /// budget and what is left of it; elsewhere, with a remote store, the flat tier's bound
+    /// (the bucket is unbounded; the local cache is what fills) with the bytes not yet
+    /// uploaded as used (the rest can be evicted to make room); with the local store, the
+    /// cache filesystem (blobs live there in the store). Free space is never more than the
+    /// cache filesystem has.
+    pub fn statfs(&self, ino: u64) -> FsResult<StatFs> {
         let path = std::ffi::CString::new(self.cache_dir.as_os_str().as_encoded_bytes())
             .map_err(|_| FsError::Invalid("cache dir path"))?;
         // SAFETY: statvfs fills the zeroed struct we own; the path is a valid C string.
@@ -520,14 +532,25 @@ impl FsCore {
         if unsafe { libc::statvfs(path.as_ptr(), &mut s) } != 0 {
             return Err(FsError::Io(std::io::Error::last_os_error()));
         }
-        let scale = |n: u64| n.saturating_mul(s.f_frsize) / BLOCK_SIZE as u64;
-        Ok(StatFs {
-            blocks: scale(s.f_blocks),
-            bfree: scale(s.f_bfree),
-            bavail: scale(s.f_bavail),
-            files: s.f_files.max(self.read_tree().inodes.len() as u64),
-            ffree: s.f_ffree,
-        })
+        let block = BLOCK_SIZE as u64;
+        let scale = |n: u64| n.saturating_mul(s.f_frsize) / block;
+        let (fs_total, fs_free, fs_avail) = (scale(s.f_blocks), scale(s.f_bfree), scale(s.f_bavail));
+        let (t, ns) = {
+            let t = self.read_tree();
+            let ns = self.namespace_of(&t, ino).and_then(|ns| self.budget_of(&t, ns).map(|b| (ns, b)));
+            (t.inodes.len() as u64, ns)
+        };
+        let bounded = |total: u64, used: u64| {
+            let free = total.saturating_sub(used) / block;
+            (total / block, free.min(fs_free), free.min(fs_avail))
+        };
+        let (blocks, bfree, bavail) = match ns {
+            Some((ns, budget)) => bounded(budget, self.namespace_usage(ns)),
+            // evictable blobs are free space for new data: only what is not durable yet counts
+            None if !self.store.remote().is_local() => bounded(self.store.flat().limit(), self.store.local().unevictable_bytes()),
+            None => (fs_total, fs_free, fs_avail),
+        };
+        Ok(StatFs { blocks, bfree, bavail, files: s.f_files.max(t), ffree: s.f_ffree })
     }
 
     /// Flush everything: seal open dirty files, drain uploads, checkpoint and close the index.
@@ -548,6 +571,9 @@ impl FsCore {
                 Ok(name) => tracing::info!(%name, "tree snapshot written to the object store"),
                 Err(e) => tracing::warn!(error = %e, "could not write a tree snapshot"),
             }
+        }
+        if let Some(f) = self.store.foyer() {
+            self.store.block_on(f.close());
         }
         self.index.close()?;
         Ok(())

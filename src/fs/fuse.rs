@@ -411,8 +411,8 @@ impl Filesystem for WombatFuse {
         Self::empty(reply, "fsyncdir", self.core.sync_metadata());
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.core.statfs() {
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        match self.core.statfs(ino.0) {
             Ok(s) => reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, BLOCK_SIZE, NAME_MAX as u32, BLOCK_SIZE),
             Err(e) => reply.error(errno("statfs", &e)),
         }

@@ -45,6 +45,7 @@ impl FsCore {
         let acc = flags & libc::O_ACCMODE;
         let (read, write) = (acc != libc::O_WRONLY, acc != libc::O_RDONLY);
         let (fh, file) = self.register(ino, write)?;
+        self.note_use(ino);
         let res = (|| {
             if write && flags & libc::O_TRUNC != 0 {
                 let mut st = file.lock();
@@ -100,6 +101,7 @@ impl FsCore {
         let attr = self.mknod(caller, parent, name, libc::S_IFREG | (mode & 0o7777), umask)?;
         let acc = flags & libc::O_ACCMODE;
         let (fh, file) = self.register(attr.ino, acc != libc::O_RDONLY)?;
+        self.note_use(attr.ino);
         Ok((attr, self.open_reply(fh, &file, false, acc != libc::O_RDONLY, flags)))
     }
 
@@ -307,7 +309,8 @@ impl FsCore {
             s.hash.mark_broken();
             return Ok(());
         }
-        self.store.adopt(&s.path, &id)?;
+        // pinned (never evicted) until the upload is queued by the commit below
+        let _pinned = self.store.adopt(&s.path, &id)?;
         let mut tx = Tx::default();
         t.incref(&mut tx, &self.store, id, size);
         let rec = t.get_mut(file.ino)?;

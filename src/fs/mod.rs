@@ -1,6 +1,7 @@
 //! The filesystem: a fuser-free core ([`core::FsCore`]) with the namespace semantics, inodes,
 //! handles and staging, and a thin FUSE adapter ([`fuse`]) — the only place `fuser` appears.
 
+pub mod budget;
 pub mod core;
 pub mod error;
 pub mod fuse;

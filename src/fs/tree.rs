@@ -260,10 +260,11 @@ impl Tree {
         e.refs = e.refs.saturating_sub(1);
         // the empty blob is pinned: every new file starts bound to it
         if e.refs == 0 && id != BlobId::empty() {
+            let size = e.size;
             self.blobs.remove(&id);
             tx.ops.push(Op::Delete(keys::blob(&id)));
             tx.ops.push(Op::Delete(keys::upload(&id)));
-            if let Err(e) = store.reclaim(id) {
+            if let Err(e) = store.reclaim(id, size) {
                 tracing::warn!(%id, error = %e, "could not remove an unreferenced blob");
             }
         }
@@ -445,13 +446,20 @@ impl Tree {
         for id in blob_recs.keys().filter(|id| !t.blobs.contains_key(id)) {
             tx.ops.push(Op::Delete(keys::blob(id)));
             tx.ops.push(Op::Delete(keys::upload(id)));
-            store.reclaim(*id)?;
+            store.reclaim(*id, blob_recs[id].size)?;
         }
         // flat files no blob record knows: leftovers of a crash mid-seal
         for (id, path) in store.flat().scan()? {
-            if id.is_none_or(|id| !t.blobs.contains_key(&id)) {
-                tracing::debug!(path = %path.display(), "removing stray flat file");
-                let _ = std::fs::remove_file(&path);
+            match id {
+                Some(id) if t.blobs.contains_key(&id) => {}
+                Some(id) => {
+                    tracing::debug!(%id, "removing stray flat file");
+                    store.flat().remove(&id)?;
+                }
+                None => {
+                    tracing::debug!(path = %path.display(), "removing stray flat file");
+                    let _ = std::fs::remove_file(&path);
+                }
             }
         }
         index.commit(tx.ops)?;

@@ -1,15 +1,19 @@
-//! Extended attributes: `user.*` persisted per inode, plus read-only virtual attributes
-//! `user.wombatfs.blake3` and `user.wombatfs.tier`. Other namespaces are not supported.
+//! Extended attributes: `user.*` persisted per inode, plus virtual attributes: on files
+//! `user.wombatfs.blake3` and `user.wombatfs.tier`; on a namespace directory the settable
+//! `user.wombatfs.budget` and the read-only `user.wombatfs.usage`; on the root
+//! `user.wombatfs.stats`. Other namespaces are not supported.
 
 use crate::fs::core::FsCore;
 use crate::fs::error::{FsError, FsResult};
-use crate::fs::tree::Tx;
+use crate::fs::budget::{BUDGET, USAGE};
+use crate::fs::tree::{Tx, ROOT};
 use crate::index::records::{InodeKind, Ts};
 
 const USER: &[u8] = b"user.";
 const VIRTUAL: &[u8] = b"user.wombatfs.";
 const BLAKE3: &[u8] = b"user.wombatfs.blake3";
 const TIER: &[u8] = b"user.wombatfs.tier";
+const STATS: &[u8] = b"user.wombatfs.stats";
 /// Largest value accepted (as ext4's 64 KiB limit).
 pub const MAX_VALUE: usize = 64 * 1024;
 /// Total xattr bytes per inode.
@@ -28,8 +32,44 @@ impl FsCore {
         match (name, &rec.kind) {
             (BLAKE3, InodeKind::File { blob }) => Ok(blob.to_hex().into_bytes()),
             (TIER, InodeKind::File { blob }) => Ok(self.store.tier_of(blob).as_bytes().to_vec()),
+            (USAGE, InodeKind::Dir { parent: ROOT }) if ino != ROOT => {
+                drop(t);
+                Ok(self.namespace_usage(ino).to_string().into_bytes())
+            }
+            (BUDGET, InodeKind::Dir { parent: ROOT }) if ino != ROOT && !rec.xattrs.contains_key(BUDGET) => {
+                // a budget from the config file
+                self.budget_of(&t, ino).map(|b| b.to_string().into_bytes()).ok_or(FsError::NoAttr)
+            }
+            (STATS, _) if ino == ROOT => Ok(self.stats_text().into_bytes()),
             _ => rec.xattrs.get(name).cloned().ok_or(FsError::NoAttr),
         }
+    }
+
+    /// Counters of the tiers, as `key=value` lines (`getfattr -n user.wombatfs.stats /mnt`).
+    pub fn stats_text(&self) -> String {
+        let local = self.store.local();
+        let flat = self.store.flat();
+        let up = self.store.upload_stats();
+        let mut s = format!(
+            "flat_bytes={}\nflat_limit={}\nflat_blobs={}\nflat_evictions={}\nobject_store_gets={}\nuploads_pending={}\nuploads_done={}\n",
+            flat.bytes(),
+            flat.limit(),
+            flat.len(),
+            local.evictions.load(std::sync::atomic::Ordering::Relaxed),
+            local.remote_gets.load(std::sync::atomic::Ordering::Relaxed),
+            up.pending.load(std::sync::atomic::Ordering::Relaxed),
+            up.uploaded.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        if let Some(f) = self.store.foyer() {
+            let (mem, disk) = f.capacity();
+            s += &format!(
+                "foyer_memory={mem}\nfoyer_disk={disk}\nfoyer_hits={}\nfoyer_misses={}\nfoyer_inserts={}\n",
+                f.stats.hits.load(std::sync::atomic::Ordering::Relaxed),
+                f.stats.misses.load(std::sync::atomic::Ordering::Relaxed),
+                f.stats.inserts.load(std::sync::atomic::Ordering::Relaxed),
+            );
+        }
+        s
     }
 
     /// `listxattr`: NUL-terminated names.
@@ -37,11 +77,16 @@ impl FsCore {
         let t = self.read_tree();
         let rec = t.get(ino)?;
         let mut out = Vec::new();
-        if matches!(rec.kind, InodeKind::File { .. }) {
-            for n in [BLAKE3, TIER] {
-                out.extend_from_slice(n);
-                out.push(0);
-            }
+        let virtuals: &[&[u8]] = match rec.kind {
+            InodeKind::File { .. } => &[BLAKE3, TIER],
+            InodeKind::Dir { .. } if ino == ROOT => &[STATS],
+            InodeKind::Dir { parent: ROOT } if !rec.xattrs.contains_key(BUDGET) && self.budget_of(&t, ino).is_some() => &[USAGE, BUDGET],
+            InodeKind::Dir { parent: ROOT } => &[USAGE],
+            _ => &[],
+        };
+        for n in virtuals {
+            out.extend_from_slice(n);
+            out.push(0);
         }
         for n in rec.xattrs.keys() {
             out.extend_from_slice(n);
@@ -52,7 +97,11 @@ impl FsCore {
 
     /// `setxattr` with `XATTR_CREATE` / `XATTR_REPLACE` semantics.
     pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
-        Self::check_user_name(name)?;
+        if name == BUDGET {
+            self.check_budget(ino, value)?;
+        } else {
+            Self::check_user_name(name)?;
+        }
         if value.len() > MAX_VALUE {
             return Err(FsError::AttrTooBig);
         }
@@ -73,12 +122,19 @@ impl FsCore {
         rec.ctime = Ts::now();
         let mut tx = Tx::default();
         tx.put_inode(rec);
-        t.commit(tx, &self.index, &self.store)
+        t.commit(tx, &self.index, &self.store)?;
+        drop(t);
+        if name == BUDGET {
+            self.enforce_budgets();
+        }
+        Ok(())
     }
 
     /// `removexattr`.
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
-        Self::check_user_name(name)?;
+        if name != BUDGET {
+            Self::check_user_name(name)?;
+        }
         self.read_tree().get(ino)?;
         let mut t = self.write_tree();
         let rec = t.get_mut(ino)?;

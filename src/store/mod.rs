@@ -16,6 +16,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod evict;
 pub mod fetch;
 pub mod upload;
 
@@ -73,6 +74,19 @@ impl BlobReader {
     }
 }
 
+/// A blob kept in the flat tier until dropped (see [`BlobStore::adopt`]).
+pub struct Pinned<'a> {
+    store: &'a BlobStore,
+    id: BlobId,
+}
+
+impl Drop for Pinned<'_> {
+    fn drop(&mut self) {
+        self.store.unpin(&self.id);
+        self.store.maybe_evict();
+    }
+}
+
 /// Flat tier + object store + upload queue.
 pub struct BlobStore {
     flat: Arc<FlatTier>,
@@ -83,8 +97,8 @@ pub struct BlobStore {
     ctx: Arc<UploadCtx>,
     sync_uploads: bool,
     fetches: Arc<dashmap::DashMap<BlobId, std::sync::Weak<fetch::Fetch>>>,
-    /// flat-tier misses served from the object store
-    pub remote_gets: AtomicU64,
+    /// bounds, eviction and the foyer tier (shared with background tasks)
+    local: Arc<evict::LocalTiers>,
 }
 
 impl BlobStore {
@@ -105,9 +119,10 @@ impl BlobStore {
             stats: Arc::new(UploadStats::default()),
             queued: Default::default(),
         });
+        let local = Arc::new(evict::LocalTiers::new(flat.clone(), ctx.clone(), rt.clone()));
         let (jobs, rx) = mpsc::unbounded_channel();
         rt.spawn(upload::run(ctx.clone(), rx));
-        Ok(BlobStore { flat, staging, remote, rt: rt.clone(), jobs, ctx, sync_uploads: false, fetches: Default::default(), remote_gets: AtomicU64::new(0) })
+        Ok(BlobStore { flat, staging, remote, rt: rt.clone(), jobs, ctx, sync_uploads: false, fetches: Default::default(), local })
     }
 
     /// Make seals wait until the object store acknowledged the blob (`--upload sync`).
@@ -156,8 +171,13 @@ impl BlobStore {
     }
 
     /// Move a staging file whose content hashes to `id` into the flat tier.
-    pub fn adopt(&self, staging: &Path, id: &BlobId) -> Result<(), StoreError> {
-        self.flat.adopt(staging, id)
+    /// The blob stays pinned in the flat tier (never evicted) while the returned guard
+    /// lives: hold it until the blob is recorded and its upload queued.
+    pub fn adopt(&self, staging: &Path, id: &BlobId) -> Result<Pinned<'_>, StoreError> {
+        self.pin(id);
+        let guard = Pinned { store: self, id: *id };
+        self.flat.adopt(staging, id)?;
+        Ok(guard)
     }
 
     /// Store a blob in the object store right now when that is a cheap local operation.
@@ -179,6 +199,36 @@ impl BlobStore {
         let _ = self.jobs.send(Job::Upload(id));
     }
 
+    /// The foyer tier, if configured.
+    pub fn foyer(&self) -> Option<&Arc<crate::tiers::foyer::FoyerTier>> {
+        self.local.foyer.get()
+    }
+
+    /// Put the foyer tier between the flat tier and the object store.
+    pub fn set_foyer(&self, f: Arc<crate::tiers::foyer::FoyerTier>) {
+        let _ = self.local.foyer.set(f);
+    }
+
+    /// Counters and bounds of the local tiers.
+    pub fn local(&self) -> &Arc<evict::LocalTiers> {
+        &self.local
+    }
+
+    /// Keep a just-adopted blob in the flat tier until its upload is queued.
+    pub fn pin(&self, id: &BlobId) {
+        self.local.pin(id);
+    }
+
+    /// Release `pin`.
+    pub fn unpin(&self, id: &BlobId) {
+        self.local.unpin(id);
+    }
+
+    /// Evict from the flat tier in the background if it is over its bound.
+    pub fn maybe_evict(&self) {
+        self.local.maybe_evict();
+    }
+
     /// Whether an upload of the blob is queued or in flight (not yet durable in the store).
     pub fn upload_pending(&self, id: &BlobId) -> bool {
         self.ctx.queued.contains_key(id)
@@ -188,8 +238,11 @@ impl BlobStore {
     /// deleted too when the store is this node's private local directory; a remote bucket may
     /// be shared with other nodes whose names still refer to the blob, so its objects are left
     /// for a cross-node collector with a grace period (never deleted on one node's say-so).
-    pub fn reclaim(&self, id: BlobId) -> Result<(), StoreError> {
+    pub fn reclaim(&self, id: BlobId, size: u64) -> Result<(), StoreError> {
         self.flat.remove(&id)?;
+        if let Some(f) = self.foyer() {
+            f.remove(&id, size);
+        }
         match self.remote.delete_blob_now(&id) {
             Some(res) => res,
             None => Ok(()),
@@ -228,15 +281,22 @@ impl BlobStore {
             other => return other,
         }
         let (f, tmp) = self.new_staging()?;
+        if self.rt.block_on(self.local.from_foyer(id, None, &f)) {
+            self.flat.adopt(&tmp, id)?;
+            self.maybe_evict();
+            return self.flat.open_blob(id);
+        }
         drop(f);
         let _ = std::fs::remove_file(&tmp);
-        self.remote_gets.fetch_add(1, Ordering::Relaxed);
+        self.local.remote_gets.fetch_add(1, Ordering::Relaxed);
         let fetched = self.rt.block_on(self.remote.get_blob(id, &tmp));
         if let Err(e) = fetched {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
         self.flat.adopt(&tmp, id)?;
+        self.local.admit(id);
+        self.maybe_evict();
         self.flat.open_blob(id)
     }
 
@@ -259,13 +319,25 @@ impl BlobStore {
         let (file, tmp) = self.new_staging()?;
         let fetch = fetch::Fetch::create(*id, len, file, tmp)?;
         self.fetches.insert(*id, Arc::downgrade(&fetch));
-        self.remote_gets.fetch_add(1, Ordering::Relaxed);
         let (remote, flat, fetches, job, id) = (self.remote.clone(), self.flat.clone(), self.fetches.clone(), fetch.clone(), *id);
+        let local = self.local.clone();
         self.rt.spawn(async move {
-            match remote.fetch_into(&id, &job).await {
+            let from_foyer = local.from_foyer(&id, Some(&job), &job.file).await;
+            let res = if from_foyer {
+                Ok(())
+            } else {
+                local.remote_gets.fetch_add(1, Ordering::Relaxed);
+                remote.fetch_into(&id, &job).await
+            };
+            match res {
                 Ok(()) => {
                     if let Err(e) = flat.adopt(&job.path, &id) {
                         tracing::warn!(%id, error = %e, "could not promote a fetched blob into the flat tier");
+                    } else {
+                        if !from_foyer {
+                            local.admit(&id);
+                        }
+                        local.maybe_evict();
                     }
                 }
                 Err(e) => {
@@ -283,6 +355,8 @@ impl BlobStore {
     pub fn tier_of(&self, id: &BlobId) -> &'static str {
         if self.flat.contains(id) {
             "flat"
+        } else if self.foyer().is_some_and(|f| f.contains(id)) {
+            "foyer"
         } else {
             "store"
         }
@@ -291,13 +365,18 @@ impl BlobStore {
     /// Library API: store bytes, returning their id. Durable in the object store on return.
     pub fn put(&self, bytes: &[u8]) -> Result<BlobId, StoreError> {
         let id = BlobId::of(bytes);
-        if !self.flat.contains(&id) {
-            let (mut f, path) = self.new_staging()?;
-            f.write_all(bytes).map_err(|e| StoreError::io("write staging", e))?;
-            self.flat.adopt(&path, &id)?;
-        }
-        self.rt.block_on(self.remote.put_blob(&id, &self.flat.path(&id)))?;
-        Ok(id)
+        self.pin(&id);
+        let res = (|| {
+            if !self.flat.contains(&id) {
+                let (mut f, path) = self.new_staging()?;
+                f.write_all(bytes).map_err(|e| StoreError::io("write staging", e))?;
+                self.flat.adopt(&path, &id)?;
+            }
+            self.rt.block_on(self.remote.put_blob(&id, &self.flat.path(&id)))
+        })();
+        self.unpin(&id);
+        self.maybe_evict();
+        res.map(|()| id)
     }
 
     /// Library API: read a blob's bytes (verified when fetched from the object store).
@@ -350,7 +429,7 @@ mod tests {
         assert_eq!(store.tier_of(&id), "store");
         assert_eq!(store.get(&id).unwrap(), b"hello kv");
         assert_eq!(store.tier_of(&id), "flat");
-        assert_eq!(store.remote_gets.load(Ordering::Relaxed), 1);
+        assert_eq!(store.local().remote_gets.load(Ordering::Relaxed), 1);
         // corrupt object: detected, not served
         store.flat().remove(&id).unwrap();
         mem.overwrite(&id, crate::codec::encode(b"other bytes", crate::codec::Compression::None));
@@ -367,7 +446,7 @@ mod tests {
         let mem = Arc::new(MemoryStore::new());
         let store = BlobStore::open(dir.path(), mem.clone(), rt.handle()).unwrap();
         let id = store.put(b"shared block").unwrap();
-        store.reclaim(id).unwrap();
+        store.reclaim(id, 0).unwrap();
         assert!(!store.flat().contains(&id), "the local copy goes");
         assert_eq!(mem.len(), 1, "the bucket keeps it: other nodes may still refer to it");
     }

@@ -32,7 +32,7 @@ pub struct UploadStats {
     pub failures: AtomicU64,
 }
 
-pub(crate) struct UploadCtx {
+pub struct UploadCtx {
     pub remote: Arc<dyn ObjectStore>,
     pub flat_path: Box<dyn Fn(&BlobId) -> PathBuf + Send + Sync>,
     pub hook: std::sync::OnceLock<UploadedHook>,

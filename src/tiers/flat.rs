@@ -1,12 +1,17 @@
-//! The flat tier: one plain, uncompressed file per blob at `<dir>/<aa>/<blake3-hex>`.
+//! The flat tier: one plain, uncompressed file per blob at `<dir>/<aa>/<blake3-hex>`,
+//! bounded by bytes (`--flat-size`) and evicted least recently used first (recency survives
+//! restarts through the files' access times).
 //!
 //! Files enter by `rename` from the staging directory (same filesystem), so a blob file is
 //! either absent or complete. Backing files are opened with `O_NOFOLLOW`; names are hashes,
 //! never user-supplied.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use crate::blob::BlobId;
 use crate::tiers::StoreError;
@@ -16,10 +21,47 @@ fn cpath(p: &Path) -> Result<std::ffi::CString, StoreError> {
         .map_err(|_| StoreError::Config(format!("path with NUL: {}", p.display())))
 }
 
-/// The flat local tier.
+/// Recency of the blobs in the tier: a tick per access, ordered for eviction.
+#[derive(Debug, Default)]
+struct Lru {
+    entries: HashMap<BlobId, (u64, u64)>,
+    order: BTreeMap<u64, BlobId>,
+    tick: u64,
+    bytes: u64,
+}
+
+impl Lru {
+    fn touch(&mut self, id: BlobId, size: Option<u64>) {
+        self.tick += 1;
+        let tick = self.tick;
+        match self.entries.get_mut(&id) {
+            Some((_, t)) => {
+                self.order.remove(t);
+                *t = tick;
+            }
+            None => {
+                let Some(size) = size else { return };
+                self.entries.insert(id, (size, tick));
+                self.bytes += size;
+            }
+        }
+        self.order.insert(tick, id);
+    }
+
+    fn forget(&mut self, id: &BlobId) {
+        if let Some((size, t)) = self.entries.remove(id) {
+            self.order.remove(&t);
+            self.bytes -= size;
+        }
+    }
+}
+
+/// The flat local tier, bounded by bytes and evicted least recently used first.
 #[derive(Debug)]
 pub struct FlatTier {
     dir: PathBuf,
+    lru: Mutex<Lru>,
+    limit: AtomicU64,
 }
 
 impl FlatTier {
@@ -29,7 +71,86 @@ impl FlatTier {
             let sub = dir.join(hex::encode([i]));
             fs::create_dir_all(&sub).map_err(|e| StoreError::io(format!("create {}", sub.display()), e))?;
         }
-        Ok(FlatTier { dir: dir.to_path_buf() })
+        let tier = FlatTier { dir: dir.to_path_buf(), lru: Mutex::new(Lru::default()), limit: AtomicU64::new(u64::MAX) };
+        // recency across restarts: the files' access times, oldest first
+        let mut found = Vec::new();
+        for (id, path) in tier.scan()? {
+            if let (Some(id), Ok(m)) = (id, fs::metadata(&path)) {
+                found.push((m.atime().max(m.mtime()), id, m.len()));
+            }
+        }
+        found.sort();
+        let mut lru = tier.lock();
+        for (_, id, size) in found {
+            lru.touch(id, Some(size));
+        }
+        drop(lru);
+        Ok(tier)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lru> {
+        self.lru.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bound the tier to `bytes`.
+    pub fn set_limit(&self, bytes: u64) {
+        self.limit.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The bound (`u64::MAX` when unbounded).
+    pub fn limit(&self) -> u64 {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of blobs in the tier.
+    pub fn bytes(&self) -> u64 {
+        self.lock().bytes
+    }
+
+    /// Blobs in the tier.
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    /// Whether the tier holds no blob.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of the blobs `f` selects.
+    pub fn bytes_where(&self, f: impl Fn(&BlobId) -> bool) -> u64 {
+        self.lock().entries.iter().filter(|(id, _)| f(id)).map(|(_, e)| e.0).sum()
+    }
+
+    /// A read of the blob (recency for eviction).
+    pub fn touch(&self, id: &BlobId) {
+        self.lock().touch(*id, None);
+    }
+
+    /// Least recently used blobs to evict so that the tier fits its bound with 5 % headroom,
+    /// skipping those `keep` says must stay (e.g. not yet durable in the object store).
+    pub fn victims(&self, keep: impl Fn(&BlobId) -> bool) -> Vec<BlobId> {
+        let lru = self.lock();
+        let limit = self.limit();
+        if lru.bytes <= limit {
+            return Vec::new();
+        }
+        let target = limit - limit / 20;
+        let mut excess = lru.bytes - target;
+        let mut out = Vec::new();
+        for id in lru.order.values() {
+            if excess == 0 {
+                break;
+            }
+            let size = lru.entries.get(id).map(|e| e.0).unwrap_or(0);
+            // empty blobs free nothing (and every new file starts bound to the empty blob)
+            if size == 0 || keep(id) {
+                continue;
+            }
+            excess = excess.saturating_sub(size);
+            out.push(*id);
+        }
+        out
     }
 
     /// Path of a blob's file (which may not exist).
@@ -44,29 +165,41 @@ impl FlatTier {
 
     /// Open a blob read-only.
     pub fn open_blob(&self, id: &BlobId) -> Result<File, StoreError> {
-        OpenOptions::new()
+        let f = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)
             .open(self.path(id))
             .map_err(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => StoreError::NotFound(*id),
                 _ => StoreError::io(format!("open flat blob {id}"), e),
-            })
+            })?;
+        let mut lru = self.lock();
+        if !lru.entries.contains_key(id) {
+            // present but untracked (relinked by the local store): count it now
+            let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+            lru.touch(*id, Some(size));
+        } else {
+            lru.touch(*id, None);
+        }
+        Ok(f)
     }
 
     /// Move a fully written file (already hashed to `id`) into the tier. If the blob is already
     /// present the file is removed instead: identical content is stored once.
     pub fn adopt(&self, src: &Path, id: &BlobId) -> Result<(), StoreError> {
         let dst = self.path(id);
+        let size = fs::metadata(src).map(|m| m.len()).unwrap_or(0);
         let (a, b) = (cpath(src)?, cpath(&dst)?);
         // SAFETY: renameat2 with two valid C strings.
         let rc = unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_NOREPLACE) };
         if rc == 0 {
+            self.lock().touch(*id, Some(size));
             return Ok(());
         }
         let err = std::io::Error::last_os_error();
         if err.raw_os_error() == Some(libc::EEXIST) {
             let _ = fs::remove_file(src);
+            self.lock().touch(*id, Some(size));
             return Ok(());
         }
         Err(StoreError::io(format!("adopt blob {id}"), err))
@@ -87,6 +220,7 @@ impl FlatTier {
 
     /// Remove a blob's file (absent is fine).
     pub fn remove(&self, id: &BlobId) -> Result<(), StoreError> {
+        self.lock().forget(id);
         match fs::remove_file(self.path(id)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -6,6 +6,7 @@
 
 pub mod chunk_sink;
 pub mod flat;
+pub mod foyer;
 pub mod local;
 pub mod memory;
 pub mod s3;

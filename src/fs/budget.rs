@@ -1,0 +1,145 @@
+//! Per-namespace byte budgets (`setfattr -n user.wombatfs.budget -v 10GiB /mnt/ns`, or the
+//! `[budgets]` table of the config file). When a namespace holds more than its budget, its
+//! least recently used files are removed — names, and blobs no other name refers to — until
+//! it is at 90 % of the budget. Recency: the last open since mount, else the newer of atime
+//! and mtime. Usage counts each file once (hard links included) by its size.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::Ordering;
+
+use crate::fs::core::FsCore;
+use crate::fs::error::{FsError, FsResult};
+use crate::fs::tree::{Tree, ROOT};
+use crate::index::records::{InodeKind, Ts};
+
+/// The budget attribute of a namespace directory.
+pub const BUDGET: &[u8] = b"user.wombatfs.budget";
+/// The usage attribute of a namespace directory (read-only).
+pub const USAGE: &[u8] = b"user.wombatfs.usage";
+
+/// One file of a namespace, for eviction.
+struct Candidate {
+    recency: (u64, Ts),
+    parent: u64,
+    name: Vec<u8>,
+    ino: u64,
+    size: u64,
+}
+
+impl FsCore {
+    /// Record an open (budget recency).
+    pub fn note_use(&self, ino: u64) {
+        let tick = self.use_tick.fetch_add(1, Ordering::Relaxed) + 1;
+        self.recent.insert(ino, tick);
+    }
+
+    /// The budget of namespace `ns` in bytes, if any: its attribute, else the config file's.
+    pub fn budget_of(&self, t: &Tree, ns: u64) -> Option<u64> {
+        let rec = t.inodes.get(&ns)?;
+        if let Some(v) = rec.xattrs.get(BUDGET) {
+            return std::str::from_utf8(v).ok().and_then(|s| crate::config::parse_size(s).ok()).filter(|b| *b > 0);
+        }
+        let (_, name) = t.names.get(&ns)?.first()?;
+        self.opts.budgets.get(std::str::from_utf8(name).ok()?).copied()
+    }
+
+    /// The namespace (top-level directory) an inode lives in.
+    pub fn namespace_of(&self, t: &Tree, ino: u64) -> Option<u64> {
+        let mut cur = ino;
+        for _ in 0..4096 {
+            let parent = match t.inodes.get(&cur)?.kind {
+                InodeKind::Dir { parent } => parent,
+                _ => t.names.get(&cur)?.first()?.0,
+            };
+            if parent == ROOT {
+                return (cur != ROOT).then_some(cur);
+            }
+            cur = parent;
+        }
+        None
+    }
+
+    /// Bytes used by the files below `ns` (each inode once), and its files by name.
+    fn scan_namespace(&self, t: &Tree, ns: u64) -> (u64, Vec<Candidate>) {
+        let mut used = 0;
+        let mut seen = HashSet::new();
+        let mut files = Vec::new();
+        let mut stack = vec![ns];
+        while let Some(dir) = stack.pop() {
+            for (name, &ino) in t.dirs.get(&dir).into_iter().flatten() {
+                let Some(rec) = t.inodes.get(&ino) else { continue };
+                match rec.kind {
+                    InodeKind::Dir { .. } => stack.push(ino),
+                    _ => {
+                        if seen.insert(ino) {
+                            used += rec.size;
+                        }
+                        let recent = self.recent.get(&ino).map(|r| *r).unwrap_or(0);
+                        files.push(Candidate { recency: (recent, rec.atime.max(rec.mtime)), parent: dir, name: name.clone(), ino, size: rec.size });
+                    }
+                }
+            }
+        }
+        (used, files)
+    }
+
+    /// Bytes used by namespace `ns`.
+    pub fn namespace_usage(&self, ns: u64) -> u64 {
+        self.scan_namespace(&self.read_tree(), ns).0
+    }
+
+    /// Bring every namespace over its budget down to 90 % of it. Returns the names removed.
+    pub fn enforce_budgets(&self) -> usize {
+        let over: Vec<(u64, u64, Vec<Candidate>, u64)> = {
+            let t = self.read_tree();
+            let mut v = Vec::new();
+            for &ns in t.dirs.get(&ROOT).map(|d| d.values().copied().collect::<Vec<_>>()).unwrap_or_default().iter() {
+                let Some(budget) = self.budget_of(&t, ns) else { continue };
+                let (used, files) = self.scan_namespace(&t, ns);
+                if used > budget {
+                    v.push((ns, budget, files, used));
+                }
+            }
+            v
+        };
+        let mut removed = 0;
+        for (ns, budget, mut files, mut used) in over {
+            let target = budget / 10 * 9;
+            files.sort_by_key(|c| c.recency);
+            let mut links: BTreeMap<u64, u32> = BTreeMap::new();
+            for c in &files {
+                *links.entry(c.ino).or_default() += 1;
+            }
+            for c in files {
+                if used <= target {
+                    break;
+                }
+                match self.unlink(c.parent, &c.name) {
+                    Ok(()) => {
+                        removed += 1;
+                        let n = links.entry(c.ino).or_default();
+                        *n -= 1;
+                        if *n == 0 {
+                            used = used.saturating_sub(c.size);
+                        }
+                    }
+                    // renamed or removed meanwhile: the next one
+                    Err(e) => tracing::debug!(ns, error = %e, "budget eviction skipped a name"),
+                }
+            }
+            tracing::info!(ns, budget, used, removed, "namespace over its budget: least recently used files removed");
+        }
+        removed
+    }
+
+    /// Validate a budget value (`setfattr -v 10GiB`); `0` means none.
+    pub(crate) fn check_budget(&self, ino: u64, value: &[u8]) -> FsResult<()> {
+        let t = self.read_tree();
+        match t.inodes.get(&ino).map(|r| &r.kind) {
+            Some(InodeKind::Dir { parent: ROOT }) if ino != ROOT => {}
+            _ => return Err(FsError::NotPermitted("user.wombatfs.budget is set on a namespace (top-level) directory")),
+        }
+        let s = std::str::from_utf8(value).map_err(|_| FsError::Invalid("budget: not text"))?;
+        crate::config::parse_size(s).map(|_| ()).map_err(|_| FsError::Invalid("budget: use a size such as 10GiB or a byte count"))
+    }
+}

@@ -310,5 +310,12 @@ mod tests {
         assert!(FileSettings::load(&p).unwrap_err().to_string().contains("bogus"));
         std::fs::write(&p, "threads = 8\nstore = \"file:///s\"\n").unwrap();
         assert_eq!(FileSettings::load(&p).unwrap().threads, Some(8));
+        std::fs::write(&p, "flat_size = \"2GiB\"\n[budgets]\nllama = \"10GiB\"\n").unwrap();
+        let f = FileSettings::load(&p).unwrap();
+        let t = TierSettings::resolve(None, None, None, None, &f, Path::new("/c")).unwrap();
+        assert_eq!((t.flat_size, t.budgets.get("llama").copied()), (Some(2 << 30), Some(10 << 30)));
+        assert_eq!(t.foyer_dir, Path::new("/c/foyer"));
+        let t = TierSettings::resolve(Some("64MiB"), None, None, None, &f, Path::new("/c")).unwrap();
+        assert_eq!(t.flat_size, Some(64 << 20), "the flag wins over the file");
     }
 }

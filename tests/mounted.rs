@@ -331,7 +331,13 @@ fn bad_startup_input_gives_one_clear_error_and_mounts_nothing() {
         (vec![mnt.display().to_string(), "--cache-dir".into(), "/dev/null/cache".into()], "cannot create cache dir"),
         (vec![mnt.display().to_string(), "--compression".into(), "lz9".into()], "compression"),
         (vec![dir.path().join("file").display().to_string()], "not a directory"),
+        (vec![mnt.display().to_string(), "--flat-size".into(), "lots".into()], "unknown unit"),
+        (vec![mnt.display().to_string(), "--foyer-memory".into(), "MiB".into()], "not a number of bytes"),
+        (vec![mnt.display().to_string(), "--flat-size".into(), "1MiB".into()], "at least 16MiB"),
+        (vec![mnt.display().to_string(), "--foyer-disk".into(), "10 parsecs".into()], "unknown unit"),
+        (vec![mnt.display().to_string(), "--config".into(), dir.path().join("budgets.toml").display().to_string()], "budget for \"a/b\""),
     ];
+    fs::write(dir.path().join("budgets.toml"), "[budgets]\n\"a/b\" = \"1GiB\"\n").unwrap();
     fs::write(dir.path().join("file"), b"").unwrap();
     for (args, want) in cases {
         let mut cmd = Command::new(bin());

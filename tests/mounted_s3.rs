@@ -6,19 +6,9 @@ use std::fs::{self, File};
 use std::io::Write;
 
 use common::mount::Mount;
-use common::s3::{endpoint, unique_prefix, PrivateServer, BUCKET};
+use common::s3::{endpoint, unique_prefix, PrivateServer};
 
-fn s3_args(ep: &str, prefix: &str, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = vec![
-        "--store".into(),
-        format!("s3://{BUCKET}/{prefix}"),
-        "--s3-endpoint".into(),
-        ep.into(),
-        "--s3-path-style".into(),
-    ];
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
-}
+use common::s3::mount_args as s3_args;
 
 fn tier(p: &std::path::Path) -> String {
     let out = std::process::Command::new("getfattr").args(["--only-values", "-n", "user.wombatfs.tier"]).arg(p).output().unwrap();

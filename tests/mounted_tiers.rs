@@ -9,15 +9,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::mount::Mount;
-use common::s3::{endpoint, unique_prefix, PrivateServer, BUCKET};
+use common::s3::{endpoint, unique_prefix, PrivateServer};
 
 const MIB: usize = 1 << 20;
 
-fn s3_args(ep: &str, prefix: &str, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = ["--store", &format!("s3://{BUCKET}/{prefix}"), "--s3-endpoint", ep, "--s3-path-style"].iter().map(|s| s.to_string()).collect();
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
-}
+use common::s3::mount_args as s3_args;
 
 fn block(i: usize, len: usize) -> Vec<u8> {
     (0..len).map(|j| ((j as u64).wrapping_mul(2654435761).wrapping_add(i as u64 * 97) >> 7) as u8).collect()

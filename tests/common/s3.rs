@@ -22,6 +22,13 @@ pub fn endpoint() -> Option<String> {
     }
 }
 
+/// `wombatfs mount` arguments for the bucket prefix on `ep`, then `extra`.
+pub fn mount_args(ep: &str, prefix: &str, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = ["--store", &format!("s3://{BUCKET}/{prefix}"), "--s3-endpoint", ep, "--s3-path-style"].iter().map(|s| s.to_string()).collect();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
 pub fn unique_prefix(tag: &str) -> String {
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     format!("{tag}-{}-{t}", std::process::id())

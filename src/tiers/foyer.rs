@@ -69,12 +69,17 @@ impl FoyerTier {
         } else {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::io(format!("create {}", dir.display()), e))?;
             let device = FsDeviceBuilder::new(dir).with_capacity(disk as usize).build().map_err(err)?;
+            // every flusher holds a block while it fills it and reclaim needs free ones: with
+            // too few blocks per flusher foyer stalls (its close then never returns), so a
+            // small disk gets smaller blocks and fewer flushers
+            let block = if disk >= 512 << 20 { BLOCK } else { 4 << 20 };
+            let flushers = ((disk as usize / block) / 8).clamp(1, 4);
             let engine = BlockEngineConfig::new(device)
-                .with_block_size(BLOCK)
+                .with_block_size(block)
                 // a burst larger than the flush buffers is dropped from the disk (not an
                 // error: a later read misses and goes to the object store)
-                .with_flushers(4)
-                .with_buffer_pool_size(8 * BLOCK)
+                .with_flushers(flushers)
+                .with_buffer_pool_size(flushers * 2 * block)
                 .with_tombstone_log(true);
             builder.with_engine_config(engine).with_recover_mode(RecoverMode::Quiet).build().await.map_err(err)?
         };
@@ -169,9 +174,9 @@ impl FoyerTier {
         }
     }
 
-    /// Flush to disk. Bounded: foyer 0.22's close can wait forever after removals of entries
-    /// still queued for its flushers (seen in tests); pieces were queued for the disk at
-    /// insertion, so a timed-out close loses at most the newest ones (later misses).
+    /// Flush to disk. Bounded as a guard: foyer 0.22's close waits forever when its flushers
+    /// starve for free blocks (seen with 4 flushers on 4 blocks; the block and flusher sizing
+    /// above prevents it); a timed-out close loses at most the newest entries (later misses).
     pub async fn close(&self) {
         match tokio::time::timeout(std::time::Duration::from_secs(5), self.cache.close()).await {
             Ok(Ok(())) => {}
@@ -224,6 +229,34 @@ mod tests {
             let out = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(dir.path().join("out3")).unwrap();
             assert_eq!(f.read_into(&id, &out).await.unwrap(), None, "removed");
             f.close().await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod sizing {
+    use super::*;
+
+    /// Regression: with 4 flushers on a 64 MiB disk of 16 MiB blocks foyer stalled and its
+    /// close never returned (and nothing reached the disk).
+    #[test]
+    fn the_smallest_disk_flushes_and_closes_promptly() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let data = vec![7u8; 3 << 20];
+        let p = dir.path().join("a");
+        std::fs::write(&p, &data).unwrap();
+        let id = BlobId::of(&data);
+        rt.block_on(async {
+            let f = FoyerTier::open(&dir.path().join("c"), 8 << 20, 64 << 20).await.unwrap();
+            f.insert_file(&id, &File::open(&p).unwrap(), data.len() as u64).unwrap();
+            let closed = tokio::time::timeout(std::time::Duration::from_secs(3), f.cache.close()).await;
+            assert!(closed.is_ok(), "close stalled");
+        });
+        rt.block_on(async {
+            let f = FoyerTier::open(&dir.path().join("c"), 8 << 20, 64 << 20).await.unwrap();
+            let out = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(dir.path().join("o")).unwrap();
+            assert_eq!(f.read_into(&id, &out).await.unwrap(), Some(data.len() as u64), "flushed to disk before close");
         });
     }
 }

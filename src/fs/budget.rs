@@ -92,6 +92,10 @@ impl FsCore {
     pub fn enforce_budgets(&self) -> usize {
         let over: Vec<(u64, u64, Vec<Candidate>, u64)> = {
             let t = self.read_tree();
+            // forget the recency of removed inodes once they pile up
+            if self.recent.len() > t.inodes.len() + 10_000 {
+                self.recent.retain(|ino, _| t.inodes.contains_key(ino));
+            }
             let mut v = Vec::new();
             for &ns in t.dirs.get(&ROOT).map(|d| d.values().copied().collect::<Vec<_>>()).unwrap_or_default().iter() {
                 let Some(budget) = self.budget_of(&t, ns) else { continue };

@@ -277,13 +277,7 @@ fn spawn_snapshotter(s: &Settings, core: &Arc<FsCore>, remote: &Arc<dyn ObjectSt
     if remote.is_local() || s.snapshot_interval.is_zero() {
         return None;
     }
-    let node = match crate::fs::snapshot::node_id(&s.cache_dir) {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::warn!(error = %e, "no node id; periodic snapshots disabled");
-            return None;
-        }
-    };
+    let node = core.node_id();
     let (stop, core, every) = (Arc::new(AtomicBool::new(false)), core.clone(), s.snapshot_interval);
     let stop2 = stop.clone();
     let handle = std::thread::Builder::new()

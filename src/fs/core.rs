@@ -555,7 +555,7 @@ impl FsCore {
 
     /// Flush everything: seal open dirty files, drain uploads, checkpoint and close the index.
     pub fn shutdown(&self, upload_timeout: std::time::Duration) -> FsResult<()> {
-        let node = crate::fs::snapshot::node_id(&self.cache_dir)?;
+        let node = self.node_id();
         let fhs: Vec<u64> = self.handles.iter().map(|h| *h.key()).collect();
         for fh in fhs {
             if let Err(e) = self.flush(fh) {

@@ -155,9 +155,9 @@ impl Outbox {
     }
 
     /// Load a `c/<node>` record.
-    pub fn load_cursor(&mut self, node: &[u8], v: &[u8]) {
-        if let (Ok(node), Ok(b)) = (std::str::from_utf8(node), <[u8; 8]>::try_from(v)) {
-            self.cursors.insert(node.to_string(), u64::from_be_bytes(b));
+    pub fn load_cursor(&mut self, k: &[u8], v: &[u8]) {
+        if let Some((node, seq)) = keys::decode_cursor(k, v) {
+            self.cursors.insert(node.to_string(), seq);
         }
     }
 

@@ -363,7 +363,7 @@ impl Tree {
                     }
                 }
                 Some(&keys::UPLOAD) => pending.extend(keys::blob_after_prefix(&k)),
-                Some(&keys::CURSOR) => t.outbox.load_cursor(&k[1..], &v),
+                Some(&keys::CURSOR) => t.outbox.load_cursor(&k, &v),
                 Some(&keys::OUTBOX) => t.outbox.load_change(&k, &v),
                 Some(&keys::META) if k == keys::format_version() => {
                     format = <[u8; 4]>::try_from(v.as_slice()).ok().map(u32::from_be_bytes);

@@ -83,6 +83,12 @@ pub fn cursor(node: &str) -> Vec<u8> {
     [&[CURSOR][..], node.as_bytes()].concat()
 }
 
+/// Decode a `c` record: the node id and its last change seq.
+pub fn decode_cursor<'a>(key: &'a [u8], value: &[u8]) -> Option<(&'a str, u64)> {
+    let node = std::str::from_utf8(key.get(1..)?).ok()?;
+    Some((node, u64::from_be_bytes(value.try_into().ok()?)))
+}
+
 /// Decode a u64 from the 8 bytes after the prefix byte.
 pub fn id_after_prefix(key: &[u8]) -> Option<u64> {
     key.get(1..9)?.try_into().ok().map(u64::from_be_bytes)

@@ -18,6 +18,19 @@ use crate::store::upload::UploadCtx;
 use crate::tiers::flat::FlatTier;
 use crate::tiers::foyer::FoyerTier;
 
+/// Copy a flat-tier blob into foyer unless foyer (probably) has it already.
+fn keep_in_foyer(flat: &FlatTier, f: &FoyerTier, id: &BlobId) {
+    if f.contains(id) {
+        return;
+    }
+    if let Ok(file) = flat.open_blob(id) {
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if let Err(e) = f.insert_file(id, &file, len) {
+            tracing::warn!(%id, error = %e, "could not insert a blob into foyer");
+        }
+    }
+}
+
 /// The local tiers' shared state.
 pub struct LocalTiers {
     flat: Arc<FlatTier>,
@@ -91,13 +104,8 @@ impl LocalTiers {
             if self.must_stay(&id) {
                 continue;
             }
-            if let Some(f) = self.foyer.get().filter(|f| !f.contains(&id)) {
-                if let Ok(file) = self.flat.open_blob(&id) {
-                    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-                    if let Err(e) = f.insert_file(&id, &file, len) {
-                        tracing::warn!(%id, error = %e, "could not keep an evicted blob in foyer");
-                    }
-                }
+            if let Some(f) = self.foyer.get() {
+                keep_in_foyer(&self.flat, f, &id);
             }
             match self.flat.remove(&id) {
                 Ok(()) => n += 1,
@@ -115,17 +123,7 @@ impl LocalTiers {
     pub fn admit(self: &Arc<Self>, id: &BlobId) {
         let Some(f) = self.foyer.get().cloned() else { return };
         let (flat, id) = (self.flat.clone(), *id);
-        self.rt.spawn_blocking(move || {
-            if f.contains(&id) {
-                return;
-            }
-            if let Ok(file) = flat.open_blob(&id) {
-                let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-                if let Err(e) = f.insert_file(&id, &file, len) {
-                    tracing::warn!(%id, error = %e, "could not insert a fetched blob into foyer");
-                }
-            }
-        });
+        self.rt.spawn_blocking(move || keep_in_foyer(&flat, &f, &id));
     }
 
     /// Fill `file` (and `fetch`, when given) from foyer; true when the whole blob was there

@@ -74,7 +74,8 @@ pub struct References {
 /// Every blob some node's names may refer to.
 pub async fn referenced(remote: &dyn ObjectStore) -> Result<References, StoreError> {
     let snaps = newest_snapshots(remote).await?;
-    let mut all_nodes: Vec<String> = nodes(remote).await?;
+    let registered = nodes(remote).await?;
+    let mut all_nodes = registered.clone();
     all_nodes.extend(snaps.keys().cloned());
     all_nodes.sort();
     all_nodes.dedup();
@@ -91,8 +92,8 @@ pub async fn referenced(remote: &dyn ObjectStore) -> Result<References, StoreErr
             match k.first() {
                 Some(&keys::BLOB) => refs.extend(keys::blob_after_prefix(k)),
                 Some(&keys::CURSOR) => {
-                    if let (Ok(n), Ok(b)) = (std::str::from_utf8(&k[1..]), <[u8; 8]>::try_from(v.as_slice())) {
-                        mine.insert(n.to_string(), u64::from_be_bytes(b));
+                    if let Some((n, seq)) = keys::decode_cursor(k, v) {
+                        mine.insert(n.to_string(), seq);
                     }
                 }
                 _ => {}
@@ -101,7 +102,7 @@ pub async fn referenced(remote: &dyn ObjectStore) -> Result<References, StoreErr
         cursors.push(mine);
     }
     let mut covered = HashMap::new();
-    for journal in nodes(remote).await? {
+    for journal in registered {
         let from = cursors.iter().map(|c| c.get(&journal).copied().unwrap_or(0)).min().unwrap_or(0);
         for b in batches_after(remote, &journal, from).await? {
             refs.extend(b.changes.iter().filter_map(|(_, c)| c.blob()));

@@ -74,8 +74,8 @@ impl NameTable {
                     }
                 }
                 Some(&keys::CURSOR) => {
-                    if let (Ok(node), Ok(b)) = (std::str::from_utf8(&k[1..]), <[u8; 8]>::try_from(v.as_slice())) {
-                        t.cursors.insert(node.to_string(), u64::from_be_bytes(b));
+                    if let Some((node, seq)) = keys::decode_cursor(k, v) {
+                        t.cursors.insert(node.to_string(), seq);
                     }
                 }
                 _ => {}

@@ -323,3 +323,34 @@ fn a_killed_daemon_with_a_full_upload_queue_drains_it_after_restart() {
     drop(b);
     server.stop();
 }
+
+/// Regression (issue 13.1): on a fresh node a file another node wrote is only in the bucket;
+/// `open(O_RDWR)` + `pwrite` of 1 KiB in the middle + `close` used to fail with EIO for random
+/// data over 1 MiB (envelope version 2). Random and compressible data.
+#[test]
+fn in_place_write_on_a_fresh_node_of_a_file_only_in_the_bucket() {
+    use std::os::unix::fs::FileExt;
+    let Some(ep) = endpoint() else { return };
+    let args = s3_args(&ep, &unique_prefix("inplace"), &["--upload", "sync"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut a = Mount::start_with(&args);
+    fs::create_dir(a.path("ns")).unwrap();
+    let files = [("random", common::random_bytes(4 << 20, 1)), ("text", common::compressible_bytes(4 << 20, 2))];
+    for (name, data) in &files {
+        fs::write(a.path(&format!("ns/{name}")), data).unwrap();
+    }
+    a.unmount();
+    let b = Mount::start_with(&args); // another cache dir: nothing local
+    let patch = common::random_bytes(1024, 3);
+    for (name, data) in &files {
+        let p = b.path(&format!("ns/{name}"));
+        let f = fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
+        f.write_all_at(&patch, 2 << 20).unwrap();
+        f.sync_all().unwrap_or_else(|e| panic!("{name}: fsync {e}"));
+        drop(f);
+        let mut want = data.clone();
+        want[2 << 20..(2 << 20) + 1024].copy_from_slice(&patch);
+        assert!(fs::read(&p).unwrap() == want, "{name}: rewritten in place");
+    }
+    drop(b);
+}

@@ -18,10 +18,6 @@ fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
-fn incompressible(n: usize, seed: u32) -> Vec<u8> {
-    (0..n as u32).map(|i| (i.wrapping_add(seed).wrapping_mul(2654435761) >> 17) as u8).collect()
-}
-
 #[test]
 fn put_get_has_delete_small_large_and_compressible() {
     let Some(ep) = endpoint() else { return };
@@ -30,7 +26,7 @@ fn put_get_has_delete_small_large_and_compressible() {
     let s = store(&ep, &unique_prefix("rt"));
     rt.block_on(async {
         s.check().await.unwrap();
-        for (i, data) in [b"tiny".to_vec(), vec![7u8; 5 << 20], incompressible(40 << 20, 1)].into_iter().enumerate() {
+        for (i, data) in [b"tiny".to_vec(), vec![7u8; 5 << 20], common::random_bytes(40 << 20, 1)].into_iter().enumerate() {
             let id = BlobId::of(&data);
             let src = dir.path().join(format!("src{i}"));
             std::fs::write(&src, &data).unwrap();
@@ -82,7 +78,7 @@ fn corrupt_objects_are_detected_never_served() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(&ep, &unique_prefix("corrupt"));
     rt.block_on(async {
-        for (i, data) in [incompressible(100_000, 2), incompressible(20 << 20, 3), vec![1u8; 100_000]].into_iter().enumerate() {
+        for (i, data) in [common::random_bytes(100_000, 2), common::random_bytes(20 << 20, 3), vec![1u8; 100_000]].into_iter().enumerate() {
             let id = BlobId::of(&data);
             let mut env = codec::encode(&data, Compression::Auto(1));
             let at = env.len() - 10;
@@ -127,7 +123,7 @@ fn upload_queue_survives_an_outage_and_drains_after_restart() {
     let dir = tempfile::tempdir().unwrap();
     let remote = Arc::new(store(&server.endpoint, "outage"));
     let bs = BlobStore::open(dir.path(), remote.clone(), rt.handle()).unwrap();
-    let data = incompressible(3 << 20, 9);
+    let data = common::random_bytes(3 << 20, 9);
     let id = BlobId::of(&data);
     let (mut f, p) = bs.new_staging().unwrap();
     std::io::Write::write_all(&mut f, &data).unwrap();
@@ -154,7 +150,7 @@ fn cold_blobs_stream_verified_chunks_and_never_a_corrupt_one() {
     let dir = tempfile::tempdir().unwrap();
     let remote = Arc::new(store(&ep, &unique_prefix("stream")));
     let bs = BlobStore::open(dir.path(), remote.clone(), rt.handle()).unwrap();
-    let data = incompressible((20 << 20) + 333, 5);
+    let data = common::random_bytes((20 << 20) + 333, 5);
     let id = BlobId::of(&data);
     // a good blob: every chunk arrives verified, then the blob is promoted into the flat tier
     let src = dir.path().join("src");
@@ -171,7 +167,7 @@ fn cold_blobs_stream_verified_chunks_and_never_a_corrupt_one() {
         std::thread::sleep(Duration::from_millis(10));
     }
     // a blob with one corrupted byte in chunk 5: chunks before it are served, chunk 5 never
-    let other = incompressible((20 << 20) + 333, 6);
+    let other = common::random_bytes((20 << 20) + 333, 6);
     let oid = BlobId::of(&other);
     let mut env = codec::encode(&other, Compression::None);
     let payload_at = env.len() - other.len();
@@ -184,4 +180,82 @@ fn cold_blobs_stream_verified_chunks_and_never_a_corrupt_one() {
     assert!(first[..] == other[..CHUNK as usize]);
     assert!(r.wait(5 * CHUNK, 1).is_err(), "the corrupted chunk is never readable");
     assert!(!bs.flat().contains(&oid));
+}
+
+/// Regression (issue 13.1): the whole-blob download accepted only envelope version 1, so a
+/// copy-on-write or library `get` of a raw blob over 1 MiB (version 2) failed with EIO. Every
+/// read path, over random and compressible data of every boundary size.
+#[test]
+fn every_read_path_decodes_every_envelope_at_every_boundary_size() {
+    use std::os::unix::fs::FileExt;
+    let Some(ep) = endpoint() else { return };
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let remote = Arc::new(store(&ep, &unique_prefix("paths")));
+    let bs = BlobStore::open(dir.path(), remote.clone(), rt.handle()).unwrap();
+    let foyer = rt.block_on(wombatfs::tiers::foyer::FoyerTier::open(&dir.path().join("foyer"), 16 << 20, 512 << 20)).unwrap();
+    bs.set_foyer(Arc::new(foyer));
+    for (name, data) in common::boundary_blobs() {
+        let id = BlobId::of(&data);
+        let src = dir.path().join("src");
+        std::fs::write(&src, &data).unwrap();
+        rt.block_on(remote.put_blob(&id, &src)).unwrap();
+        // the whole-blob download (copy-on-write and library reads of a flat miss)
+        let whole = dir.path().join("whole");
+        let _ = std::fs::remove_file(&whole);
+        assert_eq!(rt.block_on(remote.get_blob(&id, &whole)).unwrap(), data.len() as u64, "{name}: get_blob");
+        assert!(std::fs::read(&whole).unwrap() == data, "{name}: get_blob bytes");
+        // the library API: a flat miss goes to the object store and is promoted
+        assert!(bs.get(&id).unwrap() == data, "{name}: library get");
+        assert_eq!(bs.tier_of(&id), "flat", "{name}: promoted");
+        // the streamed cold read (a FUSE read of a flat miss)
+        bs.flat().remove(&id).unwrap();
+        let r = bs.open_reader(&id, data.len() as u64).unwrap();
+        r.wait(0, data.len() as u64).unwrap();
+        let mut back = vec![0u8; data.len()];
+        r.file().read_exact_at(&mut back, 0).unwrap();
+        assert!(back == data, "{name}: streamed read");
+        drop(r);
+        // foyer: admitted after the fetch; a flat miss is then served from foyer, not the store
+        let t = std::time::Instant::now();
+        while !(bs.flat().contains(&id) && bs.foyer().unwrap().contains(&id)) {
+            assert!(t.elapsed().as_secs() < 20, "{name}: promoted and admitted into foyer");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        bs.flat().remove(&id).unwrap();
+        let gets = bs.local().remote_gets.load(Ordering::Relaxed);
+        assert!(bs.get(&id).unwrap() == data, "{name}: read back from foyer");
+        assert_eq!(bs.local().remote_gets.load(Ordering::Relaxed), gets, "{name}: served by foyer");
+    }
+}
+
+/// The same through the filesystem core on two nodes: a fresh node (empty cache dir) learns
+/// another node's files from the bucket, reads them (flat miss) and rewrites 1 KiB in the
+/// middle of each in place (copy-on-write of a blob that is only in the bucket).
+#[test]
+fn a_fresh_node_reads_and_rewrites_in_place_what_another_node_wrote() {
+    let Some(ep) = endpoint() else { return };
+    let remote: Arc<dyn ObjectStore> = Arc::new(store(&ep, &unique_prefix("cow")));
+    let a = common::Fixture::node(remote.clone());
+    a.mkdir_p("ns");
+    let blobs = common::boundary_blobs();
+    for (name, data) in &blobs {
+        a.write_file(&format!("ns/{name}"), data).unwrap();
+    }
+    a.publish();
+    let reader = common::Fixture::node(remote.clone());
+    reader.poll();
+    let writer = common::Fixture::node(remote.clone());
+    writer.poll();
+    for (name, data) in &blobs {
+        let path = format!("ns/{name}");
+        assert!(reader.read_file(&path).unwrap() == *data, "{name}: flat-miss read on a fresh node");
+        let patch = common::random_bytes(1024, 99);
+        let at = data.len() / 2;
+        writer.pwrite(&path, at as u64, &patch).unwrap_or_else(|e| panic!("{name}: in-place write failed with errno {e}"));
+        let mut want = data.clone();
+        want.resize(want.len().max(at + patch.len()), 0);
+        want[at..at + patch.len()].copy_from_slice(&patch);
+        assert!(writer.read_file(&path).unwrap() == want, "{name}: rewritten bytes");
+    }
 }

@@ -255,12 +255,14 @@ impl ObjectStore for S3Store {
             return Err(corrupt(codec::CodecError::Malformed("shorter than header")));
         }
         let first = self.range(&key, 0, len.min(RANGE) - 1).await?;
-        if &first[..4] != codec::MAGIC || first[4] != codec::VERSION {
-            return Err(corrupt(codec::CodecError::Malformed("bad magic or version")));
-        }
-        let raw_len = u64::from_le_bytes(first[8..16].try_into().unwrap_or([0; 8]));
+        // the one envelope parser (every format version), as on every other read path
+        let header = match codec::parse_header(&first, id).map_err(corrupt)? {
+            Ok(h) => h,
+            Err(_) => return Err(corrupt(codec::CodecError::Malformed("truncated header"))),
+        };
+        let raw_len = header.raw_len;
         let ranges: Vec<(u64, u64)> = (1..len.div_ceil(RANGE)).map(|i| (i * RANGE, ((i + 1) * RANGE).min(len) - 1)).collect();
-        if first[5] != 0 {
+        if header.codec == codec::Codec::Zstd {
             // compressed: assemble, decode and verify in memory
             let key_ref = &key;
             let rest: Vec<Vec<u8>> = stream::iter(ranges.into_iter().map(move |(a, b)| self.range(key_ref, a, b)))
@@ -278,18 +280,20 @@ impl ObjectStore for S3Store {
             std::fs::write(dst, &raw).map_err(|e| StoreError::io("write fetched blob", e))?;
             return Ok(raw.len() as u64);
         }
-        // raw payload: stream every range to its offset, then verify the whole file
-        if len - HEADER_LEN as u64 != raw_len {
+        // raw payload (after the header and, in version 2, the proof table): stream every
+        // range to its offset, then verify the whole file
+        let p = header.payload_offset as u64;
+        if len.checked_sub(p) != Some(raw_len) {
             return Err(corrupt(codec::CodecError::Malformed("raw length does not match header")));
         }
         let file = std::fs::OpenOptions::new().write(true).create_new(true).open(dst).map_err(|e| StoreError::io("create fetch file", e))?;
-        file.write_all_at(&first[HEADER_LEN..], 0).map_err(|e| StoreError::io("write fetched blob", e))?;
+        file.write_all_at(&first[p as usize..], 0).map_err(|e| StoreError::io("write fetched blob", e))?;
         let (file_ref, key_ref) = (&file, &key);
         stream::iter(ranges.into_iter().map(move |(a, b)| {
             let (file, key) = (file_ref, key_ref);
             async move {
                 let data = self.range(key, a, b).await?;
-                file.write_all_at(&data, a - HEADER_LEN as u64).map_err(|e| StoreError::io("write fetched blob", e))
+                file.write_all_at(&data, a - p).map_err(|e| StoreError::io("write fetched blob", e))
             }
         }))
         .buffer_unordered(PARALLEL_GETS)

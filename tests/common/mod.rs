@@ -270,3 +270,42 @@ pub fn walk_files(p: &std::path::Path) -> usize {
     }
     n
 }
+
+/// Incompressible bytes (the blake3 output stream of `seed`): zstd cannot shrink them, so the
+/// store keeps them raw and large ones carry a proof table (envelope version 2).
+pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut out = vec![0u8; n];
+    blake3::Hasher::new().update(&seed.to_le_bytes()).finalize_xof().fill(&mut out);
+    out
+}
+
+/// Compressible bytes (numbered text lines): the store keeps them zstd-compressed.
+pub fn compressible_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n + 64);
+    let mut i = 0u64;
+    while out.len() < n {
+        out.extend_from_slice(format!("kv block {seed} line {i:012}\n").as_bytes());
+        i += 1;
+    }
+    out.truncate(n);
+    out
+}
+
+/// Blob sizes on both sides of every boundary of the formats: one byte, the 1 MiB proof chunk
+/// (version 1 below, version 2 above), several chunks, and a raw object of exactly one 16 MiB
+/// download range and one byte more.
+pub fn boundary_sizes() -> Vec<usize> {
+    const MIB: usize = 1 << 20;
+    let one_range_raw = 16 * MIB - (wombatfs::codec::HEADER_LEN + 4 + 32 * 16);
+    vec![1, 4095, MIB - 1, MIB, MIB + 1, 2 * MIB + 1, 4 * MIB, one_range_raw, one_range_raw + 1]
+}
+
+/// The test data sets: every boundary size, random and compressible.
+pub fn boundary_blobs() -> Vec<(String, Vec<u8>)> {
+    let mut v = Vec::new();
+    for (i, n) in boundary_sizes().into_iter().enumerate() {
+        v.push((format!("random-{n}"), random_bytes(n, i as u64)));
+        v.push((format!("text-{n}"), compressible_bytes(n, i as u64)));
+    }
+    v
+}

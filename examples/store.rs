@@ -20,7 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let rt = tokio::runtime::Runtime::new()?;
     let cache = tempfile::tempdir()?;
-    let remote: Arc<dyn ObjectStore> = match args.iter().position(|a| a == "--s3") {
+    let objects: Arc<dyn ObjectStore> = match args.iter().position(|a| a == "--s3") {
         Some(i) => {
             let (endpoint, bucket) = (args.get(i + 1).ok_or("--s3 ENDPOINT BUCKET")?, args.get(i + 2).ok_or("--s3 ENDPOINT BUCKET")?);
             let cfg = S3Config {
@@ -35,9 +35,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         None => Arc::new(LocalStore::open(&cache.path().join("objects"), Compression::Auto(1))?),
     };
-    rt.block_on(remote.check())?;
-    println!("object store: {}", remote.describe());
-    let store = BlobStore::open(cache.path(), remote, rt.handle())?;
+    rt.block_on(objects.check())?;
+    println!("object store: {}", objects.describe());
+    let store = BlobStore::open(cache.path(), objects, rt.handle())?;
 
     let block = vec![42u8; 1 << 20];
     let id = store.put(&block)?; // flat tier + object store, durable on return
@@ -51,8 +51,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     assert!(!store.exists(&id)?);
     println!("deleted");
 
-    // the names published by mounted nodes on this store (none for a fresh local store)
-    let names = store.restore()?;
+    // the names published by mounted nodes on this store (none for a fresh local store); the
+    // name layer sits above the blob store: `sync::names` reads the bucket's snapshots and
+    // change journals
+    let names = store.block_on(wombatfs::sync::names::restore(store.objects().as_ref()))?;
     println!("restored {} names from the store", names.entries.len());
     for (path, entry) in names.entries.iter().take(5) {
         if let wombatfs::sync::names::Entry::File { blob, size, .. } = entry {

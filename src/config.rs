@@ -160,7 +160,7 @@ impl TierSettings {
         };
         let mut budgets = std::collections::BTreeMap::new();
         for (ns, v) in file.budgets.iter().flatten() {
-            crate::fs::check_name(ns.as_bytes()).map_err(|_| ConfigError::Invalid(format!("budget for {ns:?}: not a namespace name")))?;
+            crate::name::check(ns.as_bytes()).map_err(|_| ConfigError::Invalid(format!("budget for {ns:?}: not a namespace name")))?;
             budgets.insert(ns.clone(), parse_size(v)?);
         }
         let t = TierSettings {
@@ -183,49 +183,9 @@ impl TierSettings {
     }
 }
 
-/// Total bytes of the filesystem holding `path` (its nearest existing ancestor).
-pub fn fs_capacity(path: &Path) -> Option<u64> {
-    let mut p = path;
-    while !p.exists() {
-        p = p.parent()?;
-    }
-    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: statvfs fills the zeroed struct we own; the path is a valid C string.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0).then(|| st.f_blocks.saturating_mul(st.f_frsize))
-}
-
-/// Parse a size: plain bytes, or a number with a unit — `KiB`/`MiB`/`GiB`/`TiB` (also `K`,
-/// `M`, `G`, `T`, powers of 1024) or `KB`/`MB`/`GB`/`TB` (powers of 1000). `1.5GiB` is allowed.
+/// Parse a size flag or config value (see [`crate::size::parse`]).
 pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
-    let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (num, unit) = (&t[..split], t[split..].trim());
-    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "t" | "tib" => 1 << 40,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        "tb" => 1_000_000_000_000,
-        _ => return Err(ConfigError::Invalid(format!("size {s:?}: unknown unit {unit:?} (use bytes, KiB, MiB, GiB, TiB)"))),
-    };
-    let bad = || ConfigError::Invalid(format!("size {s:?}: not a number of bytes (e.g. 256MiB, 10GiB, 1048576)"));
-    if num.is_empty() {
-        return Err(bad());
-    }
-    if let Ok(n) = num.parse::<u64>() {
-        return n.checked_mul(mult).ok_or_else(bad);
-    }
-    let f: f64 = num.parse().map_err(|_| bad())?;
-    let v = f * mult as f64;
-    if !v.is_finite() || v < 0.0 || v > u64::MAX as f64 {
-        return Err(bad());
-    }
-    Ok(v as u64)
+    crate::size::parse(s).map_err(|e| ConfigError::Invalid(e.to_string()))
 }
 
 /// Parse `auto`, `none`, `zstd` or `zstd:LEVEL`.
@@ -257,24 +217,6 @@ impl Settings {
             return Err(ConfigError::Invalid("the cache dir cannot be inside the mountpoint".into()));
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod size_tests {
-    use super::parse_size;
-
-    #[test]
-    fn sizes_parse_with_units_and_refuse_garbage() {
-        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
-        assert_eq!(parse_size("256MiB").unwrap(), 256 << 20);
-        assert_eq!(parse_size("10GiB").unwrap(), 10 << 30);
-        assert_eq!(parse_size("10 gib").unwrap(), 10 << 30);
-        assert_eq!(parse_size("1.5G").unwrap(), 3 << 29);
-        assert_eq!(parse_size("2MB").unwrap(), 2_000_000);
-        for bad in ["", "MiB", "12 parsecs", "-1", "1e3", "99999999999TiB", "1.2.3"] {
-            assert!(parse_size(bad).is_err(), "{bad:?} accepted");
-        }
     }
 }
 

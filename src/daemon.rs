@@ -7,14 +7,13 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::config::{Settings, StoreUrl};
 use crate::fs::core::{CoreOptions, FsCore};
-use crate::fs::fuse::WombatFuse;
 use crate::index::Index;
 use crate::store::BlobStore;
 use crate::tiers::local::LocalStore;
@@ -141,30 +140,7 @@ fn eprintln_stale(mp: &Path) {
 /// The fstype of a FUSE mount at `mp`, if any.
 fn fuse_mount_at(mp: &Path) -> Option<String> {
     let want = std::fs::canonicalize(mp).unwrap_or_else(|_| mp.to_path_buf());
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|l| {
-        let fields: Vec<&str> = l.split(' ').collect();
-        let point = unescape(fields.get(4)?);
-        let sep = fields.iter().position(|f| *f == "-")?;
-        let fstype = fields.get(sep + 1)?;
-        (Path::new(&point) == want && fstype.starts_with("fuse")).then(|| fstype.to_string())
-    })
-}
-
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    crate::sys::mounts().into_iter().find(|m| m.point == want && m.fstype.starts_with("fuse")).map(|m| m.fstype)
 }
 
 /// Lazily detach whatever is mounted at `mp`.
@@ -203,13 +179,13 @@ fn write_pid(lock: &mut File) {
 /// Bound the flat tier and, with a remote store, open the foyer tier (RAM + SSD) between the
 /// flat tier and the object store. With the local store, blobs already sit on local disk in the
 /// store, so foyer would only hold them a second time.
-fn configure_tiers(s: &Settings, store: &Arc<BlobStore>, remote: &Arc<dyn ObjectStore>, rt: &tokio::runtime::Runtime) -> Result<()> {
+fn configure_tiers(s: &Settings, store: &Arc<BlobStore>, objects: &Arc<dyn ObjectStore>, rt: &tokio::runtime::Runtime) -> Result<()> {
     let t = &s.tiers;
-    let cap = |p: &Path| crate::config::fs_capacity(p).unwrap_or(0);
+    let cap = |p: &Path| crate::sys::capacity(p).unwrap_or(0);
     let flat = t.flat_size.unwrap_or_else(|| (cap(&s.cache_dir) / 10 * 4).clamp(256 << 20, 16 << 30));
     store.flat().set_limit(flat);
     let mut foyer = (0, 0);
-    if !remote.is_local() {
+    if !objects.is_local() {
         let mem = t.foyer_memory.unwrap_or(64 << 20);
         let disk = t.foyer_disk.unwrap_or_else(|| (cap(&t.foyer_dir) / 5).clamp(64 << 20, 8 << 30));
         let f = rt.block_on(crate::tiers::foyer::FoyerTier::open(&t.foyer_dir, mem, disk)).context("cannot open the foyer cache")?;
@@ -228,14 +204,8 @@ fn set_readahead(mountpoint: &Path, kb: u32) {
     if kb == 0 {
         return;
     }
-    let want = mountpoint.to_string_lossy();
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    // fields: id parent major:minor root mountpoint …; the newest mount on the path is last
-    let dev = info.lines().filter_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        (f.get(4) == Some(&want.as_ref())).then(|| f.get(2).map(|d| d.to_string())).flatten()
-    }).next_back();
-    let Some(dev) = dev else { return };
+    // the newest mount on the path is last
+    let Some(dev) = crate::sys::mounts().into_iter().filter(|m| m.point == mountpoint).map(|m| m.dev).next_back() else { return };
     let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
     match std::fs::write(&path, kb.to_string()) {
         Ok(()) => tracing::debug!(%path, kb, "readahead raised"),
@@ -243,38 +213,10 @@ fn set_readahead(mountpoint: &Path, kb: u32) {
     }
 }
 
-fn fuse_config(s: &Settings) -> fuser::Config {
-    use fuser::MountOption as M;
-    let mut cfg = fuser::Config::default();
-    cfg.mount_options = vec![
-        M::FSName(format!("wombatfs:{}", s.cache_dir.display())),
-        M::Subtype("wombatfs".into()),
-        M::DefaultPermissions,
-        M::NoSuid,
-        M::NoDev,
-    ];
-    for o in &s.mount_options {
-        match o.as_str() {
-            "allow_other" => cfg.acl = fuser::SessionACL::All,
-            "allow_root" => cfg.acl = fuser::SessionACL::RootAndOwner,
-            "ro" => cfg.mount_options.push(M::RO),
-            "rw" => cfg.mount_options.push(M::RW),
-            "noexec" => cfg.mount_options.push(M::NoExec),
-            "exec" => cfg.mount_options.push(M::Exec),
-            "noatime" => cfg.mount_options.push(M::NoAtime),
-            "default_permissions" | "nosuid" | "nodev" => {}
-            other => cfg.mount_options.push(M::CUSTOM(other.to_string())),
-        }
-    }
-    cfg.n_threads = Some(s.threads);
-    cfg.clone_fd = true;
-    cfg
-}
-
 /// With a remote store and a non-zero interval: a thread that snapshots the tree into the
 /// store whenever it changed and every upload is durable.
-fn spawn_snapshotter(s: &Settings, core: &Arc<FsCore>, remote: &Arc<dyn ObjectStore>) -> Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)> {
-    if remote.is_local() || s.snapshot_interval.is_zero() {
+fn spawn_snapshotter(s: &Settings, core: &Arc<FsCore>, objects: &Arc<dyn ObjectStore>) -> Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)> {
+    if objects.is_local() || s.snapshot_interval.is_zero() {
         return None;
     }
     let node = core.node_id();
@@ -313,43 +255,45 @@ fn serve(s: &Settings, report: Option<&mut File>, mut lock: File) -> Result<()> 
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let remote: Arc<dyn ObjectStore> = match &s.store {
+    let objects: Arc<dyn ObjectStore> = match &s.store {
         StoreUrl::Local(dir) => Arc::new(LocalStore::open(dir, s.compression)?),
         StoreUrl::S3 { bucket, prefix } => {
             let cfg = S3Config { bucket: bucket.clone(), prefix: prefix.clone(), ..s.s3.clone() };
             Arc::new(S3Store::new(&cfg)?)
         }
     };
-    rt.block_on(remote.check()).with_context(|| format!("object store {} is not usable", remote.describe()))?;
-    let store = Arc::new(BlobStore::open(&s.cache_dir, remote.clone(), rt.handle())?.with_sync_uploads(s.sync_uploads));
-    configure_tiers(s, &store, &remote, &rt)?;
+    rt.block_on(objects.check()).with_context(|| format!("object store {} is not usable", objects.describe()))?;
+    let store = Arc::new(BlobStore::open(&s.cache_dir, objects.clone(), rt.handle())?.with_sync_uploads(s.sync_uploads));
+    configure_tiers(s, &store, &objects, &rt)?;
     let (index, mut snapshot) = Index::open(&s.cache_dir.join("index"), rt.handle())?;
-    if snapshot.is_empty() && !remote.is_local() {
+    if snapshot.is_empty() && !objects.is_local() {
         // an empty cache dir on an existing bucket: rebuild the tree from its newest snapshot
         // (the journals after it are applied by the first poll, before the mount goes live)
-        tracing::info!(store = %remote.describe(), "empty cache dir: looking for a tree snapshot in the object store");
-        snapshot = rt.block_on(crate::fs::snapshot::restore(remote.as_ref(), &index))?;
+        tracing::info!(store = %objects.describe(), "empty cache dir: looking for a tree snapshot in the object store");
+        snapshot = rt.block_on(crate::sync::snapshot::restore(objects.as_ref(), &index))?;
     }
     let opts = CoreOptions { max_file_size: s.max_file_size, budgets: s.tiers.budgets.clone(), ..CoreOptions::default() };
     let core = Arc::new(FsCore::load(&s.cache_dir, store, index, snapshot, opts)?);
-    if !remote.is_local() && !s.poll_interval.is_zero() {
+    if !objects.is_local() && !s.poll_interval.is_zero() {
         // catch up with the other nodes before serving
         match rt.block_on(core.poll_once()) {
             Ok(n) => tracing::info!(changes = n, "caught up with the other nodes' change journals"),
             Err(e) => tracing::warn!(error = %e, "could not read the other nodes' change journals yet; will keep trying"),
         }
     }
-    let notifier = Arc::new(OnceLock::new());
     // a remote store: slow operations leave the FUSE workers (see WombatFuse::new)
     let offload = matches!(s.store, StoreUrl::S3 { .. }).then(|| rt.handle().clone());
-    let fs = WombatFuse::new(core.clone(), s.attr_ttl, notifier.clone(), offload);
-    let session = fuser::Session::new(fs, &s.mountpoint, &fuse_config(s))
-        .with_context(|| format!("cannot mount on {}", s.mountpoint.display()))?;
-    let _ = notifier.set(session.notifier());
-    core.set_invalidator(Box::new(crate::fs::fuse::invalidator(notifier.clone())));
-    let bg = session.spawn().context("cannot start the FUSE session")?;
+    let spec = crate::fs::mount::MountSpec {
+        mountpoint: &s.mountpoint,
+        fsname: format!("wombatfs:{}", s.cache_dir.display()),
+        options: &s.mount_options,
+        threads: s.threads,
+        attr_ttl: s.attr_ttl,
+        offload,
+    };
+    let bg = crate::fs::mount::mount(core.clone(), &spec).with_context(|| format!("cannot mount on {}", s.mountpoint.display()))?;
     set_readahead(&s.mountpoint, s.readahead_kb);
-    tracing::info!(mountpoint = %s.mountpoint.display(), cache = %s.cache_dir.display(), store = %remote.describe(), "mounted");
+    tracing::info!(mountpoint = %s.mountpoint.display(), cache = %s.cache_dir.display(), store = %objects.describe(), "mounted");
     if let Some(r) = report {
         let _ = r.write_all(b"OK");
     }
@@ -361,7 +305,7 @@ fn serve(s: &Settings, report: Option<&mut File>, mut lock: File) -> Result<()> 
         tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
         stop2.store(true, Ordering::SeqCst);
     });
-    let snapshots = spawn_snapshotter(s, &core, &remote);
+    let snapshots = spawn_snapshotter(s, &core, &objects);
     let (following, publishing) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
     {
         // every second: namespace budgets (also enforced at once when one is set), and the
@@ -379,14 +323,14 @@ fn serve(s: &Settings, report: Option<&mut File>, mut lock: File) -> Result<()> 
             }
         });
     }
-    if !remote.is_local() {
+    if !objects.is_local() {
         rt.spawn(core.clone().publish_loop(publishing.clone()));
         if !s.poll_interval.is_zero() {
             rt.spawn(core.clone().poll_loop(s.poll_interval, following.clone()));
         }
     }
     let mut unmount_sent = false;
-    while !bg.guard.is_finished() {
+    while !bg.is_finished() {
         if stop.load(Ordering::SeqCst) && !unmount_sent {
             tracing::info!("signal received; unmounting");
             if let Err(e) = detach(&s.mountpoint) {
@@ -419,10 +363,10 @@ pub fn gc(args: &crate::cli::GcArgs, log: &str) -> Result<()> {
         anyhow::bail!("gc works on a shared s3:// bucket; a local store's node deletes unreferenced blobs itself");
     };
     let cfg = S3Config { bucket, prefix, ..args.s3.config(crate::codec::Compression::Auto(3)) };
-    let remote = S3Store::new(&cfg)?;
+    let objects = S3Store::new(&cfg)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(remote.check()).with_context(|| format!("object store {} is not usable", remote.describe()))?;
-    let r = rt.block_on(crate::sync::gc::collect(&remote, Duration::from_secs(args.grace), args.dry_run))?;
+    rt.block_on(objects.check()).with_context(|| format!("object store {} is not usable", objects.describe()))?;
+    let r = rt.block_on(crate::sync::gc::collect(&objects, Duration::from_secs(args.grace), args.dry_run))?;
     let verb = if args.dry_run { "would delete" } else { "deleted" };
     println!(
         "{} nodes, {} blobs, {} referenced, {} unreferenced within the {} s grace period, {verb} {}; {verb} {} journal batches covered by every snapshot",

@@ -7,6 +7,9 @@
 //!   driven by the thin FUSE adapter in [`fs::fuse`] or directly by tests.
 
 pub mod blob;
+pub mod name;
+pub mod size;
+pub mod sys;
 pub mod codec;
 pub mod index;
 pub mod proof;

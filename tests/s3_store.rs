@@ -121,8 +121,8 @@ fn upload_queue_survives_an_outage_and_drains_after_restart() {
     let server = PrivateServer::start();
     let rt = rt();
     let dir = tempfile::tempdir().unwrap();
-    let remote = Arc::new(store(&server.endpoint, "outage"));
-    let bs = BlobStore::open(dir.path(), remote.clone(), rt.handle()).unwrap();
+    let objects = Arc::new(store(&server.endpoint, "outage"));
+    let bs = BlobStore::open(dir.path(), objects.clone(), rt.handle()).unwrap();
     let data = common::random_bytes(3 << 20, 9);
     let id = BlobId::of(&data);
     let (mut f, p) = bs.new_staging().unwrap();
@@ -135,7 +135,7 @@ fn upload_queue_survives_an_outage_and_drains_after_restart() {
     assert_eq!(bs.upload_stats().pending.load(Ordering::Relaxed), 1);
     server.restart();
     assert!(bs.drain(Duration::from_secs(90)), "queue drained after the restart");
-    assert!(rt.block_on(remote.has_blob(&id)).unwrap());
+    assert!(rt.block_on(objects.has_blob(&id)).unwrap());
     // and the bytes in the bucket are the blob's
     bs.flat().remove(&id).unwrap();
     assert_eq!(bs.get(&id).unwrap(), data);
@@ -148,14 +148,14 @@ fn cold_blobs_stream_verified_chunks_and_never_a_corrupt_one() {
     let Some(ep) = endpoint() else { return };
     let rt = rt();
     let dir = tempfile::tempdir().unwrap();
-    let remote = Arc::new(store(&ep, &unique_prefix("stream")));
-    let bs = BlobStore::open(dir.path(), remote.clone(), rt.handle()).unwrap();
+    let objects = Arc::new(store(&ep, &unique_prefix("stream")));
+    let bs = BlobStore::open(dir.path(), objects.clone(), rt.handle()).unwrap();
     let data = common::random_bytes((20 << 20) + 333, 5);
     let id = BlobId::of(&data);
     // a good blob: every chunk arrives verified, then the blob is promoted into the flat tier
     let src = dir.path().join("src");
     std::fs::write(&src, &data).unwrap();
-    rt.block_on(remote.put_blob(&id, &src)).unwrap();
+    rt.block_on(objects.put_blob(&id, &src)).unwrap();
     let r = bs.open_reader(&id, data.len() as u64).unwrap();
     r.wait(0, data.len() as u64).unwrap();
     let mut back = vec![0u8; data.len()];
@@ -172,7 +172,7 @@ fn cold_blobs_stream_verified_chunks_and_never_a_corrupt_one() {
     let mut env = codec::encode(&other, Compression::None);
     let payload_at = env.len() - other.len();
     env[payload_at + 5 * CHUNK as usize + 17] ^= 0x40;
-    rt.block_on(remote.put_raw(&remote.key(&oid), &env)).unwrap();
+    rt.block_on(objects.put_raw(&objects.key(&oid), &env)).unwrap();
     let r = bs.open_reader(&oid, other.len() as u64).unwrap();
     r.wait(0, CHUNK).unwrap();
     let mut first = vec![0u8; CHUNK as usize];
@@ -191,19 +191,19 @@ fn every_read_path_decodes_every_envelope_at_every_boundary_size() {
     let Some(ep) = endpoint() else { return };
     let rt = rt();
     let dir = tempfile::tempdir().unwrap();
-    let remote = Arc::new(store(&ep, &unique_prefix("paths")));
-    let bs = BlobStore::open(dir.path(), remote.clone(), rt.handle()).unwrap();
+    let objects = Arc::new(store(&ep, &unique_prefix("paths")));
+    let bs = BlobStore::open(dir.path(), objects.clone(), rt.handle()).unwrap();
     let foyer = rt.block_on(wombatfs::tiers::foyer::FoyerTier::open(&dir.path().join("foyer"), 16 << 20, 512 << 20)).unwrap();
     bs.set_foyer(Arc::new(foyer));
     for (name, data) in common::boundary_blobs() {
         let id = BlobId::of(&data);
         let src = dir.path().join("src");
         std::fs::write(&src, &data).unwrap();
-        rt.block_on(remote.put_blob(&id, &src)).unwrap();
+        rt.block_on(objects.put_blob(&id, &src)).unwrap();
         // the whole-blob download (copy-on-write and library reads of a flat miss)
         let whole = dir.path().join("whole");
         let _ = std::fs::remove_file(&whole);
-        assert_eq!(rt.block_on(remote.get_blob(&id, &whole)).unwrap(), data.len() as u64, "{name}: get_blob");
+        assert_eq!(rt.block_on(objects.get_blob(&id, &whole)).unwrap(), data.len() as u64, "{name}: get_blob");
         assert!(std::fs::read(&whole).unwrap() == data, "{name}: get_blob bytes");
         // the library API: a flat miss goes to the object store and is promoted
         assert!(bs.get(&id).unwrap() == data, "{name}: library get");
@@ -223,9 +223,9 @@ fn every_read_path_decodes_every_envelope_at_every_boundary_size() {
             std::thread::sleep(Duration::from_millis(10));
         }
         bs.flat().remove(&id).unwrap();
-        let gets = bs.local().remote_gets.load(Ordering::Relaxed);
+        let gets = bs.local().object_gets.load(Ordering::Relaxed);
         assert!(bs.get(&id).unwrap() == data, "{name}: read back from foyer");
-        assert_eq!(bs.local().remote_gets.load(Ordering::Relaxed), gets, "{name}: served by foyer");
+        assert_eq!(bs.local().object_gets.load(Ordering::Relaxed), gets, "{name}: served by foyer");
     }
 }
 
@@ -235,17 +235,17 @@ fn every_read_path_decodes_every_envelope_at_every_boundary_size() {
 #[test]
 fn a_fresh_node_reads_and_rewrites_in_place_what_another_node_wrote() {
     let Some(ep) = endpoint() else { return };
-    let remote: Arc<dyn ObjectStore> = Arc::new(store(&ep, &unique_prefix("cow")));
-    let a = common::Fixture::node(remote.clone());
+    let objects: Arc<dyn ObjectStore> = Arc::new(store(&ep, &unique_prefix("cow")));
+    let a = common::Fixture::node(objects.clone());
     a.mkdir_p("ns");
     let blobs = common::boundary_blobs();
     for (name, data) in &blobs {
         a.write_file(&format!("ns/{name}"), data).unwrap();
     }
     a.publish();
-    let reader = common::Fixture::node(remote.clone());
+    let reader = common::Fixture::node(objects.clone());
     reader.poll();
-    let writer = common::Fixture::node(remote.clone());
+    let writer = common::Fixture::node(objects.clone());
     writer.poll();
     for (name, data) in &blobs {
         let path = format!("ns/{name}");

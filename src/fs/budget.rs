@@ -37,7 +37,7 @@ impl FsCore {
     pub fn budget_of(&self, t: &Tree, ns: u64) -> Option<u64> {
         let rec = t.inodes.get(&ns)?;
         if let Some(v) = rec.xattrs.get(BUDGET) {
-            return std::str::from_utf8(v).ok().and_then(|s| crate::config::parse_size(s).ok()).filter(|b| *b > 0);
+            return std::str::from_utf8(v).ok().and_then(|s| crate::size::parse(s).ok()).filter(|b| *b > 0);
         }
         let (_, name) = t.names.get(&ns)?.first()?;
         self.opts.budgets.get(std::str::from_utf8(name).ok()?).copied()
@@ -144,6 +144,6 @@ impl FsCore {
             _ => return Err(FsError::NotPermitted("user.wombatfs.budget is set on a namespace (top-level) directory")),
         }
         let s = std::str::from_utf8(value).map_err(|_| FsError::Invalid("budget: not text"))?;
-        crate::config::parse_size(s).map(|_| ()).map_err(|_| FsError::Invalid("budget: use a size such as 10GiB or a byte count"))
+        crate::size::parse(s).map(|_| ()).map_err(|_| FsError::Invalid("budget: use a size such as 10GiB or a byte count"))
     }
 }

@@ -86,7 +86,7 @@ fn set_time(t: SetTime) -> Ts {
 
 impl FsCore {
     /// Load the tree from the index and the store (repairing crash leftovers).
-    pub fn load(cache_dir: &Path, store: Arc<BlobStore>, index: Index, snapshot: crate::index::Snapshot, opts: CoreOptions) -> FsResult<Self> {
+    pub fn load(cache_dir: &Path, store: Arc<BlobStore>, index: Index, records: crate::index::Records, opts: CoreOptions) -> FsResult<Self> {
         let now = Ts::now();
         let root = InodeRecord {
             ino: ROOT,
@@ -101,10 +101,10 @@ impl FsCore {
             ctime: now,
             xattrs: Default::default(),
         };
-        let mut tree = Tree::load(snapshot, &store, &index, root)?;
+        let mut tree = Tree::load(records, &store, &index, root)?;
         // a remote store may be shared: publish this node's changes for the others
-        let node = crate::fs::snapshot::node_id(cache_dir)?;
-        tree.outbox.init(&node, !store.remote().is_local());
+        let node = crate::sync::snapshot::node_id(cache_dir)?;
+        tree.outbox.init(&node, !store.objects().is_local());
         let idx = index.clone();
         store.set_uploaded_hook(Arc::new(move |id: BlobId| {
             if let Err(e) = idx.commit(vec![crate::index::Op::Delete(crate::index::keys::upload(&id))]) {
@@ -525,16 +525,9 @@ impl FsCore {
     /// cache filesystem (blobs live there in the store). Free space is never more than the
     /// cache filesystem has.
     pub fn statfs(&self, ino: u64) -> FsResult<StatFs> {
-        let path = std::ffi::CString::new(self.cache_dir.as_os_str().as_encoded_bytes())
-            .map_err(|_| FsError::Invalid("cache dir path"))?;
-        // SAFETY: statvfs fills the zeroed struct we own; the path is a valid C string.
-        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-        if unsafe { libc::statvfs(path.as_ptr(), &mut s) } != 0 {
-            return Err(FsError::Io(std::io::Error::last_os_error()));
-        }
+        let s = crate::sys::space(&self.cache_dir)?;
         let block = BLOCK_SIZE as u64;
-        let scale = |n: u64| n.saturating_mul(s.f_frsize) / block;
-        let (fs_total, fs_free, fs_avail) = (scale(s.f_blocks), scale(s.f_bfree), scale(s.f_bavail));
+        let (fs_total, fs_free, fs_avail) = (s.total / block, s.free / block, s.avail / block);
         let (t, ns) = {
             let t = self.read_tree();
             let ns = self.namespace_of(&t, ino).and_then(|ns| self.budget_of(&t, ns).map(|b| (ns, b)));
@@ -547,10 +540,10 @@ impl FsCore {
         let (blocks, bfree, bavail) = match ns {
             Some((ns, budget)) => bounded(budget, self.namespace_usage(ns)),
             // evictable blobs are free space for new data: only what is not durable yet counts
-            None if !self.store.remote().is_local() => bounded(self.store.flat().limit(), self.store.local().unevictable_bytes()),
+            None if !self.store.objects().is_local() => bounded(self.store.flat().limit(), self.store.local().unevictable_bytes()),
             None => (fs_total, fs_free, fs_avail),
         };
-        Ok(StatFs { blocks, bfree, bavail, files: s.f_files.max(t), ffree: s.f_ffree })
+        Ok(StatFs { blocks, bfree, bavail, files: s.files.max(t), ffree: s.ffree })
     }
 
     /// Flush everything: seal open dirty files, drain uploads, checkpoint and close the index.
@@ -566,7 +559,7 @@ impl FsCore {
             tracing::warn!("uploads still pending at shutdown; they resume at the next mount; no tree snapshot written");
         } else if let Err(e) = self.wait_published(upload_timeout) {
             tracing::warn!(error = %e, "changes not yet in the bucket's journal at shutdown; they are published at the next mount; no tree snapshot written");
-        } else if !self.store.remote().is_local() {
+        } else if !self.store.objects().is_local() {
             match self.write_snapshot(&node) {
                 Ok(name) => tracing::info!(%name, "tree snapshot written to the object store"),
                 Err(e) => tracing::warn!(error = %e, "could not write a tree snapshot"),

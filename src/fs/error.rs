@@ -64,6 +64,15 @@ pub enum FsError {
     Io(#[from] std::io::Error),
 }
 
+impl From<crate::name::NameError> for FsError {
+    fn from(e: crate::name::NameError) -> Self {
+        match e {
+            crate::name::NameError::TooLong => FsError::NameTooLong,
+            crate::name::NameError::Invalid => FsError::Invalid("bad name"),
+        }
+    }
+}
+
 impl FsError {
     /// The errno reported to the kernel. Every mapping decision lives here.
     pub fn errno(&self) -> i32 {

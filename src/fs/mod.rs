@@ -1,14 +1,16 @@
 //! The filesystem: a fuser-free core ([`core::FsCore`]) with the namespace semantics, inodes,
-//! handles and staging, and a thin FUSE adapter ([`fuse`]) — the only place `fuser` appears.
+//! handles and staging, and a thin FUSE adapter ([`fuse`], mounted by [`mount`]) — the only
+//! place `fuser` appears.
 
 pub mod budget;
 pub mod core;
 pub mod error;
 pub mod fuse;
 pub mod io;
+pub mod mount;
 pub mod open;
 pub mod publish;
-pub mod remote;
+pub mod peers;
 pub mod seqhash;
 pub mod snapshot;
 pub mod tree;
@@ -142,17 +144,9 @@ pub type Invalidator = Box<dyn Fn(&[Inval]) + Send + Sync>;
 
 /// Block size reported by `statfs` and `stat`.
 pub const BLOCK_SIZE: u32 = 4096;
-/// Longest accepted name.
-pub const NAME_MAX: usize = 255;
+pub use crate::name::NAME_MAX;
 
-/// Reject names the kernel, S3 or a corrupted index could hand us: empty, `.`, `..`, with `/`
-/// or NUL, longer than 255 bytes.
+/// [`crate::name::check`] as a filesystem error.
 pub fn check_name(name: &[u8]) -> error::FsResult<()> {
-    if name.len() > NAME_MAX {
-        return Err(error::FsError::NameTooLong);
-    }
-    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
-        return Err(error::FsError::Invalid("bad name"));
-    }
-    Ok(())
+    crate::name::check(name).map_err(error::FsError::from)
 }

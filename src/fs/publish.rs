@@ -11,7 +11,7 @@
 //!
 //! A poller lists `nodes/` and, for every other node, `journal/<node>/` after its cursor
 //! (start-after: O(new batches), not O(history)), applies the batches to the tree
-//! ([`crate::fs::remote`]) and advances the cursor in the same commit. Cost per poll: one
+//! ([`crate::fs::peers`]) and advances the cursor in the same commit. Cost per poll: one
 //! LIST for the node registry plus one LIST per other node; GETs only for new batches.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -249,10 +249,10 @@ impl FsCore {
             let t = self.read_tree();
             (t.outbox.node.clone(), t.outbox.cursors.get(&t.outbox.node).copied().unwrap_or(0))
         };
-        let remote = self.store.remote();
-        remote.put_meta(&format!("{}/{node}", change::NODES), Vec::new()).await?;
-        for key in remote.list_meta_after(&change::journal_dir(&node), &change::batch_key(&node, cursor)).await? {
-            let batch = Batch::open(&remote.get_meta(&key).await?).map_err(StoreError::Config)?;
+        let objects = self.store.objects();
+        objects.put_meta(&format!("{}/{node}", change::NODES), Vec::new()).await?;
+        for key in objects.list_meta_after(&change::journal_dir(&node), &change::batch_key(&node, cursor)).await? {
+            let batch = Batch::open(&objects.get_meta(&key).await?).map_err(StoreError::Config)?;
             tracing::info!(%key, last = batch.last_seq(), "adopting a change batch published before a crash");
             self.mark_published(batch.last_seq()).map_err(|e| StoreError::Config(e.to_string()))?;
         }
@@ -269,7 +269,7 @@ impl FsCore {
         let mut sent = 0;
         while let Some(batch) = self.ready_batch() {
             let key = change::batch_key(&node, batch.changes[0].0);
-            if let Err(e) = self.store.remote().put_meta(&key, batch.seal()).await {
+            if let Err(e) = self.store.objects().put_meta(&key, batch.seal()).await {
                 published.set(None, true);
                 return Err(e);
             }
@@ -328,18 +328,18 @@ impl FsCore {
     /// Apply every other node's batches published since the last poll; returns how many
     /// changes were applied.
     pub async fn poll_once(&self) -> Result<usize, StoreError> {
-        let remote = self.store.remote().clone();
+        let objects = self.store.objects().clone();
         let (me, cursors) = {
             let t = self.read_tree();
             (t.outbox.node.clone(), t.outbox.cursors.clone())
         };
         let mut applied = 0;
-        for node in names::nodes(remote.as_ref()).await?.into_iter().filter(|n| *n != me) {
+        for node in names::nodes(objects.as_ref()).await?.into_iter().filter(|n| *n != me) {
             let cursor = cursors.get(&node).copied().unwrap_or(0);
-            let batches = names::batches_after(remote.as_ref(), &node, cursor).await?;
+            let batches = names::batches_after(objects.as_ref(), &node, cursor).await?;
             let many = batches.len() > 10;
             for (i, batch) in batches.iter().enumerate() {
-                applied += self.apply_remote(&node, batch).map_err(|e| StoreError::Config(e.to_string()))?;
+                applied += self.apply_peer_batch(&node, batch).map_err(|e| StoreError::Config(e.to_string()))?;
                 if many && (i + 1) % 100 == 0 {
                     tracing::info!(node, batches = i + 1, of = batches.len(), "applying another node's changes");
                 }

@@ -10,7 +10,7 @@ use crate::fs::open::OpenInode;
 use crate::fs::publish::Outbox;
 use crate::index::keys;
 use crate::index::records::{self, BlobRecord, InodeKind, InodeRecord, Ts};
-use crate::index::{Index, Op, Snapshot};
+use crate::index::{Index, Op, Records};
 use crate::store::BlobStore;
 use crate::sync::change::{Attrs, Change};
 
@@ -335,16 +335,16 @@ impl Tree {
         Ok(())
     }
 
-    /// Rebuild the tree from an index snapshot, repairing what a crash can leave behind:
+    /// Rebuild the tree from the index records, repairing what a crash can leave behind:
     /// entries to missing inodes, inodes without entries, link counts, unreferenced blobs,
     /// stray flat files. Pending uploads are re-queued.
-    pub fn load(snapshot: Snapshot, store: &BlobStore, index: &Index, root: InodeRecord) -> FsResult<Tree> {
+    pub fn load(records: Records, store: &BlobStore, index: &Index, root: InodeRecord) -> FsResult<Tree> {
         let mut t = Tree { next_ino: ROOT + 1, ..Default::default() };
         let mut dirents = Vec::new();
         let mut blob_recs = HashMap::new();
         let mut pending = Vec::new();
         let mut format = None;
-        for (k, v) in snapshot {
+        for (k, v) in records {
             match k.first() {
                 Some(&keys::INODE) => match records::decode::<InodeRecord>(&v) {
                     Some(rec) => {

@@ -56,7 +56,7 @@ impl FsCore {
             flat.limit(),
             flat.len(),
             local.evictions.load(std::sync::atomic::Ordering::Relaxed),
-            local.remote_gets.load(std::sync::atomic::Ordering::Relaxed),
+            local.object_gets.load(std::sync::atomic::Ordering::Relaxed),
             up.pending.load(std::sync::atomic::Ordering::Relaxed),
             up.uploaded.load(std::sync::atomic::Ordering::Relaxed),
         );

@@ -125,12 +125,12 @@ struct Inner {
 }
 
 /// Every key-value pair in the index, in key order.
-pub type Snapshot = Vec<(Vec<u8>, Vec<u8>)>;
+pub type Records = Vec<(Vec<u8>, Vec<u8>)>;
 
 impl Index {
     /// Open the index in `dir` (created if missing), replay any journal left by a crash, and
     /// return the full contents. Must not be called from inside the runtime.
-    pub fn open(dir: &Path, rt: &tokio::runtime::Handle) -> Result<(Index, Snapshot), IndexError> {
+    pub fn open(dir: &Path, rt: &tokio::runtime::Handle) -> Result<(Index, Records), IndexError> {
         let db_dir = dir.join("db");
         let journal_dir = dir.join("journal");
         std::fs::create_dir_all(&db_dir).map_err(io("create index dir"))?;

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::blob::BlobId;
-use crate::store::fetch::Fetch;
+use crate::tiers::fetch::Fetch;
 use crate::store::upload::UploadCtx;
 use crate::tiers::flat::FlatTier;
 use crate::tiers::foyer::FoyerTier;
@@ -43,7 +43,7 @@ pub struct LocalTiers {
     /// blobs evicted from the flat tier
     pub evictions: AtomicU64,
     /// flat-tier misses served by the object store (GETs of blobs)
-    pub remote_gets: AtomicU64,
+    pub object_gets: AtomicU64,
 }
 
 impl LocalTiers {
@@ -56,7 +56,7 @@ impl LocalTiers {
             pinned: Default::default(),
             evicting: AtomicBool::new(false),
             evictions: AtomicU64::new(0),
-            remote_gets: AtomicU64::new(0),
+            object_gets: AtomicU64::new(0),
         }
     }
 

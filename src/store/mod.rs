@@ -8,16 +8,15 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let rt = tokio::runtime::Runtime::new()?;
 //! let dir = std::path::Path::new("/tmp/wombat-lib");
-//! let remote = std::sync::Arc::new(wombatfs::tiers::local::LocalStore::open(
+//! let objects = std::sync::Arc::new(wombatfs::tiers::local::LocalStore::open(
 //!     &dir.join("objects"), wombatfs::codec::Compression::Auto(1))?);
-//! let store = wombatfs::store::BlobStore::open(dir, remote, rt.handle())?;
+//! let store = wombatfs::store::BlobStore::open(dir, objects, rt.handle())?;
 //! let id = store.put(b"kv block")?;
 //! assert_eq!(store.get(&id)?, b"kv block");
 //! # Ok(()) }
 //! ```
 
 pub mod evict;
-pub mod fetch;
 pub mod upload;
 
 use std::fs::File;
@@ -40,7 +39,7 @@ pub enum BlobReader {
     /// in the flat tier
     Local(Arc<File>),
     /// being fetched from the object store
-    Fetching(Arc<fetch::Fetch>),
+    Fetching(Arc<crate::tiers::fetch::Fetch>),
 }
 
 impl BlobReader {
@@ -91,12 +90,12 @@ impl Drop for Pinned<'_> {
 pub struct BlobStore {
     flat: Arc<FlatTier>,
     staging: PathBuf,
-    remote: Arc<dyn ObjectStore>,
+    objects: Arc<dyn ObjectStore>,
     rt: tokio::runtime::Handle,
     jobs: mpsc::UnboundedSender<Job>,
     ctx: Arc<UploadCtx>,
     sync_uploads: bool,
-    fetches: Arc<dashmap::DashMap<BlobId, std::sync::Weak<fetch::Fetch>>>,
+    fetches: Arc<dashmap::DashMap<BlobId, std::sync::Weak<crate::tiers::fetch::Fetch>>>,
     /// bounds, eviction and the foyer tier (shared with background tasks)
     local: Arc<evict::LocalTiers>,
 }
@@ -104,7 +103,7 @@ pub struct BlobStore {
 impl BlobStore {
     /// Open the store: flat tier in `<cache>/flat`, staging in `<cache>/staging` (emptied: files
     /// of writes that never completed are not resurrected).
-    pub fn open(cache: &Path, remote: Arc<dyn ObjectStore>, rt: &tokio::runtime::Handle) -> Result<Self, StoreError> {
+    pub fn open(cache: &Path, objects: Arc<dyn ObjectStore>, rt: &tokio::runtime::Handle) -> Result<Self, StoreError> {
         let flat = Arc::new(FlatTier::open(&cache.join("flat"))?);
         let staging = cache.join("staging");
         if staging.exists() {
@@ -113,7 +112,7 @@ impl BlobStore {
         std::fs::create_dir_all(&staging).map_err(|e| StoreError::io("create staging", e))?;
         let flat2 = flat.clone();
         let ctx = Arc::new(UploadCtx {
-            remote: remote.clone(),
+            objects: objects.clone(),
             flat_path: Box::new(move |id| flat2.path(id)),
             hook: std::sync::OnceLock::new(),
             stats: Arc::new(UploadStats::default()),
@@ -122,7 +121,7 @@ impl BlobStore {
         let local = Arc::new(evict::LocalTiers::new(flat.clone(), ctx.clone(), rt.clone()));
         let (jobs, rx) = mpsc::unbounded_channel();
         rt.spawn(upload::run(ctx.clone(), rx));
-        Ok(BlobStore { flat, staging, remote, rt: rt.clone(), jobs, ctx, sync_uploads: false, fetches: Default::default(), local })
+        Ok(BlobStore { flat, staging, objects, rt: rt.clone(), jobs, ctx, sync_uploads: false, fetches: Default::default(), local })
     }
 
     /// Make seals wait until the object store acknowledged the blob (`--upload sync`).
@@ -142,8 +141,8 @@ impl BlobStore {
     }
 
     /// The object store.
-    pub fn remote(&self) -> &Arc<dyn ObjectStore> {
-        &self.remote
+    pub fn objects(&self) -> &Arc<dyn ObjectStore> {
+        &self.objects
     }
 
     /// Run a future of the store's runtime to completion. Must not be called from inside it.
@@ -183,7 +182,7 @@ impl BlobStore {
     /// Store a blob in the object store right now when that is a cheap local operation.
     /// Returns false when the caller must persist an upload intent and queue it instead.
     pub fn put_now(&self, id: &BlobId) -> bool {
-        match self.remote.put_blob_now(id, &self.flat.path(id)) {
+        match self.objects.put_blob_now(id, &self.flat.path(id)) {
             Some(Ok(())) => true,
             Some(Err(e)) => {
                 tracing::warn!(%id, error = %e, "synchronous put failed; queueing the upload");
@@ -243,7 +242,7 @@ impl BlobStore {
         if let Some(f) = self.foyer() {
             f.remove(&id, size);
         }
-        match self.remote.delete_blob_now(&id) {
+        match self.objects.delete_blob_now(&id) {
             Some(res) => res,
             None => Ok(()),
         }
@@ -257,9 +256,9 @@ impl BlobStore {
     /// `--upload sync`: store a sealed staging file in the object store before the seal
     /// publishes it. Must not be called from inside the runtime.
     pub fn upload_now(&self, id: &BlobId, src: &Path) -> Result<(), StoreError> {
-        match self.remote.put_blob_now(id, src) {
+        match self.objects.put_blob_now(id, src) {
             Some(res) => res,
-            None => self.rt.block_on(self.remote.put_blob(id, src)),
+            None => self.rt.block_on(self.objects.put_blob(id, src)),
         }
     }
 
@@ -288,8 +287,8 @@ impl BlobStore {
         }
         drop(f);
         let _ = std::fs::remove_file(&tmp);
-        self.local.remote_gets.fetch_add(1, Ordering::Relaxed);
-        let fetched = self.rt.block_on(self.remote.get_blob(id, &tmp));
+        self.local.object_gets.fetch_add(1, Ordering::Relaxed);
+        let fetched = self.rt.block_on(self.objects.get_blob(id, &tmp));
         if let Err(e) = fetched {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
@@ -309,7 +308,7 @@ impl BlobStore {
             Err(StoreError::NotFound(_)) => {}
             Err(e) => return Err(e),
         }
-        if self.remote.is_local() {
+        if self.objects.is_local() {
             // same disk: hard-link the object back into the flat tier, no copy, no download
             return self.open_blob(id).map(|f| BlobReader::Local(Arc::new(f)));
         }
@@ -317,17 +316,17 @@ impl BlobStore {
             return Ok(BlobReader::Fetching(f));
         }
         let (file, tmp) = self.new_staging()?;
-        let fetch = fetch::Fetch::create(*id, len, file, tmp)?;
+        let fetch = crate::tiers::fetch::Fetch::create(*id, len, file, tmp)?;
         self.fetches.insert(*id, Arc::downgrade(&fetch));
-        let (remote, flat, fetches, job, id) = (self.remote.clone(), self.flat.clone(), self.fetches.clone(), fetch.clone(), *id);
+        let (objects, flat, fetches, job, id) = (self.objects.clone(), self.flat.clone(), self.fetches.clone(), fetch.clone(), *id);
         let local = self.local.clone();
         self.rt.spawn(async move {
             let from_foyer = local.from_foyer(&id, Some(&job), &job.file).await;
             let res = if from_foyer {
                 Ok(())
             } else {
-                local.remote_gets.fetch_add(1, Ordering::Relaxed);
-                remote.fetch_into(&id, &job).await
+                local.object_gets.fetch_add(1, Ordering::Relaxed);
+                objects.fetch_into(&id, &job).await
             };
             match res {
                 Ok(()) => {
@@ -372,7 +371,7 @@ impl BlobStore {
                 f.write_all(bytes).map_err(|e| StoreError::io("write staging", e))?;
                 self.flat.adopt(&path, &id)?;
             }
-            self.rt.block_on(self.remote.put_blob(&id, &self.flat.path(&id)))
+            self.rt.block_on(self.objects.put_blob(&id, &self.flat.path(&id)))
         })();
         self.unpin(&id);
         self.maybe_evict();
@@ -389,24 +388,18 @@ impl BlobStore {
 
     /// Library API: whether the blob exists in any tier.
     pub fn exists(&self, id: &BlobId) -> Result<bool, StoreError> {
-        Ok(self.flat.contains(id) || self.rt.block_on(self.remote.has_blob(id))?)
+        Ok(self.flat.contains(id) || self.rt.block_on(self.objects.has_blob(id))?)
     }
 
     /// Library API: every blob in the object store.
     pub fn list(&self) -> Result<Vec<BlobId>, StoreError> {
-        self.rt.block_on(self.remote.list_blobs())
-    }
-
-    /// Library API: the namespace that wombatfs nodes published to this store (newest tree
-    /// snapshot + change journals), as `path → entry`. Read a file with `get(&blob)`.
-    pub fn restore(&self) -> Result<crate::sync::names::NameTable, StoreError> {
-        self.rt.block_on(crate::sync::names::restore(self.remote.as_ref()))
+        self.rt.block_on(self.objects.list_blobs())
     }
 
     /// Library API: delete a blob from every tier.
     pub fn delete(&self, id: &BlobId) -> Result<(), StoreError> {
         self.flat.remove(id)?;
-        self.rt.block_on(self.remote.delete_blob(id))
+        self.rt.block_on(self.objects.delete_blob(id))
     }
 }
 
@@ -429,7 +422,7 @@ mod tests {
         assert_eq!(store.tier_of(&id), "store");
         assert_eq!(store.get(&id).unwrap(), b"hello kv");
         assert_eq!(store.tier_of(&id), "flat");
-        assert_eq!(store.local().remote_gets.load(Ordering::Relaxed), 1);
+        assert_eq!(store.local().object_gets.load(Ordering::Relaxed), 1);
         // corrupt object: detected, not served
         store.flat().remove(&id).unwrap();
         mem.overwrite(&id, crate::codec::encode(b"other bytes", crate::codec::Compression::None));

@@ -33,7 +33,7 @@ pub struct UploadStats {
 }
 
 pub struct UploadCtx {
-    pub remote: Arc<dyn ObjectStore>,
+    pub objects: Arc<dyn ObjectStore>,
     pub flat_path: Box<dyn Fn(&BlobId) -> PathBuf + Send + Sync>,
     pub hook: std::sync::OnceLock<UploadedHook>,
     pub stats: Arc<UploadStats>,
@@ -62,7 +62,7 @@ pub(crate) async fn run(ctx: Arc<UploadCtx>, mut rx: mpsc::UnboundedReceiver<Job
             Job::Upload(id) => {
                 let mut backoff = Duration::from_millis(50);
                 loop {
-                    match ctx.remote.put_blob(&id, &(ctx.flat_path)(&id)).await {
+                    match ctx.objects.put_blob(&id, &(ctx.flat_path)(&id)).await {
                         Ok(()) => {
                             ctx.stats.uploaded.fetch_add(1, Ordering::Relaxed);
                             if let Some(hook) = ctx.hook.get() {

@@ -142,7 +142,7 @@ pub fn valid_node_id(id: &str) -> bool {
 /// not have written (empty components, `.`, `..`, NUL, over-long names).
 pub fn components(path: &[u8]) -> Option<Vec<&[u8]>> {
     let parts: Vec<&[u8]> = path.split(|b| *b == b'/').collect();
-    let ok = parts.iter().all(|p| crate::fs::check_name(p).is_ok());
+    let ok = parts.iter().all(|p| crate::name::check(p).is_ok());
     ok.then_some(parts)
 }
 

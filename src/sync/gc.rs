@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::blob::BlobId;
 use crate::codec;
-use crate::fs::snapshot;
+use crate::sync::snapshot;
 use crate::index::keys;
 use crate::sync::change;
 use crate::sync::names::{batches_after, nodes};
@@ -51,9 +51,9 @@ fn now_secs() -> u64 {
 }
 
 /// The newest snapshot of each node, by node id (snapshot names end in `-<node>`).
-async fn newest_snapshots(remote: &dyn ObjectStore) -> Result<BTreeMap<String, String>, StoreError> {
+async fn newest_snapshots(objects: &dyn ObjectStore) -> Result<BTreeMap<String, String>, StoreError> {
     let mut out = BTreeMap::new();
-    for name in remote.list_meta(snapshot::DIR).await? {
+    for name in objects.list_meta(snapshot::DIR).await? {
         if let Some((_, node)) = name.rsplit_once('-') {
             out.insert(node.to_string(), name.clone()); // names sort by time: the last wins
         }
@@ -72,9 +72,9 @@ pub struct References {
 }
 
 /// Every blob some node's names may refer to.
-pub async fn referenced(remote: &dyn ObjectStore) -> Result<References, StoreError> {
-    let snaps = newest_snapshots(remote).await?;
-    let registered = nodes(remote).await?;
+pub async fn referenced(objects: &dyn ObjectStore) -> Result<References, StoreError> {
+    let snaps = newest_snapshots(objects).await?;
+    let registered = nodes(objects).await?;
     let mut all_nodes = registered.clone();
     all_nodes.extend(snaps.keys().cloned());
     all_nodes.sort();
@@ -86,7 +86,7 @@ pub async fn referenced(remote: &dyn ObjectStore) -> Result<References, StoreErr
             cursors.push(HashMap::new()); // no snapshot: every journal counts from the start
             continue;
         };
-        let kv = snapshot::open_snapshot(name, &remote.get_meta(name).await?)?;
+        let kv = snapshot::open_snapshot(name, &objects.get_meta(name).await?)?;
         let mut mine = HashMap::new();
         for (k, v) in &kv {
             match k.first() {
@@ -104,7 +104,7 @@ pub async fn referenced(remote: &dyn ObjectStore) -> Result<References, StoreErr
     let mut covered = HashMap::new();
     for journal in registered {
         let from = cursors.iter().map(|c| c.get(&journal).copied().unwrap_or(0)).min().unwrap_or(0);
-        for b in batches_after(remote, &journal, from).await? {
+        for b in batches_after(objects, &journal, from).await? {
             refs.extend(b.changes.iter().filter_map(|(_, c)| c.blob()));
         }
         covered.insert(journal, from);
@@ -114,16 +114,16 @@ pub async fn referenced(remote: &dyn ObjectStore) -> Result<References, StoreErr
 
 /// Delete journal batches every node's newest snapshot already covers (nobody restoring or
 /// catching up reads them again). Returns how many were deleted.
-async fn compact_journals(remote: &dyn ObjectStore, covered: &HashMap<String, u64>, dry_run: bool) -> Result<usize, StoreError> {
+async fn compact_journals(objects: &dyn ObjectStore, covered: &HashMap<String, u64>, dry_run: bool) -> Result<usize, StoreError> {
     let mut deleted = 0;
     for (node, upto) in covered {
-        let keys = remote.list_meta(&change::journal_dir(node)).await?;
+        let keys = objects.list_meta(&change::journal_dir(node)).await?;
         let firsts: Vec<u64> = keys.iter().filter_map(|k| change::parse_batch_key(k).map(|(_, f)| f)).collect();
         // batch i ends before batch i+1 starts; the newest batch is always kept
         for (i, key) in keys.iter().enumerate().take(keys.len().saturating_sub(1)) {
             if firsts.get(i + 1).is_some_and(|next| next.saturating_sub(1) <= *upto) {
                 if !dry_run {
-                    remote.delete_meta(key).await?;
+                    objects.delete_meta(key).await?;
                 }
                 deleted += 1;
             }
@@ -133,16 +133,16 @@ async fn compact_journals(remote: &dyn ObjectStore, covered: &HashMap<String, u6
 }
 
 /// Collect: record new candidates, delete those unreferenced for at least `grace`.
-pub async fn collect(remote: &dyn ObjectStore, grace: Duration, dry_run: bool) -> Result<GcReport, StoreError> {
-    if remote.is_local() {
+pub async fn collect(objects: &dyn ObjectStore, grace: Duration, dry_run: bool) -> Result<GcReport, StoreError> {
+    if objects.is_local() {
         return Err(StoreError::Config("a local store belongs to one node, which deletes unreferenced blobs itself; gc is for shared buckets".into()));
     }
-    let References { nodes, blobs: refs, covered } = referenced(remote).await?;
-    let blobs = remote.list_blobs().await?;
+    let References { nodes, blobs: refs, covered } = referenced(objects).await?;
+    let blobs = objects.list_blobs().await?;
     if nodes == 0 && !blobs.is_empty() {
         return Err(StoreError::Config("the bucket has blobs but no node registry, snapshot or journal: refusing to decide that nothing is referenced".into()));
     }
-    let mut pending: BTreeMap<BlobId, u64> = match remote.get_meta(PENDING).await {
+    let mut pending: BTreeMap<BlobId, u64> = match objects.get_meta(PENDING).await {
         Ok(env) => codec::open_meta(&env).ok().and_then(|b| bincode::deserialize(&b).ok()).unwrap_or_default(),
         Err(_) => BTreeMap::new(),
     };
@@ -153,7 +153,7 @@ pub async fn collect(remote: &dyn ObjectStore, grace: Duration, dry_run: bool) -
         let first = pending.remove(&id).unwrap_or(now);
         if now.saturating_sub(first) >= grace.as_secs() {
             if !dry_run {
-                remote.delete_blob(&id).await?;
+                objects.delete_blob(&id).await?;
             }
             report.deleted.push(id);
         } else {
@@ -161,10 +161,10 @@ pub async fn collect(remote: &dyn ObjectStore, grace: Duration, dry_run: bool) -
             report.waiting += 1;
         }
     }
-    report.journal_batches_deleted = compact_journals(remote, &covered, dry_run).await?;
+    report.journal_batches_deleted = compact_journals(objects, &covered, dry_run).await?;
     if !dry_run {
         let body = bincode::serialize(&next).map_err(|e| StoreError::Config(e.to_string()))?;
-        remote.put_meta(PENDING, codec::seal_meta(&body)).await?;
+        objects.put_meta(PENDING, codec::seal_meta(&body)).await?;
     }
     Ok(report)
 }

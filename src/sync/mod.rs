@@ -5,3 +5,4 @@
 pub mod change;
 pub mod gc;
 pub mod names;
+pub mod snapshot;

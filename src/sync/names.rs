@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::blob::BlobId;
 use crate::index::records::{self, InodeKind, InodeRecord};
-use crate::index::{keys, Snapshot};
+use crate::index::{keys, Records};
 use crate::sync::change::{self, Attrs, Batch, Change};
 use crate::tiers::{ObjectStore, StoreError};
 
@@ -57,7 +57,7 @@ fn is_within(path: &[u8], dir: &[u8]) -> bool {
 
 impl NameTable {
     /// The names of a tree snapshot (index records of one node).
-    pub fn from_snapshot(kv: &Snapshot) -> Self {
+    pub fn from_snapshot(kv: &Records) -> Self {
         let mut inodes = HashMap::new();
         let mut children: HashMap<u64, Vec<(Vec<u8>, u64)>> = HashMap::new();
         let mut t = NameTable::default();
@@ -110,7 +110,7 @@ impl NameTable {
         keys.into_iter().filter_map(|k| self.entries.remove(&k).map(|e| (k, e))).collect()
     }
 
-    /// Apply one change with the same rules as a mounted node ([`crate::fs::remote`]).
+    /// Apply one change with the same rules as a mounted node ([`crate::fs::peers`]).
     pub fn apply(&mut self, c: &Change) {
         match c {
             Change::File { path, blob, size, attrs } => {
@@ -166,8 +166,8 @@ impl NameTable {
 }
 
 /// The node ids registered in a bucket.
-pub async fn nodes(remote: &dyn ObjectStore) -> Result<Vec<String>, StoreError> {
-    Ok(remote
+pub async fn nodes(objects: &dyn ObjectStore) -> Result<Vec<String>, StoreError> {
+    Ok(objects
         .list_meta(change::NODES)
         .await?
         .iter()
@@ -178,10 +178,10 @@ pub async fn nodes(remote: &dyn ObjectStore) -> Result<Vec<String>, StoreError> 
 }
 
 /// The batches of `node` after change `cursor`, in order.
-pub async fn batches_after(remote: &dyn ObjectStore, node: &str, cursor: u64) -> Result<Vec<Batch>, StoreError> {
+pub async fn batches_after(objects: &dyn ObjectStore, node: &str, cursor: u64) -> Result<Vec<Batch>, StoreError> {
     let mut out = Vec::new();
-    for key in remote.list_meta_after(&change::journal_dir(node), &change::batch_key(node, cursor)).await? {
-        let b = Batch::open(&remote.get_meta(&key).await?).map_err(|why| StoreError::Config(format!("{key}: {why}")))?;
+    for key in objects.list_meta_after(&change::journal_dir(node), &change::batch_key(node, cursor)).await? {
+        let b = Batch::open(&objects.get_meta(&key).await?).map_err(|why| StoreError::Config(format!("{key}: {why}")))?;
         if b.node != node {
             return Err(StoreError::Config(format!("{key} holds changes of another node")));
         }
@@ -193,14 +193,14 @@ pub async fn batches_after(remote: &dyn ObjectStore, node: &str, cursor: u64) ->
 /// Rebuild a bucket's namespace: its newest snapshot, then every node's journal from the
 /// snapshot's cursors. `O(1)` requests for the snapshot plus one LIST per node and one GET
 /// per journal batch published after it.
-pub async fn restore(remote: &dyn ObjectStore) -> Result<NameTable, StoreError> {
-    let mut t = match crate::fs::snapshot::newest(remote).await? {
+pub async fn restore(objects: &dyn ObjectStore) -> Result<NameTable, StoreError> {
+    let mut t = match crate::sync::snapshot::newest(objects).await? {
         Some((_, kv)) => NameTable::from_snapshot(&kv),
         None => NameTable::default(),
     };
-    for node in nodes(remote).await? {
+    for node in nodes(objects).await? {
         let cursor = t.cursors.get(&node).copied().unwrap_or(0);
-        for b in batches_after(remote, &node, cursor).await? {
+        for b in batches_after(objects, &node, cursor).await? {
             t.apply_batch(&b);
         }
     }

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use crate::blob::BlobId;
 use crate::codec;
 use crate::proof::{self, CHUNK};
-use crate::store::fetch::Fetch;
+use crate::tiers::fetch::Fetch;
 use crate::tiers::StoreError;
 
 /// Verify the whole chunks in `data` (which starts at chunk `first`; the blob's last chunk may

@@ -5,6 +5,7 @@
 //! same trait.
 
 pub mod chunk_sink;
+pub mod fetch;
 pub mod flat;
 pub mod foyer;
 pub mod local;
@@ -83,7 +84,7 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn get_blob(&self, id: &BlobId, dst: &Path) -> Result<u64, StoreError>;
     /// Download the blob into `fetch`, making each part readable as soon as it is verified.
     /// The default downloads and verifies the whole blob first.
-    async fn fetch_into(&self, id: &BlobId, fetch: &crate::store::fetch::Fetch) -> Result<(), StoreError> {
+    async fn fetch_into(&self, id: &BlobId, fetch: &crate::tiers::fetch::Fetch) -> Result<(), StoreError> {
         fetch_whole(self, id, fetch).await
     }
     /// Whether the store holds the blob.
@@ -109,7 +110,7 @@ pub trait ObjectStore: Send + Sync + 'static {
 
 /// Download a blob whole (`get_blob` verifies it), copy it into the fetch file and make it all
 /// readable: the path of stores without per-chunk proofs, and of blobs without proofs.
-pub async fn fetch_whole<S: ObjectStore + ?Sized>(store: &S, id: &BlobId, fetch: &crate::store::fetch::Fetch) -> Result<(), StoreError> {
+pub async fn fetch_whole<S: ObjectStore + ?Sized>(store: &S, id: &BlobId, fetch: &crate::tiers::fetch::Fetch) -> Result<(), StoreError> {
     let whole = fetch.path.with_extension("whole");
     let res = async {
         store.get_blob(id, &whole).await?;

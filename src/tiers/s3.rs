@@ -24,7 +24,7 @@ use std::sync::Arc;
 use crate::blob::BlobId;
 use crate::codec::{self, Compression, HEADER_LEN};
 use crate::proof;
-use crate::store::fetch::Fetch;
+use crate::tiers::fetch::Fetch;
 use crate::tiers::chunk_sink::{store_chunks, ChunkSink};
 use crate::tiers::{ObjectStore, StoreError};
 
@@ -86,7 +86,7 @@ pub struct S3Store {
     describe: String,
 }
 
-fn remote(what: String, e: S3Error) -> StoreError {
+fn request_error(what: String, e: S3Error) -> StoreError {
     let status = match &e {
         S3Error::HttpFailWithBody(code, body) => format!("HTTP {code}: {}", body.chars().take(200).collect::<String>()),
         other => other.to_string(),
@@ -139,7 +139,7 @@ impl S3Store {
 
     /// Overwrite an object's bytes (tests use it to corrupt a blob in the bucket).
     pub async fn put_raw(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        self.bucket.put_object(key, bytes).await.map(|_| ()).map_err(|e| remote(format!("PUT {key}"), e))
+        self.bucket.put_object(key, bytes).await.map(|_| ()).map_err(|e| request_error(format!("PUT {key}"), e))
     }
 
     async fn put_envelope(&self, key: &str, env: &[u8]) -> Result<(), StoreError> {
@@ -159,14 +159,14 @@ impl S3Store {
             tokio::time::sleep(delay).await;
             delay *= 2;
         }
-        Err(remote(format!("PUT {key}"), last.unwrap_or(S3Error::HttpFail)))
+        Err(request_error(format!("PUT {key}"), last.unwrap_or(S3Error::HttpFail)))
     }
 
     async fn object_len(&self, key: &str) -> Result<Option<u64>, StoreError> {
         match self.bucket.head_object(key).await {
             Ok((head, _)) => Ok(Some(head.content_length.unwrap_or(0).max(0) as u64)),
             Err(e) if is_404(&e) => Ok(None),
-            Err(e) => Err(remote(format!("HEAD {key}"), e)),
+            Err(e) => Err(request_error(format!("HEAD {key}"), e)),
         }
     }
 
@@ -181,7 +181,7 @@ impl S3Store {
                 .bucket
                 .list_page(prefix.to_string(), None, token.clone(), after, Some(1000))
                 .await
-                .map_err(|e| remote(format!("LIST {prefix}"), e))?;
+                .map_err(|e| request_error(format!("LIST {prefix}"), e))?;
             out.extend(page.contents.into_iter().map(|o| o.key));
             if !page.is_truncated || page.next_continuation_token.is_none() {
                 return Ok(out);
@@ -199,7 +199,7 @@ impl S3Store {
     }
 
     async fn range(&self, key: &str, start: u64, end_incl: u64) -> Result<Vec<u8>, StoreError> {
-        let r = self.bucket.get_object_range(key, start, Some(end_incl)).await.map_err(|e| remote(format!("GET {key} [{start}..={end_incl}]"), e))?;
+        let r = self.bucket.get_object_range(key, start, Some(end_incl)).await.map_err(|e| request_error(format!("GET {key} [{start}..={end_incl}]"), e))?;
         let data = r.to_vec();
         if data.len() as u64 != end_incl - start + 1 {
             return Err(StoreError::io(format!("GET {key}"), std::io::Error::other("short ranged read")));
@@ -216,12 +216,12 @@ impl ObjectStore for S3Store {
 
     async fn check(&self) -> Result<(), StoreError> {
         let key = format!("{}.wombatfs-probe-{}", self.root(), std::process::id());
-        self.bucket.put_object(&key, b"probe").await.map_err(|e| remote(format!("bucket {} is not writable (PUT {key})", self.describe), e))?;
-        let got = self.bucket.get_object(&key).await.map_err(|e| remote(format!("bucket {} is not readable (GET {key})", self.describe), e))?;
+        self.bucket.put_object(&key, b"probe").await.map_err(|e| request_error(format!("bucket {} is not writable (PUT {key})", self.describe), e))?;
+        let got = self.bucket.get_object(&key).await.map_err(|e| request_error(format!("bucket {} is not readable (GET {key})", self.describe), e))?;
         if got.as_slice() != b"probe" {
             return Err(StoreError::io(format!("bucket {}", self.describe), std::io::Error::other("probe object read back wrong")));
         }
-        self.bucket.delete_object(&key).await.map_err(|e| remote(format!("bucket {}: cannot delete (DELETE {key})", self.describe), e))?;
+        self.bucket.delete_object(&key).await.map_err(|e| request_error(format!("bucket {}: cannot delete (DELETE {key})", self.describe), e))?;
         Ok(())
     }
 
@@ -320,7 +320,7 @@ impl ObjectStore for S3Store {
         let first = match self.bucket.get_object_range(&key, 0, Some(want - 1)).await {
             Ok(r) => r.into_bytes(),
             Err(e) if is_404(&e) => return Err(StoreError::NotFound(*id)),
-            Err(e) => return Err(remote(format!("GET {key} [0..={}]", want - 1), e)),
+            Err(e) => return Err(request_error(format!("GET {key} [0..={}]", want - 1), e)),
         };
         if first.len() < HEADER_LEN {
             return Err(corrupt(codec::CodecError::Malformed("shorter than header")));
@@ -355,7 +355,7 @@ impl ObjectStore for S3Store {
             match res {
                 Ok(200 | 206) if sink.finished() => Ok(()),
                 Ok(code) => Err(StoreError::io(format!("GET {key_ref} [{start}..={end}]"), std::io::Error::other(format!("status {code}, or a short body")))),
-                Err(e) => Err(remote(format!("GET {key_ref} [{start}..={end}]"), e)),
+                Err(e) => Err(request_error(format!("GET {key_ref} [{start}..={end}]"), e)),
             }
         }))
         .buffer_unordered(PARALLEL_GETS)
@@ -366,7 +366,7 @@ impl ObjectStore for S3Store {
 
     async fn has_blob(&self, id: &BlobId) -> Result<bool, StoreError> {
         let key = self.key(id);
-        self.bucket.object_exists(&key).await.map_err(|e| remote(format!("HEAD {key}"), e))
+        self.bucket.object_exists(&key).await.map_err(|e| request_error(format!("HEAD {key}"), e))
     }
 
     async fn delete_blob(&self, id: &BlobId) -> Result<(), StoreError> {
@@ -374,7 +374,7 @@ impl ObjectStore for S3Store {
         match self.bucket.delete_object(&key).await {
             Ok(_) => Ok(()),
             Err(e) if is_404(&e) => Ok(()),
-            Err(e) => Err(remote(format!("DELETE {key}"), e)),
+            Err(e) => Err(request_error(format!("DELETE {key}"), e)),
         }
     }
 
@@ -385,7 +385,7 @@ impl ObjectStore for S3Store {
 
     async fn get_meta(&self, name: &str) -> Result<Vec<u8>, StoreError> {
         let key = format!("{}{name}", self.root());
-        self.bucket.get_object(&key).await.map(|r| r.to_vec()).map_err(|e| remote(format!("GET {key}"), e))
+        self.bucket.get_object(&key).await.map(|r| r.to_vec()).map_err(|e| request_error(format!("GET {key}"), e))
     }
 
     async fn delete_meta(&self, name: &str) -> Result<(), StoreError> {
@@ -393,7 +393,7 @@ impl ObjectStore for S3Store {
         match self.bucket.delete_object(&key).await {
             Ok(_) => Ok(()),
             Err(e) if is_404(&e) => Ok(()),
-            Err(e) => Err(remote(format!("DELETE {key}"), e)),
+            Err(e) => Err(request_error(format!("DELETE {key}"), e)),
         }
     }
 

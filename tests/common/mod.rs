@@ -44,9 +44,9 @@ impl Fixture {
     }
 
     /// A node on its own cache dir over a shared (non-local) object store.
-    pub fn node(remote: Arc<dyn ObjectStore>) -> Self {
+    pub fn node(objects: Arc<dyn ObjectStore>) -> Self {
         let dir = tempfile::Builder::new().prefix("wombat-node-").tempdir().unwrap();
-        let mut f = Fixture { dir, rt: None, core: None, shared: Some(remote) };
+        let mut f = Fixture { dir, rt: None, core: None, shared: Some(objects) };
         f.open();
         f.block_on(async { assert!(f.core().start_publishing(&Default::default()).await) });
         f
@@ -75,14 +75,14 @@ impl Fixture {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let cache = self.cache();
         std::fs::create_dir_all(&cache).unwrap();
-        let remote: Arc<dyn ObjectStore> = match &self.shared {
+        let objects: Arc<dyn ObjectStore> = match &self.shared {
             Some(r) => r.clone(),
             None => Arc::new(LocalStore::open(&cache.join("objects"), Compression::Auto(1)).unwrap()),
         };
-        let store = Arc::new(BlobStore::open(&cache, remote, rt.handle()).unwrap());
+        let store = Arc::new(BlobStore::open(&cache, objects, rt.handle()).unwrap());
         let (index, mut snap) = Index::open(&cache.join("index"), rt.handle()).unwrap();
         if let (true, Some(r)) = (snap.is_empty(), &self.shared) {
-            snap = rt.block_on(wombatfs::fs::snapshot::restore(r.as_ref(), &index)).unwrap();
+            snap = rt.block_on(wombatfs::sync::snapshot::restore(r.as_ref(), &index)).unwrap();
         }
         let core = FsCore::load(&cache, store, index, snap, CoreOptions::default()).unwrap();
         self.core = Some(Arc::new(core));

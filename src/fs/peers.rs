@@ -23,7 +23,7 @@ use crate::sync::change::{self, Attrs, Batch, Change};
 impl FsCore {
     /// Apply the changes of `batch` that are newer than this node's cursor for `node`, and
     /// advance the cursor in the same commit. Returns how many changes were applied.
-    pub fn apply_remote(&self, node: &str, batch: &Batch) -> FsResult<usize> {
+    pub fn apply_peer_batch(&self, node: &str, batch: &Batch) -> FsResult<usize> {
         let mut inval = Vec::new();
         let mut applied = 0;
         {
@@ -48,15 +48,15 @@ impl FsCore {
     fn apply_one(&self, t: &mut Tree, tx: &mut Tx, c: &Change, inval: &mut Vec<Inval>) -> FsResult<()> {
         match c {
             Change::Dir { path, attrs } => {
-                let ino = self.remote_dir(t, tx, path, Some(attrs), inval)?;
-                Self::remote_attrs(t, tx, ino, attrs, inval)
+                let ino = self.peer_dir(t, tx, path, Some(attrs), inval)?;
+                Self::peer_attrs(t, tx, ino, attrs, inval)
             }
             Change::File { path, blob, size, attrs } => {
-                self.remote_put(t, tx, path, InodeKind::File { blob: *blob }, *size, attrs, inval)
+                self.peer_put(t, tx, path, InodeKind::File { blob: *blob }, *size, attrs, inval)
             }
             Change::Symlink { path, target, attrs } => {
                 let kind = InodeKind::Symlink { target: target.clone() };
-                self.remote_put(t, tx, path, kind, target.len() as u64, attrs, inval)
+                self.peer_put(t, tx, path, kind, target.len() as u64, attrs, inval)
             }
             Change::Remove { path, blob } => {
                 let Some((parent, name)) = Self::resolve(t, path)? else { return Ok(()) };
@@ -76,7 +76,7 @@ impl FsCore {
                 if t.child(parent, name)?.is_none() {
                     return Ok(());
                 }
-                let (newparent, newname) = self.remote_parent(t, tx, to, inval)?;
+                let (newparent, newname) = self.peer_parent(t, tx, to, inval)?;
                 self.rename_in(t, tx, parent, name, newparent, newname, 0)?;
                 inval.push(Inval::Entry(parent, name.to_vec()));
                 inval.push(Inval::Entry(newparent, newname.to_vec()));
@@ -87,15 +87,15 @@ impl FsCore {
 
     /// Bind `path` to a new file or symlink inode unless it already holds the same content.
     #[allow(clippy::too_many_arguments)]
-    fn remote_put(&self, t: &mut Tree, tx: &mut Tx, path: &[u8], kind: InodeKind, size: u64, attrs: &Attrs, inval: &mut Vec<Inval>) -> FsResult<()> {
-        let (parent, name) = self.remote_parent(t, tx, path, inval)?;
+    fn peer_put(&self, t: &mut Tree, tx: &mut Tx, path: &[u8], kind: InodeKind, size: u64, attrs: &Attrs, inval: &mut Vec<Inval>) -> FsResult<()> {
+        let (parent, name) = self.peer_parent(t, tx, path, inval)?;
         if parent == ROOT {
             return Err(FsError::NotPermitted("only namespace directories may live at the root"));
         }
         if let Some(ino) = t.child(parent, name)? {
             let rec = t.get(ino)?;
             if rec.kind == kind {
-                return Self::remote_attrs(t, tx, ino, attrs, inval);
+                return Self::peer_attrs(t, tx, ino, attrs, inval);
             }
             if matches!(rec.kind, InodeKind::Dir { .. }) {
                 return Err(FsError::IsDir);
@@ -115,7 +115,7 @@ impl FsCore {
     }
 
     /// Take the published attributes if they differ.
-    fn remote_attrs(t: &mut Tree, tx: &mut Tx, ino: u64, a: &Attrs, inval: &mut Vec<Inval>) -> FsResult<()> {
+    fn peer_attrs(t: &mut Tree, tx: &mut Tx, ino: u64, a: &Attrs, inval: &mut Vec<Inval>) -> FsResult<()> {
         let rec = t.get_mut(ino)?;
         if (rec.perm, rec.uid, rec.gid, rec.mtime) != (a.perm, a.uid, a.gid, a.mtime) {
             (rec.perm, rec.uid, rec.gid, rec.mtime, rec.ctime) = (a.perm, a.uid, a.gid, a.mtime, Ts::now());
@@ -126,20 +126,20 @@ impl FsCore {
     }
 
     /// The parent directory of `path` (created as needed) and the last component.
-    fn remote_parent<'p>(&self, t: &mut Tree, tx: &mut Tx, path: &'p [u8], inval: &mut Vec<Inval>) -> FsResult<(u64, &'p [u8])> {
+    fn peer_parent<'p>(&self, t: &mut Tree, tx: &mut Tx, path: &'p [u8], inval: &mut Vec<Inval>) -> FsResult<(u64, &'p [u8])> {
         let parts = change::components(path).ok_or(FsError::Invalid("bad published path"))?;
         let (name, dirs) = parts.split_last().ok_or(FsError::Invalid("empty published path"))?;
         let parent = if dirs.is_empty() {
             ROOT
         } else {
             // the directories' path: everything before the last '/'
-            self.remote_dir(t, tx, &path[..path.len() - name.len() - 1], None, inval)?
+            self.peer_dir(t, tx, &path[..path.len() - name.len() - 1], None, inval)?
         };
         Ok((parent, name))
     }
 
     /// The directory at `path`, created (with its parents) if missing.
-    fn remote_dir(&self, t: &mut Tree, tx: &mut Tx, path: &[u8], attrs: Option<&Attrs>, inval: &mut Vec<Inval>) -> FsResult<u64> {
+    fn peer_dir(&self, t: &mut Tree, tx: &mut Tx, path: &[u8], attrs: Option<&Attrs>, inval: &mut Vec<Inval>) -> FsResult<u64> {
         let parts = change::components(path).ok_or(FsError::Invalid("bad published path"))?;
         let mut dir = ROOT;
         for (i, part) in parts.iter().enumerate() {

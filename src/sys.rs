@@ -1,0 +1,107 @@
+//! The operating-system calls more than one part needs, each wrapped once: the space of a
+//! filesystem (`statvfs`) and the mount table (`/proc/self/mountinfo`).
+
+use std::path::{Path, PathBuf};
+
+/// What `statvfs` says of a filesystem, in bytes and inodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Space {
+    /// total bytes
+    pub total: u64,
+    /// free bytes
+    pub free: u64,
+    /// bytes free to unprivileged users
+    pub avail: u64,
+    /// total inodes
+    pub files: u64,
+    /// free inodes
+    pub ffree: u64,
+}
+
+/// The space of the filesystem holding `path`.
+pub fn space(path: &Path) -> std::io::Result<Space> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: statvfs fills the zeroed struct we own; the path is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let bytes = |n: u64| n.saturating_mul(st.f_frsize);
+    Ok(Space { total: bytes(st.f_blocks), free: bytes(st.f_bfree), avail: bytes(st.f_bavail), files: st.f_files, ffree: st.f_ffree })
+}
+
+/// Total bytes of the filesystem that holds `path` or, while it does not exist yet, its
+/// nearest existing ancestor.
+pub fn capacity(path: &Path) -> Option<u64> {
+    let mut p = path;
+    while !p.exists() {
+        p = p.parent()?;
+    }
+    space(p).ok().map(|s| s.total)
+}
+
+/// One line of the mount table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    /// `major:minor` of the mounted device (the key of `/sys/class/bdi/`)
+    pub dev: String,
+    /// where it is mounted (octal escapes of the table undone)
+    pub point: PathBuf,
+    /// filesystem type, e.g. `fuse.wombatfs`
+    pub fstype: String,
+}
+
+/// This process's mount table, oldest mount first.
+pub fn mounts() -> Vec<Mount> {
+    std::fs::read_to_string("/proc/self/mountinfo").map(|t| parse_mountinfo(&t)).unwrap_or_default()
+}
+
+/// Parse `/proc/<pid>/mountinfo`: `id parent major:minor root point options… - fstype …`.
+pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let sep = f.iter().position(|x| *x == "-")?;
+            Some(Mount { dev: f.get(2)?.to_string(), point: PathBuf::from(unescape(f.get(4)?)), fstype: f.get(sep + 1)?.to_string() })
+        })
+        .collect()
+}
+
+/// Undo the table's `\ooo` escapes (space, tab, newline, backslash in mount points).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_lines_are_parsed_and_unescaped() {
+        let t = "22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n\
+                 90 22 0:52 / /tmp/kv\\040cache rw,nosuid - fuse.wombatfs wombatfs:/c rw,user_id=0\n";
+        let m = parse_mountinfo(t);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[1], Mount { dev: "0:52".into(), point: "/tmp/kv cache".into(), fstype: "fuse.wombatfs".into() });
+        assert_eq!(m[0].fstype, "ext4");
+    }
+
+    #[test]
+    fn space_of_an_existing_dir_and_capacity_of_a_future_one() {
+        let s = space(Path::new("/")).unwrap();
+        assert!(s.total > 0 && s.free <= s.total);
+        assert_eq!(capacity(Path::new("/no/such/dir/yet")), Some(s.total));
+    }
+}

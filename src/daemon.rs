@@ -15,7 +15,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::config::{Settings, StoreUrl};
 use crate::fs::core::{CoreOptions, FsCore};
 use crate::index::Index;
-use crate::store::BlobStore;
+use crate::store::{BlobStore, StoreOptions};
 use crate::tiers::local::LocalStore;
 use crate::tiers::s3::{S3Config, S3Store};
 use crate::tiers::ObjectStore;
@@ -176,25 +176,27 @@ fn write_pid(lock: &mut File) {
     let _ = std::os::unix::fs::FileExt::write_all_at(lock, std::process::id().to_string().as_bytes(), 0);
 }
 
-/// Bound the flat tier and, with a remote store, open the foyer tier (RAM + SSD) between the
-/// flat tier and the object store. With the local store, blobs already sit on local disk in the
-/// store, so foyer would only hold them a second time.
-fn configure_tiers(s: &Settings, store: &Arc<BlobStore>, objects: &Arc<dyn ObjectStore>, rt: &tokio::runtime::Runtime) -> Result<()> {
+/// Open the blob store: the flat tier with its bound and, with a remote store, the foyer tier
+/// (RAM + SSD) between the flat tier and the object store. With the local store, blobs already
+/// sit on local disk in the store, so foyer would only hold them a second time.
+fn open_store(s: &Settings, objects: &Arc<dyn ObjectStore>, rt: &tokio::runtime::Runtime) -> Result<Arc<BlobStore>> {
     let t = &s.tiers;
     let cap = |p: &Path| crate::sys::capacity(p).unwrap_or(0);
     let flat = t.flat_size.unwrap_or_else(|| (cap(&s.cache_dir) / 10 * 4).clamp(256 << 20, 16 << 30));
-    store.flat().set_limit(flat);
+    let mut opts = StoreOptions { sync_uploads: s.sync_uploads, foyer: None };
     let mut foyer = (0, 0);
     if !objects.is_local() {
         let mem = t.foyer_memory.unwrap_or(64 << 20);
         let disk = t.foyer_disk.unwrap_or_else(|| (cap(&t.foyer_dir) / 5).clamp(64 << 20, 8 << 30));
         let f = rt.block_on(crate::tiers::foyer::FoyerTier::open(&t.foyer_dir, mem, disk)).context("cannot open the foyer cache")?;
-        store.set_foyer(Arc::new(f));
+        opts.foyer = Some(Arc::new(f));
         foyer = (mem, disk);
     }
+    let store = Arc::new(BlobStore::open_with(&s.cache_dir, objects.clone(), rt.handle(), opts)?);
+    store.flat().set_limit(flat);
     tracing::info!(flat_size = flat, foyer_memory = foyer.0, foyer_disk = foyer.1, "local tier bounds");
     store.maybe_evict();
-    Ok(())
+    Ok(store)
 }
 
 /// Raise the kernel's readahead for this mount (FUSE starts at 128 KiB): sequential reads then
@@ -263,8 +265,7 @@ fn serve(s: &Settings, report: Option<&mut File>, mut lock: File) -> Result<()> 
         }
     };
     rt.block_on(objects.check()).with_context(|| format!("object store {} is not usable", objects.describe()))?;
-    let store = Arc::new(BlobStore::open(&s.cache_dir, objects.clone(), rt.handle())?.with_sync_uploads(s.sync_uploads));
-    configure_tiers(s, &store, &objects, &rt)?;
+    let store = open_store(s, &objects, &rt)?;
     let (index, mut snapshot) = Index::open(&s.cache_dir.join("index"), rt.handle())?;
     if snapshot.is_empty() && !objects.is_local() {
         // an empty cache dir on an existing bucket: rebuild the tree from its newest snapshot

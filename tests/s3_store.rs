@@ -192,9 +192,9 @@ fn every_read_path_decodes_every_envelope_at_every_boundary_size() {
     let rt = rt();
     let dir = tempfile::tempdir().unwrap();
     let objects = Arc::new(store(&ep, &unique_prefix("paths")));
-    let bs = BlobStore::open(dir.path(), objects.clone(), rt.handle()).unwrap();
     let foyer = rt.block_on(wombatfs::tiers::foyer::FoyerTier::open(&dir.path().join("foyer"), 16 << 20, 512 << 20)).unwrap();
-    bs.set_foyer(Arc::new(foyer));
+    let opts = wombatfs::store::StoreOptions { foyer: Some(Arc::new(foyer)), ..Default::default() };
+    let bs = BlobStore::open_with(dir.path(), objects.clone(), rt.handle(), opts).unwrap();
     for (name, data) in common::boundary_blobs() {
         let id = BlobId::of(&data);
         let src = dir.path().join("src");
@@ -223,9 +223,9 @@ fn every_read_path_decodes_every_envelope_at_every_boundary_size() {
             std::thread::sleep(Duration::from_millis(10));
         }
         bs.flat().remove(&id).unwrap();
-        let gets = bs.local().object_gets.load(Ordering::Relaxed);
+        let gets = bs.read_path().object_gets.load(Ordering::Relaxed);
         assert!(bs.get(&id).unwrap() == data, "{name}: read back from foyer");
-        assert_eq!(bs.local().object_gets.load(Ordering::Relaxed), gets, "{name}: served by foyer");
+        assert_eq!(bs.read_path().object_gets.load(Ordering::Relaxed), gets, "{name}: served by foyer");
     }
 }
 

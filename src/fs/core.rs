@@ -540,7 +540,7 @@ impl FsCore {
         let (blocks, bfree, bavail) = match ns {
             Some((ns, budget)) => bounded(budget, self.namespace_usage(ns)),
             // evictable blobs are free space for new data: only what is not durable yet counts
-            None if !self.store.objects().is_local() => bounded(self.store.flat().limit(), self.store.local().unevictable_bytes()),
+            None if !self.store.objects().is_local() => bounded(self.store.flat().limit(), self.store.eviction().unevictable_bytes()),
             None => (fs_total, fs_free, fs_avail),
         };
         Ok(StatFs { blocks, bfree, bavail, files: s.files.max(t), ffree: s.ffree })

@@ -47,7 +47,6 @@ impl FsCore {
 
     /// Counters of the tiers, as `key=value` lines (`getfattr -n user.wombatfs.stats /mnt`).
     pub fn stats_text(&self) -> String {
-        let local = self.store.local();
         let flat = self.store.flat();
         let up = self.store.upload_stats();
         let mut s = format!(
@@ -55,8 +54,8 @@ impl FsCore {
             flat.bytes(),
             flat.limit(),
             flat.len(),
-            local.evictions.load(std::sync::atomic::Ordering::Relaxed),
-            local.object_gets.load(std::sync::atomic::Ordering::Relaxed),
+            self.store.eviction().evictions.load(std::sync::atomic::Ordering::Relaxed),
+            self.store.read_path().object_gets.load(std::sync::atomic::Ordering::Relaxed),
             up.pending.load(std::sync::atomic::Ordering::Relaxed),
             up.uploaded.load(std::sync::atomic::Ordering::Relaxed),
         );

@@ -1,63 +1,32 @@
-//! Bounds of the local tiers: flat-tier eviction (least recently used first, never a blob
-//! whose upload is not durable yet) and the foyer tier in between the flat tier and the
-//! object store.
-//!
-//! Admission to foyer: every blob fetched from the object store, and every blob evicted from
-//! the flat tier that foyer does not hold (foyer is the victim cache of the flat tier). A
-//! blob read back from foyer is verified against its id before it is adopted into the flat
-//! tier (piece by piece, see `FoyerTier::read_into`); a mismatch drops it from foyer and
-//! falls back to the object store.
+//! The flat tier's bound: eviction, least recently used first, never a blob whose upload is
+//! not durable yet (the flat file is then the only copy) nor one pinned by a seal in progress.
+//! An evicted blob that foyer does not hold is copied into foyer first (foyer is the flat
+//! tier's victim cache).
 
-use std::fs::File;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use crate::blob::BlobId;
-use crate::tiers::fetch::Fetch;
+use crate::store::read_path::copy_to_foyer;
 use crate::store::upload::UploadCtx;
 use crate::tiers::flat::FlatTier;
 use crate::tiers::foyer::FoyerTier;
 
-/// Copy a flat-tier blob into foyer unless foyer (probably) has it already.
-fn keep_in_foyer(flat: &FlatTier, f: &FoyerTier, id: &BlobId) {
-    if f.contains(id) {
-        return;
-    }
-    if let Ok(file) = flat.open_blob(id) {
-        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-        if let Err(e) = f.insert_file(id, &file, len) {
-            tracing::warn!(%id, error = %e, "could not insert a blob into foyer");
-        }
-    }
-}
-
-/// The local tiers' shared state.
-pub struct LocalTiers {
+/// Eviction from the flat tier, and what must stay there.
+pub struct Eviction {
     flat: Arc<FlatTier>,
+    foyer: Option<Arc<FoyerTier>>,
     ctx: Arc<UploadCtx>,
     rt: tokio::runtime::Handle,
-    /// the foyer tier, when configured
-    pub foyer: OnceLock<Arc<FoyerTier>>,
     pinned: dashmap::DashMap<BlobId, u32>,
     evicting: AtomicBool,
     /// blobs evicted from the flat tier
     pub evictions: AtomicU64,
-    /// flat-tier misses served by the object store (GETs of blobs)
-    pub object_gets: AtomicU64,
 }
 
-impl LocalTiers {
-    pub(crate) fn new(flat: Arc<FlatTier>, ctx: Arc<UploadCtx>, rt: tokio::runtime::Handle) -> Self {
-        LocalTiers {
-            flat,
-            ctx,
-            rt,
-            foyer: OnceLock::new(),
-            pinned: Default::default(),
-            evicting: AtomicBool::new(false),
-            evictions: AtomicU64::new(0),
-            object_gets: AtomicU64::new(0),
-        }
+impl Eviction {
+    pub(crate) fn new(flat: Arc<FlatTier>, foyer: Option<Arc<FoyerTier>>, ctx: Arc<UploadCtx>, rt: tokio::runtime::Handle) -> Self {
+        Eviction { flat, foyer, ctx, rt, pinned: Default::default(), evicting: AtomicBool::new(false), evictions: AtomicU64::new(0) }
     }
 
     /// Keep a blob in the flat tier (it is being published and its upload not queued yet).
@@ -104,8 +73,8 @@ impl LocalTiers {
             if self.must_stay(&id) {
                 continue;
             }
-            if let Some(f) = self.foyer.get() {
-                keep_in_foyer(&self.flat, f, &id);
+            if let Some(f) = &self.foyer {
+                copy_to_foyer(&self.flat, f, &id);
             }
             match self.flat.remove(&id) {
                 Ok(()) => n += 1,
@@ -117,40 +86,5 @@ impl LocalTiers {
             tracing::debug!(evicted = n, flat_bytes = self.flat.bytes(), "flat tier evicted");
         }
         n
-    }
-
-    /// Insert a blob now in the flat tier into foyer, in the background.
-    pub fn admit(self: &Arc<Self>, id: &BlobId) {
-        let Some(f) = self.foyer.get().cloned() else { return };
-        let (flat, id) = (self.flat.clone(), *id);
-        self.rt.spawn_blocking(move || keep_in_foyer(&flat, &f, &id));
-    }
-
-    /// Fill `file` (and `fetch`, when given) from foyer; true when the whole blob was there
-    /// and verified against its id.
-    pub async fn from_foyer(&self, id: &BlobId, fetch: Option<&Fetch>, file: &File) -> bool {
-        let Some(f) = self.foyer.get() else { return false };
-        if !f.contains(id) {
-            return false;
-        }
-        let t0 = std::time::Instant::now();
-        let len = match f.read_into(id, file).await {
-            Ok(Some(len)) => len,
-            Ok(None) => return false,
-            Err(e) => {
-                tracing::warn!(%id, error = %e, "reading a blob from foyer failed");
-                return false;
-            }
-        };
-        if fetch.is_some_and(|x| x.len != len) {
-            f.remove(id, len);
-            return false;
-        }
-        f.stats.hits.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(%id, len, took = ?t0.elapsed(), "served from foyer");
-        if let Some(x) = fetch {
-            x.mark_all();
-        }
-        true
     }
 }

@@ -17,12 +17,13 @@
 //! ```
 
 pub mod evict;
+pub mod read_path;
+pub mod staging;
 pub mod upload;
 
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,48 +31,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::blob::BlobId;
 use crate::tiers::flat::FlatTier;
+use crate::tiers::foyer::FoyerTier;
 use crate::tiers::{ObjectStore, StoreError};
+pub use read_path::BlobReader;
+use evict::Eviction;
+use read_path::ReadPath;
+use staging::Staging;
 use upload::{Job, UploadCtx, UploadStats, UploadedHook};
-
-/// An open blob: a local file, or a download readable as it progresses.
-#[derive(Clone)]
-pub enum BlobReader {
-    /// in the flat tier
-    Local(Arc<File>),
-    /// being fetched from the object store
-    Fetching(Arc<crate::tiers::fetch::Fetch>),
-}
-
-impl BlobReader {
-    /// The file to `pread`.
-    pub fn file(&self) -> &Arc<File> {
-        match self {
-            BlobReader::Local(f) => f,
-            BlobReader::Fetching(f) => &f.file,
-        }
-    }
-
-    /// Block until `[offset, offset+len)` is readable (verified).
-    pub fn wait(&self, offset: u64, len: u64) -> Result<(), StoreError> {
-        match self {
-            BlobReader::Local(_) => Ok(()),
-            BlobReader::Fetching(f) => f.wait(offset, len),
-        }
-    }
-
-    /// Whether `[offset, offset+len)` is readable without waiting.
-    pub fn ready(&self, offset: u64, len: u64) -> bool {
-        match self {
-            BlobReader::Local(_) => true,
-            BlobReader::Fetching(f) => f.ready(offset, len),
-        }
-    }
-
-    /// Whether this reader can no longer serve (its download failed).
-    pub fn failed(&self) -> bool {
-        matches!(self, BlobReader::Fetching(f) if f.failed())
-    }
-}
 
 /// A blob kept in the flat tier until dropped (see [`BlobStore::adopt`]).
 pub struct Pinned<'a> {
@@ -86,30 +52,39 @@ impl Drop for Pinned<'_> {
     }
 }
 
+/// How a blob store is put together, beyond its cache dir and object store.
+#[derive(Clone, Default)]
+pub struct StoreOptions {
+    /// seals wait until the object store acknowledged the blob (`--upload sync`)
+    pub sync_uploads: bool,
+    /// the foyer tier between the flat tier and the object store
+    pub foyer: Option<Arc<FoyerTier>>,
+}
+
 /// Flat tier + object store + upload queue.
 pub struct BlobStore {
     flat: Arc<FlatTier>,
-    staging: PathBuf,
+    staging: Arc<Staging>,
     objects: Arc<dyn ObjectStore>,
     rt: tokio::runtime::Handle,
     jobs: mpsc::UnboundedSender<Job>,
     ctx: Arc<UploadCtx>,
     sync_uploads: bool,
-    fetches: Arc<dashmap::DashMap<BlobId, std::sync::Weak<crate::tiers::fetch::Fetch>>>,
-    /// bounds, eviction and the foyer tier (shared with background tasks)
-    local: Arc<evict::LocalTiers>,
+    read: Arc<ReadPath>,
+    eviction: Arc<Eviction>,
 }
 
 impl BlobStore {
-    /// Open the store: flat tier in `<cache>/flat`, staging in `<cache>/staging` (emptied: files
-    /// of writes that never completed are not resurrected).
+    /// Open the store with default options: flat tier in `<cache>/flat`, staging in
+    /// `<cache>/staging` (emptied: files of writes that never completed are not resurrected).
     pub fn open(cache: &Path, objects: Arc<dyn ObjectStore>, rt: &tokio::runtime::Handle) -> Result<Self, StoreError> {
+        Self::open_with(cache, objects, rt, StoreOptions::default())
+    }
+
+    /// Open the store with `opts`.
+    pub fn open_with(cache: &Path, objects: Arc<dyn ObjectStore>, rt: &tokio::runtime::Handle, opts: StoreOptions) -> Result<Self, StoreError> {
         let flat = Arc::new(FlatTier::open(&cache.join("flat"))?);
-        let staging = cache.join("staging");
-        if staging.exists() {
-            std::fs::remove_dir_all(&staging).map_err(|e| StoreError::io("clear staging", e))?;
-        }
-        std::fs::create_dir_all(&staging).map_err(|e| StoreError::io("create staging", e))?;
+        let staging = Arc::new(Staging::open(&cache.join("staging"))?);
         let flat2 = flat.clone();
         let ctx = Arc::new(UploadCtx {
             objects: objects.clone(),
@@ -118,16 +93,11 @@ impl BlobStore {
             stats: Arc::new(UploadStats::default()),
             queued: Default::default(),
         });
-        let local = Arc::new(evict::LocalTiers::new(flat.clone(), ctx.clone(), rt.clone()));
+        let read = Arc::new(ReadPath::new(flat.clone(), opts.foyer.clone(), objects.clone(), staging.clone(), rt.clone()));
+        let eviction = Arc::new(Eviction::new(flat.clone(), opts.foyer, ctx.clone(), rt.clone()));
         let (jobs, rx) = mpsc::unbounded_channel();
         rt.spawn(upload::run(ctx.clone(), rx));
-        Ok(BlobStore { flat, staging, objects, rt: rt.clone(), jobs, ctx, sync_uploads: false, fetches: Default::default(), local })
-    }
-
-    /// Make seals wait until the object store acknowledged the blob (`--upload sync`).
-    pub fn with_sync_uploads(mut self, on: bool) -> Self {
-        self.sync_uploads = on;
-        self
+        Ok(BlobStore { flat, staging, objects, rt: rt.clone(), jobs, ctx, sync_uploads: opts.sync_uploads, read, eviction })
     }
 
     /// Set the function called when a blob became durable in the object store (once).
@@ -157,16 +127,7 @@ impl BlobStore {
 
     /// Create a new, empty staging file.
     pub fn new_staging(&self) -> Result<(File, PathBuf), StoreError> {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let path = self.staging.join(format!("{}-{n}", std::process::id()));
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| StoreError::io("create staging file", e))?;
-        Ok((f, path))
+        self.staging.create()
     }
 
     /// Move a staging file whose content hashes to `id` into the flat tier.
@@ -199,33 +160,33 @@ impl BlobStore {
     }
 
     /// The foyer tier, if configured.
-    pub fn foyer(&self) -> Option<&Arc<crate::tiers::foyer::FoyerTier>> {
-        self.local.foyer.get()
+    pub fn foyer(&self) -> Option<&Arc<FoyerTier>> {
+        self.read.foyer()
     }
 
-    /// Put the foyer tier between the flat tier and the object store.
-    pub fn set_foyer(&self, f: Arc<crate::tiers::foyer::FoyerTier>) {
-        let _ = self.local.foyer.set(f);
+    /// The walk down the tiers (and its counters).
+    pub fn read_path(&self) -> &Arc<ReadPath> {
+        &self.read
     }
 
-    /// Counters and bounds of the local tiers.
-    pub fn local(&self) -> &Arc<evict::LocalTiers> {
-        &self.local
+    /// The flat tier's eviction (and its counters).
+    pub fn eviction(&self) -> &Arc<Eviction> {
+        &self.eviction
     }
 
     /// Keep a just-adopted blob in the flat tier until its upload is queued.
     pub fn pin(&self, id: &BlobId) {
-        self.local.pin(id);
+        self.eviction.pin(id);
     }
 
     /// Release `pin`.
     pub fn unpin(&self, id: &BlobId) {
-        self.local.unpin(id);
+        self.eviction.unpin(id);
     }
 
     /// Evict from the flat tier in the background if it is over its bound.
     pub fn maybe_evict(&self) {
-        self.local.maybe_evict();
+        self.eviction.maybe_evict();
     }
 
     /// Whether an upload of the blob is queued or in flight (not yet durable in the store).
@@ -273,92 +234,24 @@ impl BlobStore {
     }
 
     /// Open a blob for reading from the nearest tier, fetching and promoting it into the flat
-    /// tier when it is only in the object store. Must not be called from inside the runtime.
+    /// tier when it is only in foyer or the object store. Must not be called from inside the
+    /// runtime.
     pub fn open_blob(&self, id: &BlobId) -> Result<File, StoreError> {
-        match self.flat.open_blob(id) {
-            Err(StoreError::NotFound(_)) => {}
-            other => return other,
-        }
-        let (f, tmp) = self.new_staging()?;
-        if self.rt.block_on(self.local.from_foyer(id, None, &f)) {
-            self.flat.adopt(&tmp, id)?;
-            self.maybe_evict();
-            return self.flat.open_blob(id);
-        }
-        drop(f);
-        let _ = std::fs::remove_file(&tmp);
-        self.local.object_gets.fetch_add(1, Ordering::Relaxed);
-        let fetched = self.rt.block_on(self.objects.get_blob(id, &tmp));
-        if let Err(e) = fetched {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-        self.flat.adopt(&tmp, id)?;
-        self.local.admit(id);
+        let f = self.read.open_blob(id)?;
         self.maybe_evict();
-        self.flat.open_blob(id)
+        Ok(f)
     }
 
-    /// Open a blob of `len` bytes for reading without waiting for the network: a flat-tier
-    /// file, or a download (started here, or joined if one is running) whose parts become
-    /// readable as they arrive verified; complete downloads are adopted into the flat tier.
+    /// Open a blob of `len` bytes for reading without waiting for the network (see
+    /// [`ReadPath::open_reader`]); the flat tier's bound is enforced after a promotion.
     pub fn open_reader(&self, id: &BlobId, len: u64) -> Result<BlobReader, StoreError> {
-        match self.flat.open_blob(id) {
-            Ok(f) => return Ok(BlobReader::Local(Arc::new(f))),
-            Err(StoreError::NotFound(_)) => {}
-            Err(e) => return Err(e),
-        }
-        if self.objects.is_local() {
-            // same disk: hard-link the object back into the flat tier, no copy, no download
-            return self.open_blob(id).map(|f| BlobReader::Local(Arc::new(f)));
-        }
-        if let Some(f) = self.fetches.get(id).and_then(|w| w.upgrade()).filter(|f| !f.failed()) {
-            return Ok(BlobReader::Fetching(f));
-        }
-        let (file, tmp) = self.new_staging()?;
-        let fetch = crate::tiers::fetch::Fetch::create(*id, len, file, tmp)?;
-        self.fetches.insert(*id, Arc::downgrade(&fetch));
-        let (objects, flat, fetches, job, id) = (self.objects.clone(), self.flat.clone(), self.fetches.clone(), fetch.clone(), *id);
-        let local = self.local.clone();
-        self.rt.spawn(async move {
-            let from_foyer = local.from_foyer(&id, Some(&job), &job.file).await;
-            let res = if from_foyer {
-                Ok(())
-            } else {
-                local.object_gets.fetch_add(1, Ordering::Relaxed);
-                objects.fetch_into(&id, &job).await
-            };
-            match res {
-                Ok(()) => {
-                    if let Err(e) = flat.adopt(&job.path, &id) {
-                        tracing::warn!(%id, error = %e, "could not promote a fetched blob into the flat tier");
-                    } else {
-                        if !from_foyer {
-                            local.admit(&id);
-                        }
-                        local.maybe_evict();
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(%id, error = %e, "fetching a blob from the object store failed");
-                    job.fail(e.to_string());
-                    let _ = std::fs::remove_file(&job.path);
-                }
-            }
-            fetches.remove_if(&id, |_, w| w.as_ptr() == Arc::as_ptr(&job));
-        });
-        Ok(BlobReader::Fetching(fetch))
+        let eviction = self.eviction.clone();
+        self.read.open_reader(id, len, move || eviction.maybe_evict())
     }
 
-    /// Which tier holds the blob nearest to the reader: `flat` or the object store.
+    /// Which tier holds the blob nearest to the reader: `flat`, `foyer` or `store`.
     pub fn tier_of(&self, id: &BlobId) -> &'static str {
-        if self.flat.contains(id) {
-            "flat"
-        } else if self.foyer().is_some_and(|f| f.contains(id)) {
-            "foyer"
-        } else {
-            "store"
-        }
+        self.read.tier_of(id)
     }
 
     /// Library API: store bytes, returning their id. Durable in the object store on return.
@@ -406,6 +299,7 @@ impl BlobStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
     use crate::tiers::memory::MemoryStore;
 
     #[test]
@@ -422,7 +316,7 @@ mod tests {
         assert_eq!(store.tier_of(&id), "store");
         assert_eq!(store.get(&id).unwrap(), b"hello kv");
         assert_eq!(store.tier_of(&id), "flat");
-        assert_eq!(store.local().object_gets.load(Ordering::Relaxed), 1);
+        assert_eq!(store.read_path().object_gets.load(Ordering::Relaxed), 1);
         // corrupt object: detected, not served
         store.flat().remove(&id).unwrap();
         mem.overwrite(&id, crate::codec::encode(b"other bytes", crate::codec::Compression::None));

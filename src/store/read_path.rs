@@ -1,0 +1,225 @@
+//! The read path: find a blob in the tiers top to bottom — flat, foyer, object store — and
+//! promote it on the way back. Nothing else walks the tiers.
+//!
+//! - **flat** (`<cache>/flat`): a hit is a file to `pread`.
+//! - **foyer** (RAM + SSD, remote stores only): a flat miss asks foyer first; its pieces are
+//!   verified against the blob id before any byte is readable (`FoyerTier::read_into`), a
+//!   mismatch drops the blob from foyer and falls through.
+//! - **object store**: streamed into a staging file, each chunk readable once verified
+//!   ([`Fetch`]); a local store hard-links the object back instead (same disk, no copy).
+//!
+//! A blob that came up from foyer or the object store is adopted into the flat tier; one that
+//! came from the object store is also admitted into foyer. Bounds and eviction are
+//! [`super::evict`]'s concern.
+
+use std::fs::File;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use dashmap::DashMap;
+
+use crate::blob::BlobId;
+use crate::store::staging::Staging;
+use crate::tiers::fetch::Fetch;
+use crate::tiers::flat::FlatTier;
+use crate::tiers::foyer::FoyerTier;
+use crate::tiers::{ObjectStore, StoreError};
+
+/// An open blob: a local file, or a download readable as it progresses.
+#[derive(Clone)]
+pub enum BlobReader {
+    /// in the flat tier
+    Local(Arc<File>),
+    /// being fetched from the object store
+    Fetching(Arc<Fetch>),
+}
+
+impl BlobReader {
+    /// The file to `pread`.
+    pub fn file(&self) -> &Arc<File> {
+        match self {
+            BlobReader::Local(f) => f,
+            BlobReader::Fetching(f) => &f.file,
+        }
+    }
+
+    /// Block until `[offset, offset+len)` is readable (verified).
+    pub fn wait(&self, offset: u64, len: u64) -> Result<(), StoreError> {
+        match self {
+            BlobReader::Local(_) => Ok(()),
+            BlobReader::Fetching(f) => f.wait(offset, len),
+        }
+    }
+
+    /// Whether `[offset, offset+len)` is readable without waiting.
+    pub fn ready(&self, offset: u64, len: u64) -> bool {
+        match self {
+            BlobReader::Local(_) => true,
+            BlobReader::Fetching(f) => f.ready(offset, len),
+        }
+    }
+
+    /// Whether this reader can no longer serve (its download failed).
+    pub fn failed(&self) -> bool {
+        matches!(self, BlobReader::Fetching(f) if f.failed())
+    }
+}
+
+/// Copy a flat-tier blob into foyer unless foyer (probably) has it already.
+pub(crate) fn copy_to_foyer(flat: &FlatTier, foyer: &FoyerTier, id: &BlobId) {
+    if foyer.contains(id) {
+        return;
+    }
+    if let Ok(file) = flat.open_blob(id) {
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if let Err(e) = foyer.insert_file(id, &file, len) {
+            tracing::warn!(%id, error = %e, "could not insert a blob into foyer");
+        }
+    }
+}
+
+/// The walk down the tiers, with the downloads in flight.
+pub struct ReadPath {
+    flat: Arc<FlatTier>,
+    foyer: Option<Arc<FoyerTier>>,
+    objects: Arc<dyn ObjectStore>,
+    staging: Arc<Staging>,
+    rt: tokio::runtime::Handle,
+    /// one download per blob: later readers join it
+    fetches: DashMap<BlobId, Weak<Fetch>>,
+    /// flat-tier misses served by the object store (GETs of blobs)
+    pub object_gets: AtomicU64,
+}
+
+impl ReadPath {
+    pub(crate) fn new(flat: Arc<FlatTier>, foyer: Option<Arc<FoyerTier>>, objects: Arc<dyn ObjectStore>, staging: Arc<Staging>, rt: tokio::runtime::Handle) -> Self {
+        ReadPath { flat, foyer, objects, staging, rt, fetches: DashMap::new(), object_gets: AtomicU64::new(0) }
+    }
+
+    /// The foyer tier, if configured.
+    pub fn foyer(&self) -> Option<&Arc<FoyerTier>> {
+        self.foyer.as_ref()
+    }
+
+    /// Which tier holds the blob nearest to the reader: `flat`, `foyer` or `store`.
+    pub fn tier_of(&self, id: &BlobId) -> &'static str {
+        if self.flat.contains(id) {
+            "flat"
+        } else if self.foyer.as_ref().is_some_and(|f| f.contains(id)) {
+            "foyer"
+        } else {
+            "store"
+        }
+    }
+
+    /// Open a blob whole, waiting for foyer or the object store on a flat miss and promoting
+    /// it. Must not be called from inside the runtime.
+    pub fn open_blob(&self, id: &BlobId) -> Result<File, StoreError> {
+        match self.flat.open_blob(id) {
+            Err(StoreError::NotFound(_)) => {}
+            other => return other,
+        }
+        let (f, tmp) = self.staging.create()?;
+        if self.rt.block_on(self.from_foyer(id, None, &f)) {
+            self.flat.adopt(&tmp, id)?;
+            return self.flat.open_blob(id);
+        }
+        drop(f);
+        let _ = std::fs::remove_file(&tmp);
+        self.object_gets.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.rt.block_on(self.objects.get_blob(id, &tmp)) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        self.flat.adopt(&tmp, id)?;
+        self.admit(id);
+        self.flat.open_blob(id)
+    }
+
+    /// Open a blob of `len` bytes without waiting for the network: a flat-tier file, or a
+    /// download (started here, or joined if one is running) whose parts become readable as
+    /// they arrive verified; a complete download is adopted into the flat tier. `promoted` runs
+    /// after a blob was adopted (the caller's bounds may need enforcing).
+    pub fn open_reader(self: &Arc<Self>, id: &BlobId, len: u64, promoted: impl FnOnce() + Send + 'static) -> Result<BlobReader, StoreError> {
+        match self.flat.open_blob(id) {
+            Ok(f) => return Ok(BlobReader::Local(Arc::new(f))),
+            Err(StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        if self.objects.is_local() {
+            // same disk: hard-link the object back into the flat tier, no copy, no download
+            let f = self.open_blob(id)?;
+            promoted();
+            return Ok(BlobReader::Local(Arc::new(f)));
+        }
+        if let Some(f) = self.fetches.get(id).and_then(|w| w.upgrade()).filter(|f| !f.failed()) {
+            return Ok(BlobReader::Fetching(f));
+        }
+        let (file, tmp) = self.staging.create()?;
+        let fetch = Fetch::create(*id, len, file, tmp)?;
+        self.fetches.insert(*id, Arc::downgrade(&fetch));
+        let (me, job, id) = (self.clone(), fetch.clone(), *id);
+        self.rt.spawn(async move {
+            let from_foyer = me.from_foyer(&id, Some(&job), &job.file).await;
+            let res = if from_foyer {
+                Ok(())
+            } else {
+                me.object_gets.fetch_add(1, Ordering::Relaxed);
+                me.objects.fetch_into(&id, &job).await
+            };
+            match res {
+                Ok(()) => match me.flat.adopt(&job.path, &id) {
+                    Ok(()) => {
+                        if !from_foyer {
+                            me.admit(&id);
+                        }
+                        promoted();
+                    }
+                    Err(e) => tracing::warn!(%id, error = %e, "could not promote a fetched blob into the flat tier"),
+                },
+                Err(e) => {
+                    tracing::warn!(%id, error = %e, "fetching a blob from the object store failed");
+                    job.fail(e.to_string());
+                    let _ = std::fs::remove_file(&job.path);
+                }
+            }
+            me.fetches.remove_if(&id, |_, w| w.as_ptr() == Arc::as_ptr(&job));
+        });
+        Ok(BlobReader::Fetching(fetch))
+    }
+
+    /// Admit a blob now in the flat tier into foyer, in the background.
+    fn admit(&self, id: &BlobId) {
+        let Some(f) = self.foyer.clone() else { return };
+        let (flat, id) = (self.flat.clone(), *id);
+        self.rt.spawn_blocking(move || copy_to_foyer(&flat, &f, &id));
+    }
+
+    /// Fill `file` (and `fetch`, when given) from foyer; true when the whole blob was there
+    /// and verified against its id.
+    async fn from_foyer(&self, id: &BlobId, fetch: Option<&Fetch>, file: &File) -> bool {
+        let Some(f) = self.foyer.as_ref() else { return false };
+        if !f.contains(id) {
+            return false;
+        }
+        let t0 = std::time::Instant::now();
+        let len = match f.read_into(id, file).await {
+            Ok(Some(len)) => len,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::warn!(%id, error = %e, "reading a blob from foyer failed");
+                return false;
+            }
+        };
+        if fetch.is_some_and(|x| x.len != len) {
+            f.remove(id, len);
+            return false;
+        }
+        f.stats.hits.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%id, len, took = ?t0.elapsed(), "served from foyer");
+        if let Some(x) = fetch {
+            x.mark_all();
+        }
+        true
+    }
+}

@@ -6,6 +6,7 @@
 //! - [`fs::core::FsCore`]: the filesystem semantics (namespaces, inodes, handles, staging),
 //!   driven by the thin FUSE adapter in [`fs::fuse`] or directly by tests.
 
+pub mod backoff;
 pub mod blob;
 pub mod name;
 pub mod size;

@@ -320,3 +320,54 @@ fn gc_refuses_to_guess() {
     let local = wombatfs::tiers::local::LocalStore::open(dir.path(), wombatfs::codec::Compression::None).unwrap();
     assert!(rt.block_on(wombatfs::sync::gc::collect(&local, Duration::ZERO, false)).is_err());
 }
+
+mod one_set_of_rules {
+    //! A mounted node's tree and the library's name table follow a bucket by the same rules
+    //! (`sync::apply`): any sequence of changes leaves both with the same names and contents.
+    use super::*;
+    use proptest::prelude::*;
+    use wombatfs::blob::BlobId;
+    use wombatfs::index::records::Ts;
+    use wombatfs::sync::change::{Attrs, Batch, Change};
+    use wombatfs::sync::names::{Entry, NameTable};
+
+    const PATHS: &[&str] = &["ns", "ns/a", "ns/b", "ns/d", "ns/d/x", "ns/d/e", "ns/d/e/y", "ns2", "ns2/a", "top"];
+
+    fn attrs(perm: u16) -> Attrs {
+        Attrs { perm, uid: 0, gid: 0, mtime: Ts { secs: 1_700_000_000, nanos: 0 } }
+    }
+
+    fn change() -> impl Strategy<Value = Change> {
+        let path = proptest::sample::select(PATHS).prop_map(|p| p.as_bytes().to_vec());
+        prop_oneof![
+            (path.clone(), 0u8..3, 0o600u16..0o700).prop_map(|(path, b, perm)| Change::File { path, blob: BlobId::of(&[b]), size: 1, attrs: attrs(perm) }),
+            (path.clone(), 0o700u16..0o777).prop_map(|(path, perm)| Change::Dir { path, attrs: attrs(perm) }),
+            (path.clone(), 0u8..2).prop_map(|(path, t)| Change::Symlink { path, target: vec![b'a' + t], attrs: attrs(0o777) }),
+            (path.clone(), proptest::option::of(0u8..3)).prop_map(|(path, b)| Change::Remove { path, blob: b.map(|b| BlobId::of(&[b])) }),
+            (path.clone(), path).prop_map(|(from, to)| Change::Rename { from, to }),
+        ]
+    }
+
+    /// Names and contents only: a node's default attributes of created parents are its own.
+    fn shape(t: &NameTable) -> Vec<(Vec<u8>, String)> {
+        t.entries.iter().map(|(p, e)| (p.clone(), match e {
+            Entry::File { blob, .. } => format!("file {blob}"),
+            Entry::Symlink { target, .. } => format!("link {target:?}"),
+            Entry::Dir { .. } => "dir".into(),
+        })).collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        #[test]
+        fn a_node_and_a_name_table_agree(changes in proptest::collection::vec(change(), 1..40)) {
+            let node = common::Fixture::new();
+            let batch = Batch { node: "peer".into(), changes: changes.into_iter().enumerate().map(|(i, c)| (i as u64 + 1, c)).collect() };
+            node.core().apply_peer_batch("peer", &batch).unwrap();
+            let mut table = NameTable::default();
+            table.apply_batch(&batch);
+            let mine = NameTable::from_snapshot(&node.core().export_records());
+            prop_assert_eq!(shape(&mine), shape(&table));
+        }
+    }
+}

@@ -513,6 +513,22 @@ impl FsCore {
         self.dir_handles.get(&fh).map(|e| e.clone()).ok_or(FsError::BadHandle)
     }
 
+    /// Feed the entries of a directory handle from `offset` on, each with its attributes and
+    /// the offset after it, to `add` until it returns true (the reply is full). The one loop
+    /// behind `readdir` and `readdirplus`; entries whose inode went away since `opendir` are
+    /// skipped.
+    pub fn readdir_from(&self, fh: u64, offset: u64, mut add: impl FnMut(u64, &DirEntry, &Attr) -> bool) -> FsResult<()> {
+        let entries = self.readdir(fh)?;
+        let t = self.read_tree();
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            let Ok(rec) = t.get(e.ino) else { continue };
+            if add(i as u64 + 1, e, &attr_of(rec)) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Close a directory handle.
     pub fn releasedir(&self, fh: u64) {
         self.dir_handles.remove(&fh);

@@ -373,31 +373,18 @@ impl Filesystem for WombatFuse {
     }
 
     fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        match self.core.readdir(fh.0) {
-            Ok(entries) => {
-                for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-                    if reply.add(INodeNo(e.ino), i as u64 + 1, file_type(e.kind), OsStr::from_bytes(&e.name)) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
+        let r = self.core.readdir_from(fh.0, offset, |next, e, _| reply.add(INodeNo(e.ino), next, file_type(e.kind), OsStr::from_bytes(&e.name)));
+        match r {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("readdir", &e)),
         }
     }
 
     fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        match self.core.readdir(fh.0) {
-            Ok(entries) => {
-                for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-                    let Ok(a) = self.core.getattr(e.ino) else { continue };
-                    let name = OsStr::from_bytes(&e.name);
-                    if reply.add(INodeNo(e.ino), i as u64 + 1, name, &self.ttl, &file_attr(&a), Generation(0)) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
+        let ttl = self.ttl;
+        let r = self.core.readdir_from(fh.0, offset, |next, e, a| reply.add(INodeNo(e.ino), next, OsStr::from_bytes(&e.name), &ttl, &file_attr(a), Generation(0)));
+        match r {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("readdirplus", &e)),
         }
     }

@@ -1,13 +1,6 @@
-//! Applying other nodes' changes (see [`crate::fs::publish`]) to this node's tree.
-//!
-//! Rules, chosen so that applying is idempotent and a stale change never destroys newer data:
-//! - `File`/`Symlink`: the name is (re)bound to a new inode with the published content; a name
-//!   that already holds the same blob only takes the attributes. Open handles keep the old
-//!   inode (as after a local rename over an open file). Missing parent directories are created.
-//! - `Remove`: a file is removed only if it still holds the blob the remover saw; a directory
-//!   only if it is empty.
-//! - `Rename`: done if the source exists here; files are followed by their `File` state, so a
-//!   node that never saw the old name still gets the new one.
+//! Applying other nodes' changes (see [`crate::fs::publish`]) to this node's tree, by the
+//! rules every follower shares ([`crate::sync::apply`]). A bound name gets a new inode, so
+//! open handles keep the old one (as after a local rename over an open file).
 //!
 //! Applied changes are not published again. The kernel's cached entries and attributes for
 //! every touched name are invalidated after the tree lock is released.
@@ -18,6 +11,7 @@ use crate::fs::tree::{Tree, Tx, ROOT};
 use crate::fs::{Caller, Inval};
 use crate::index::keys;
 use crate::index::records::{InodeKind, Ts};
+use crate::sync::apply::{self, Found, Outcome, Target};
 use crate::sync::change::{self, Attrs, Batch, Change};
 
 impl FsCore {
@@ -31,8 +25,10 @@ impl FsCore {
             let cursor = t.outbox.cursors.get(node).copied().unwrap_or(0);
             let mut tx = Tx::default();
             for (seq, c) in batch.changes.iter().filter(|(s, _)| *s > cursor) {
-                match self.apply_one(&mut t, &mut tx, c, &mut inval) {
-                    Ok(()) => applied += 1,
+                let mut target = TreeTarget { core: self, t: &mut t, tx: &mut tx, inval: &mut inval };
+                match apply::apply(&mut target, c) {
+                    Ok(Outcome::Applied) => applied += 1,
+                    Ok(Outcome::Skipped(why)) => tracing::debug!(node, seq, change = ?c, why, "a change of another node is left out by the rules"),
                     Err(e) => tracing::warn!(node, seq, change = ?c, error = %e, "a change of another node does not apply here; skipped"),
                 }
             }
@@ -45,61 +41,14 @@ impl FsCore {
         Ok(applied)
     }
 
-    fn apply_one(&self, t: &mut Tree, tx: &mut Tx, c: &Change, inval: &mut Vec<Inval>) -> FsResult<()> {
-        match c {
-            Change::Dir { path, attrs } => {
-                let ino = self.peer_dir(t, tx, path, Some(attrs), inval)?;
-                Self::peer_attrs(t, tx, ino, attrs, inval)
-            }
-            Change::File { path, blob, size, attrs } => {
-                self.peer_put(t, tx, path, InodeKind::File { blob: *blob }, *size, attrs, inval)
-            }
-            Change::Symlink { path, target, attrs } => {
-                let kind = InodeKind::Symlink { target: target.clone() };
-                self.peer_put(t, tx, path, kind, target.len() as u64, attrs, inval)
-            }
-            Change::Remove { path, blob } => {
-                let Some((parent, name)) = Self::resolve(t, path)? else { return Ok(()) };
-                let Some(ino) = t.child(parent, name)? else { return Ok(()) };
-                match &t.get(ino)?.kind {
-                    InodeKind::Dir { .. } => Self::rmdir_in(t, tx, parent, name)?,
-                    InodeKind::File { blob: mine } if blob.is_some_and(|b| b != *mine) => {
-                        return Err(FsError::Invalid("the file here has newer content"));
-                    }
-                    _ => self.unlink_in(t, tx, parent, name)?,
-                }
-                inval.push(Inval::Entry(parent, name.to_vec()));
-                Ok(())
-            }
-            Change::Rename { from, to } => {
-                let Some((parent, name)) = Self::resolve(t, from)? else { return Ok(()) };
-                if t.child(parent, name)?.is_none() {
-                    return Ok(());
-                }
-                let (newparent, newname) = self.peer_parent(t, tx, to, inval)?;
-                self.rename_in(t, tx, parent, name, newparent, newname, 0)?;
-                inval.push(Inval::Entry(parent, name.to_vec()));
-                inval.push(Inval::Entry(newparent, newname.to_vec()));
-                Ok(())
-            }
-        }
-    }
-
-    /// Bind `path` to a new file or symlink inode unless it already holds the same content.
+    /// Bind `path` to a new file or symlink inode (the rules checked it is not a directory).
     #[allow(clippy::too_many_arguments)]
     fn peer_put(&self, t: &mut Tree, tx: &mut Tx, path: &[u8], kind: InodeKind, size: u64, attrs: &Attrs, inval: &mut Vec<Inval>) -> FsResult<()> {
         let (parent, name) = self.peer_parent(t, tx, path, inval)?;
         if parent == ROOT {
             return Err(FsError::NotPermitted("only namespace directories may live at the root"));
         }
-        if let Some(ino) = t.child(parent, name)? {
-            let rec = t.get(ino)?;
-            if rec.kind == kind {
-                return Self::peer_attrs(t, tx, ino, attrs, inval);
-            }
-            if matches!(rec.kind, InodeKind::Dir { .. }) {
-                return Err(FsError::IsDir);
-            }
+        if t.child(parent, name)?.is_some() {
             self.unlink_in(t, tx, parent, name)?;
         }
         let caller = Caller { uid: attrs.uid, gid: attrs.gid };
@@ -177,6 +126,12 @@ impl FsCore {
         Ok(Some((dir, name)))
     }
 
+    /// The parent, name and inode at an existing `path`.
+    fn peer_ino<'p>(t: &Tree, path: &'p [u8]) -> FsResult<Option<(u64, &'p [u8], u64)>> {
+        let Some((parent, name)) = Self::resolve(t, path)? else { return Ok(None) };
+        Ok(t.child(parent, name)?.map(|ino| (parent, name, ino)))
+    }
+
     /// Drop the kernel's cached entries/attributes (set by the FUSE adapter).
     pub fn invalidate(&self, inval: &[Inval]) {
         if let (Some(f), false) = (self.invalidator.get(), inval.is_empty()) {
@@ -187,5 +142,65 @@ impl FsCore {
     /// Install the function that invalidates kernel caches.
     pub fn set_invalidator(&self, f: crate::fs::Invalidator) {
         let _ = self.invalidator.set(f);
+    }
+}
+
+/// This node's tree as a target of the shared rules, within one commit.
+struct TreeTarget<'a> {
+    core: &'a FsCore,
+    t: &'a mut Tree,
+    tx: &'a mut Tx,
+    inval: &'a mut Vec<Inval>,
+}
+
+impl Target for TreeTarget<'_> {
+    type Error = FsError;
+
+    fn find(&self, path: &[u8]) -> FsResult<Found> {
+        let Some((_, _, ino)) = FsCore::peer_ino(self.t, path)? else { return Ok(Found::Nothing) };
+        Ok(match &self.t.get(ino)?.kind {
+            InodeKind::File { blob } => Found::File(*blob),
+            InodeKind::Symlink { target } => Found::Symlink(target.clone()),
+            InodeKind::Dir { .. } => Found::Dir { empty: self.t.children(ino)?.is_empty() },
+        })
+    }
+
+    fn bind(&mut self, c: &Change) -> FsResult<()> {
+        let (path, kind, size, attrs) = match c {
+            Change::File { path, blob, size, attrs } => (path, InodeKind::File { blob: *blob }, *size, attrs),
+            Change::Symlink { path, target, attrs } => (path, InodeKind::Symlink { target: target.clone() }, target.len() as u64, attrs),
+            _ => return Err(FsError::Invalid("not a file change")),
+        };
+        self.core.peer_put(self.t, self.tx, path, kind, size, attrs, self.inval)
+    }
+
+    fn set_attrs(&mut self, path: &[u8], attrs: &Attrs) -> FsResult<()> {
+        let (_, _, ino) = FsCore::peer_ino(self.t, path)?.ok_or(FsError::NotFound)?;
+        FsCore::peer_attrs(self.t, self.tx, ino, attrs, self.inval)
+    }
+
+    fn make_dir(&mut self, path: &[u8], attrs: &Attrs) -> FsResult<()> {
+        let ino = self.core.peer_dir(self.t, self.tx, path, Some(attrs), self.inval)?;
+        FsCore::peer_attrs(self.t, self.tx, ino, attrs, self.inval)
+    }
+
+    fn remove(&mut self, path: &[u8]) -> FsResult<()> {
+        let Some((parent, name, ino)) = FsCore::peer_ino(self.t, path)? else { return Ok(()) };
+        if self.t.dirs.contains_key(&ino) {
+            FsCore::rmdir_in(self.t, self.tx, parent, name)?;
+        } else {
+            self.core.unlink_in(self.t, self.tx, parent, name)?;
+        }
+        self.inval.push(Inval::Entry(parent, name.to_vec()));
+        Ok(())
+    }
+
+    fn rename(&mut self, from: &[u8], to: &[u8]) -> FsResult<()> {
+        let (parent, name, _) = FsCore::peer_ino(self.t, from)?.ok_or(FsError::NotFound)?;
+        let (newparent, newname) = self.core.peer_parent(self.t, self.tx, to, self.inval)?;
+        self.core.rename_in(self.t, self.tx, parent, name, newparent, newname, 0)?;
+        self.inval.push(Inval::Entry(parent, name.to_vec()));
+        self.inval.push(Inval::Entry(newparent, newname.to_vec()));
+        Ok(())
     }
 }

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use crate::backoff::Backoff;
 use crate::fs::core::FsCore;
 use crate::fs::error::{FsError, FsResult};
 use crate::index::{keys, records, Op};
@@ -32,6 +33,9 @@ use crate::tiers::StoreError;
 const MAX_BATCH: usize = 10_000;
 /// How long the publisher lets a burst of changes gather before writing a batch.
 const GATHER: Duration = Duration::from_millis(100);
+/// First and longest wait between retries of the change journal.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_CAP: Duration = Duration::from_secs(30);
 
 /// Publication progress, for writers that wait (`--upload sync`).
 #[derive(Default)]
@@ -282,20 +286,21 @@ impl FsCore {
     /// Register this node and adopt what a crash left behind; must succeed before anything
     /// new is published. Retries until it does (or `stop`).
     pub async fn start_publishing(&self, stop: &AtomicBool) -> bool {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(RETRY_FIRST, RETRY_CAP);
         loop {
-            match self.recover_journal().await {
+            let retry_in = match self.recover_journal().await {
                 Ok(()) => return true,
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot reach the change journal; retrying");
+                    let retry_in = backoff.next_delay();
+                    tracing::warn!(error = %e, ?retry_in, "cannot reach the change journal; retrying");
                     self.read_tree().outbox.published.set(None, true);
+                    retry_in
                 }
-            }
+            };
             if stop.load(Ordering::SeqCst) {
                 return false;
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(30));
+            tokio::time::sleep(retry_in).await;
         }
     }
 
@@ -305,19 +310,19 @@ impl FsCore {
             return;
         }
         let wake = self.read_tree().outbox.wake.clone();
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(RETRY_FIRST, RETRY_CAP);
         while !stop.load(Ordering::SeqCst) {
             // wait for new changes (and look now and then for changes waiting on an upload);
             // after a failure, back off — but a writer waiting in sync mode cuts it short
             let pause = match self.publish_ready().await {
                 Ok(_) => {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     Duration::from_millis(250)
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "publishing changes failed; will retry");
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                    backoff / 2
+                    let retry_in = backoff.next_delay();
+                    tracing::warn!(error = %e, ?retry_in, "publishing changes failed; will retry");
+                    retry_in
                 }
             };
             let _ = tokio::time::timeout(pause, wake.notified()).await;

@@ -120,7 +120,7 @@ impl ReadPath {
             other => return other,
         }
         let (f, tmp) = self.staging.create()?;
-        if self.rt.block_on(self.from_foyer(id, None, &f)) {
+        if self.rt.block_on(self.read_foyer(id, None, &f)) {
             self.flat.adopt(&tmp, id)?;
             return self.flat.open_blob(id);
         }
@@ -160,7 +160,7 @@ impl ReadPath {
         self.fetches.insert(*id, Arc::downgrade(&fetch));
         let (me, job, id) = (self.clone(), fetch.clone(), *id);
         self.rt.spawn(async move {
-            let from_foyer = me.from_foyer(&id, Some(&job), &job.file).await;
+            let from_foyer = me.read_foyer(&id, Some(&job), &job.file).await;
             let res = if from_foyer {
                 Ok(())
             } else {
@@ -197,7 +197,7 @@ impl ReadPath {
 
     /// Fill `file` (and `fetch`, when given) from foyer; true when the whole blob was there
     /// and verified against its id.
-    async fn from_foyer(&self, id: &BlobId, fetch: Option<&Fetch>, file: &File) -> bool {
+    async fn read_foyer(&self, id: &BlobId, fetch: Option<&Fetch>, file: &File) -> bool {
         let Some(f) = self.foyer.as_ref() else { return false };
         if !f.contains(id) {
             return false;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::backoff::Backoff;
 use crate::blob::BlobId;
 use crate::tiers::{ObjectStore, StoreError};
 
@@ -60,7 +61,7 @@ pub(crate) async fn run(ctx: Arc<UploadCtx>, mut rx: mpsc::UnboundedReceiver<Job
     while let Some(job) = rx.recv().await {
         match job {
             Job::Upload(id) => {
-                let mut backoff = Duration::from_millis(50);
+                let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(30));
                 loop {
                     match ctx.objects.put_blob(&id, &(ctx.flat_path)(&id)).await {
                         Ok(()) => {
@@ -80,9 +81,9 @@ pub(crate) async fn run(ctx: Arc<UploadCtx>, mut rx: mpsc::UnboundedReceiver<Job
                         }
                         Err(e) => {
                             ctx.stats.failures.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(%id, error = %e, retry_in = ?backoff, "upload failed; will retry");
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(Duration::from_secs(30));
+                            let retry_in = backoff.next_delay();
+                            tracing::warn!(%id, error = %e, ?retry_in, "upload failed; will retry");
+                            tokio::time::sleep(retry_in).await;
                         }
                     }
                 }

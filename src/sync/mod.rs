@@ -2,6 +2,7 @@
 //! ([`change`]), the name table rebuilt from a bucket ([`names`], the library's `restore`),
 //! and the collector of unreferenced blobs ([`gc`]).
 
+pub mod apply;
 pub mod change;
 pub mod gc;
 pub mod names;

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use crate::blob::BlobId;
 use crate::index::records::{self, InodeKind, InodeRecord};
 use crate::index::{keys, Records};
+use crate::sync::apply::{self, Found, Outcome};
 use crate::sync::change::{self, Attrs, Batch, Change};
 use crate::tiers::{ObjectStore, StoreError};
 
@@ -110,48 +111,37 @@ impl NameTable {
         keys.into_iter().filter_map(|k| self.entries.remove(&k).map(|e| (k, e))).collect()
     }
 
-    /// Apply one change with the same rules as a mounted node ([`crate::fs::peers`]).
-    pub fn apply(&mut self, c: &Change) {
-        match c {
-            Change::File { path, blob, size, attrs } => {
-                if !matches!(self.entries.get(path), Some(Entry::Dir { .. })) {
-                    self.entries.insert(path.clone(), Entry::File { blob: *blob, size: *size, attrs: *attrs });
-                }
-            }
-            Change::Symlink { path, target, attrs } => {
-                if !matches!(self.entries.get(path), Some(Entry::Dir { .. })) {
-                    self.entries.insert(path.clone(), Entry::Symlink { target: target.clone(), attrs: *attrs });
-                }
-            }
-            Change::Dir { path, attrs } => {
-                self.entries.insert(path.clone(), Entry::Dir { attrs: *attrs });
-            }
-            Change::Remove { path, blob } => match self.entries.get(path) {
-                Some(Entry::File { blob: mine, .. }) if blob.is_some_and(|b| b != *mine) => {}
-                Some(Entry::Dir { .. }) if self.entries.keys().any(|k| is_within(k, path)) => {}
-                Some(_) => {
-                    self.entries.remove(path);
-                }
-                None => {}
-            },
-            Change::Rename { from, to } => {
-                if !self.entries.contains_key(from) || is_within(to, from) {
-                    return;
-                }
-                let moved = self.take_subtree(from);
-                self.take_subtree(to);
-                for (k, e) in moved {
-                    self.entries.insert([&to[..], &k[from.len()..]].concat(), e);
-                }
-            }
+    /// Apply one change by the rules every follower uses ([`crate::sync::apply`]).
+    pub fn apply(&mut self, c: &Change) -> Outcome {
+        match apply::apply(self, c) {
+            Ok(o) => o,
+            Err(why) => Outcome::Skipped(why),
         }
+    }
+
+    /// Create the missing directories above `path` (with default attributes, as a mounted
+    /// node does); refused when a file is in the way.
+    fn make_parents(&mut self, path: &[u8]) -> Result<(), &'static str> {
+        let mut end = 0;
+        while let Some(i) = path[end..].iter().position(|b| *b == b'/') {
+            end += i;
+            match self.entries.get(&path[..end]) {
+                Some(Entry::Dir { .. }) => {}
+                Some(_) => return Err("a file is where a parent directory should be"),
+                None => {
+                    self.entries.insert(path[..end].to_vec(), Entry::Dir { attrs: Attrs { perm: 0o755, uid: 0, gid: 0, mtime: Default::default() } });
+                }
+            }
+            end += 1;
+        }
+        Ok(())
     }
 
     /// Apply a node's batch past this table's cursor for it.
     pub fn apply_batch(&mut self, batch: &Batch) {
         let cursor = self.cursors.get(&batch.node).copied().unwrap_or(0);
         for (_, c) in batch.changes.iter().filter(|(s, _)| *s > cursor) {
-            self.apply(c);
+            let _ = self.apply(c);
         }
         self.cursors.insert(batch.node.clone(), batch.last_seq().max(cursor));
     }
@@ -162,6 +152,62 @@ impl NameTable {
             Entry::File { blob, .. } => Some(*blob),
             _ => None,
         }).collect()
+    }
+}
+
+impl apply::Target for NameTable {
+    type Error = &'static str;
+
+    fn find(&self, path: &[u8]) -> Result<Found, Self::Error> {
+        Ok(match self.entries.get(path) {
+            None => Found::Nothing,
+            Some(Entry::File { blob, .. }) => Found::File(*blob),
+            Some(Entry::Symlink { target, .. }) => Found::Symlink(target.clone()),
+            Some(Entry::Dir { .. }) => {
+                let under = [path, b"/"].concat();
+                Found::Dir { empty: !self.entries.range(under.clone()..).next().is_some_and(|(k, _)| k.starts_with(&under)) }
+            }
+        })
+    }
+
+    fn bind(&mut self, c: &Change) -> Result<(), Self::Error> {
+        let (path, e) = match c {
+            Change::File { path, blob, size, attrs } => (path, Entry::File { blob: *blob, size: *size, attrs: *attrs }),
+            Change::Symlink { path, target, attrs } => (path, Entry::Symlink { target: target.clone(), attrs: *attrs }),
+            _ => return Err("not a file change"),
+        };
+        self.make_parents(path)?;
+        self.entries.insert(path.clone(), e);
+        Ok(())
+    }
+
+    fn set_attrs(&mut self, path: &[u8], a: &Attrs) -> Result<(), Self::Error> {
+        match self.entries.get_mut(path) {
+            Some(Entry::File { attrs, .. } | Entry::Symlink { attrs, .. } | Entry::Dir { attrs }) => *attrs = *a,
+            None => return Err("no such name"),
+        }
+        Ok(())
+    }
+
+    fn make_dir(&mut self, path: &[u8], attrs: &Attrs) -> Result<(), Self::Error> {
+        self.make_parents(path)?;
+        self.entries.insert(path.to_vec(), Entry::Dir { attrs: *attrs });
+        Ok(())
+    }
+
+    fn remove(&mut self, path: &[u8]) -> Result<(), Self::Error> {
+        self.entries.remove(path);
+        Ok(())
+    }
+
+    fn rename(&mut self, from: &[u8], to: &[u8]) -> Result<(), Self::Error> {
+        self.make_parents(to)?;
+        let moved = self.take_subtree(from);
+        self.take_subtree(to);
+        for (k, e) in moved {
+            self.entries.insert([to, &k[from.len()..]].concat(), e);
+        }
+        Ok(())
     }
 }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use crate::config::{parse_compression, FileSettings, Settings, StoreUrl};
+use crate::config::{defaults, parse_compression, FileSettings, Settings, StoreUrl};
 
 /// wombatfs: a tiered, content-addressed, restart-proof FUSE filesystem for KV caches.
 #[derive(Parser, Debug)]
@@ -36,9 +36,9 @@ pub struct S3Args {
     /// S3 endpoint URL for non-AWS services (MinIO, Ceph RGW, R2, SeaweedFS…).
     #[arg(long)]
     pub s3_endpoint: Option<String>,
-    /// S3 region.
-    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
-    pub s3_region: String,
+    /// S3 region [default: us-east-1].
+    #[arg(long, env = "AWS_REGION")]
+    pub s3_region: Option<String>,
     /// Path-style S3 addressing (endpoint/bucket/key).
     #[arg(long)]
     pub s3_path_style: bool,
@@ -53,14 +53,15 @@ pub struct S3Args {
 }
 
 impl S3Args {
-    /// The S3 configuration (bucket and prefix come from the store URL).
-    pub fn config(&self, compression: crate::codec::Compression) -> crate::tiers::s3::S3Config {
+    /// The S3 configuration (bucket and prefix come from the store URL); flags win over
+    /// `file`'s keys.
+    pub fn config(&self, compression: crate::codec::Compression, file: &FileSettings) -> crate::tiers::s3::S3Config {
         crate::tiers::s3::S3Config {
             bucket: String::new(),
             prefix: String::new(),
-            endpoint: self.s3_endpoint.clone(),
-            region: self.s3_region.clone(),
-            path_style: self.s3_path_style,
+            endpoint: self.s3_endpoint.clone().or(file.s3_endpoint.clone()),
+            region: self.s3_region.clone().or(file.s3_region.clone()).unwrap_or_else(|| defaults::S3_REGION.into()),
+            path_style: self.s3_path_style || file.s3_path_style.unwrap_or(false),
             access_key: self.aws_access_key_id.clone(),
             secret_key: self.aws_secret_access_key.clone(),
             session_token: self.aws_session_token.clone(),
@@ -77,7 +78,7 @@ pub struct GcArgs {
     #[arg(long)]
     pub store: String,
     /// Seconds a blob must stay unreferenced (across runs) before it is deleted.
-    #[arg(long, default_value_t = 3600)]
+    #[arg(long, default_value_t = defaults::GC_GRACE_SECS)]
     pub grace: u64,
     /// Report what would be deleted; delete nothing.
     #[arg(long)]
@@ -117,18 +118,18 @@ pub struct MountArgs {
     #[arg(long)]
     pub compression: Option<String>,
     /// Upload mode: `async` (close returns after the local seal; a persisted queue uploads)
-    /// or `sync` (close and fsync return after the object store acknowledged).
-    #[arg(long, value_parser = ["async", "sync"], default_value = "async")]
-    pub upload: String,
+    /// or `sync` (close and fsync return after the object store acknowledged) [default: async].
+    #[arg(long, value_parser = ["async", "sync"])]
+    pub upload: Option<String>,
     /// Seconds between tree snapshots in a remote store when the tree changed (0: only at
-    /// unmount). A node with an empty cache dir restores the newest snapshot.
-    #[arg(long, default_value_t = 300)]
-    pub snapshot_interval: u64,
+    /// unmount). A node with an empty cache dir restores the newest snapshot [default: 300].
+    #[arg(long)]
+    pub snapshot_interval: Option<u64>,
     /// Milliseconds between polls of the other nodes' change journals in a shared bucket
     /// (0: do not follow other nodes). Their changes show up here within this plus their
-    /// publication delay (≈ 0.1–0.4 s after their upload).
-    #[arg(long, default_value_t = 2000)]
-    pub poll_interval_ms: u64,
+    /// publication delay (≈ 0.1–0.4 s after their upload) [default: 2000].
+    #[arg(long)]
+    pub poll_interval_ms: Option<u64>,
     /// Flat tier bound, e.g. 10GiB [default: 40 % of the cache filesystem, at most 16 GiB].
     #[arg(long)]
     pub flat_size: Option<String>,
@@ -141,9 +142,10 @@ pub struct MountArgs {
     /// foyer SSD tier directory [default: <cache-dir>/foyer].
     #[arg(long)]
     pub foyer_dir: Option<PathBuf>,
-    /// Kernel readahead for the mount in KiB (0: kernel default, 128 KiB). Needs root.
-    #[arg(long, default_value_t = 1024)]
-    pub readahead_kb: u32,
+    /// Kernel readahead for the mount in KiB (0: kernel default, 128 KiB). Needs root
+    /// [default: 1024].
+    #[arg(long)]
+    pub readahead_kb: Option<u32>,
     /// How to reach S3.
     #[command(flatten)]
     pub s3: S3Args,
@@ -173,28 +175,35 @@ impl MountArgs {
             &file,
             &cache_dir,
         )?;
-        let store = match self.store.clone().or(file.store) {
+        let store = match self.store.clone().or(file.store.clone()) {
             Some(s) => StoreUrl::parse(&s)?,
             None => StoreUrl::Local(cache_dir.join("objects")),
         };
-        let compression = parse_compression(self.compression.as_deref().or(file.compression.as_deref()).unwrap_or("auto"))?;
+        let compression = parse_compression(self.compression.as_deref().or(file.compression.as_deref()).unwrap_or(defaults::COMPRESSION))?;
+        let upload = self.upload.as_deref().or(file.upload.as_deref()).unwrap_or(defaults::UPLOAD);
+        let sync_uploads = match upload {
+            "sync" => true,
+            "async" => false,
+            other => anyhow::bail!("upload = {other:?}: use async or sync"),
+        };
+        let options = if self.options.is_empty() { file.options.clone().unwrap_or_default() } else { self.options.clone() };
         let mountpoint = absolute(&self.mountpoint)?;
         let s = Settings {
             mountpoint,
             cache_dir,
             store,
             foreground: self.foreground,
-            mount_options: self.options.iter().filter(|o| !o.is_empty()).cloned().collect(),
-            attr_ttl: std::time::Duration::from_secs(self.attr_ttl.or(file.attr_ttl_secs).unwrap_or(3600)),
-            threads: self.threads.or(file.threads).unwrap_or(4),
-            max_file_size: file.max_file_size.unwrap_or(1 << 40),
+            mount_options: options.into_iter().filter(|o| !o.is_empty()).collect(),
+            attr_ttl: std::time::Duration::from_secs(self.attr_ttl.or(file.attr_ttl_secs).unwrap_or(defaults::ATTR_TTL_SECS)),
+            threads: self.threads.or(file.threads).unwrap_or(defaults::THREADS),
+            max_file_size: file.max_file_size.unwrap_or(defaults::MAX_FILE_SIZE),
             compression,
-            sync_uploads: self.upload == "sync",
-            snapshot_interval: std::time::Duration::from_secs(self.snapshot_interval),
-            poll_interval: std::time::Duration::from_millis(self.poll_interval_ms),
-            readahead_kb: self.readahead_kb,
+            sync_uploads,
+            snapshot_interval: std::time::Duration::from_secs(self.snapshot_interval.or(file.snapshot_interval_secs).unwrap_or(defaults::SNAPSHOT_INTERVAL_SECS)),
+            poll_interval: std::time::Duration::from_millis(self.poll_interval_ms.or(file.poll_interval_ms).unwrap_or(defaults::POLL_INTERVAL_MS)),
+            readahead_kb: self.readahead_kb.or(file.readahead_kb).unwrap_or(defaults::READAHEAD_KB),
             tiers,
-            s3: self.s3.config(compression),
+            s3: self.s3.config(compression, &file),
         };
         s.validate()?;
         Ok(s)
@@ -214,5 +223,41 @@ fn default_cache_dir(xdg: Option<&std::path::Path>, home: Option<&std::path::Pat
         (Some(x), _) if x.is_absolute() => Ok(x.join("wombatfs")),
         (_, Some(h)) => Ok(h.join(".cache").join("wombatfs")),
         _ => anyhow::bail!("no --cache-dir given and neither XDG_CACHE_HOME nor HOME is set"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(args: &[&str]) -> Result<Settings> {
+        let cli = Cli::try_parse_from([&["wombatfs", "mount", "/mnt/kv"], args].concat())?;
+        let Command::Mount(m) = cli.command else { unreachable!() };
+        m.settings()
+    }
+
+    #[test]
+    fn every_mount_setting_comes_from_a_flag_the_file_or_the_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("w.toml");
+        let cache = ["--cache-dir", "/var/cache/wombat-test"];
+        let d = settings(&cache).unwrap();
+        assert_eq!((d.sync_uploads, d.snapshot_interval.as_secs(), d.poll_interval.as_millis(), d.readahead_kb), (false, 300, 2000, 1024));
+        assert_eq!((d.threads, d.attr_ttl.as_secs(), d.s3.region.as_str(), d.s3.path_style), (4, 3600, "us-east-1", false));
+        std::fs::write(
+            &cfg,
+            "upload = \"sync\"\nsnapshot_interval_secs = 60\npoll_interval_ms = 500\nreadahead_kb = 0\noptions = [\"allow_other\"]\n\
+             s3_endpoint = \"http://127.0.0.1:8333\"\ns3_region = \"eu-west-1\"\ns3_path_style = true\n",
+        )
+        .unwrap();
+        let c = cfg.to_str().unwrap();
+        let f = settings(&[&cache[..], &["--config", c]].concat()).unwrap();
+        assert_eq!((f.sync_uploads, f.snapshot_interval.as_secs(), f.poll_interval.as_millis(), f.readahead_kb), (true, 60, 500, 0));
+        assert_eq!(f.mount_options, ["allow_other"]);
+        assert_eq!((f.s3.endpoint.as_deref(), f.s3.region.as_str(), f.s3.path_style), (Some("http://127.0.0.1:8333"), "eu-west-1", true));
+        let flags = settings(&[&cache[..], &["--config", c, "--upload", "async", "--poll-interval-ms", "0", "--s3-region", "ap-south-1"]].concat()).unwrap();
+        assert_eq!((flags.sync_uploads, flags.poll_interval.as_millis(), flags.s3.region.as_str()), (false, 0, "ap-south-1"), "flags win");
+        std::fs::write(&cfg, "upload = \"later\"\n").unwrap();
+        assert!(settings(&[&cache[..], &["--config", c]].concat()).unwrap_err().to_string().contains("later"));
     }
 }

@@ -1,4 +1,4 @@
-//! The object envelope of DESIGN §6: `WBFS` magic, format version, codec (raw | zstd),
+//! The object envelope (docs/on-disk-format.md): `WBFS` magic, format version, codec (raw | zstd),
 //! raw length, blake3 of the raw bytes, then the payload.
 //!
 //! ```text

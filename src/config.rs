@@ -9,6 +9,42 @@ use thiserror::Error;
 
 use crate::codec::Compression;
 
+/// Every default of a mount, in one place (docs/configuration.md lists them).
+pub mod defaults {
+    /// kernel entry/attribute cache lifetime
+    pub const ATTR_TTL_SECS: u64 = 3600;
+    /// FUSE worker threads
+    pub const THREADS: usize = 4;
+    /// largest file (the filesystem core's own default)
+    pub const MAX_FILE_SIZE: u64 = crate::fs::core::DEFAULT_MAX_FILE_SIZE;
+    /// compression of enveloped objects
+    pub const COMPRESSION: &str = "auto";
+    /// upload mode
+    pub const UPLOAD: &str = "async";
+    /// seconds between tree snapshots of a changed tree
+    pub const SNAPSHOT_INTERVAL_SECS: u64 = 300;
+    /// milliseconds between polls of the other nodes' change journals
+    pub const POLL_INTERVAL_MS: u64 = 2000;
+    /// kernel readahead of the mount
+    pub const READAHEAD_KB: u32 = 1024;
+    /// S3 region
+    pub const S3_REGION: &str = "us-east-1";
+    /// foyer RAM
+    pub const FOYER_MEMORY: u64 = 64 << 20;
+    /// seconds a blob stays unreferenced before `wombatfs gc` deletes it
+    pub const GC_GRACE_SECS: u64 = 3600;
+
+    /// The flat tier's bound on a cache filesystem of `capacity` bytes: 40 %, 256 MiB … 16 GiB.
+    pub fn flat_size(capacity: u64) -> u64 {
+        (capacity / 10 * 4).clamp(256 << 20, 16 << 30)
+    }
+
+    /// foyer's disk on a filesystem of `capacity` bytes: 20 %, 64 MiB … 8 GiB.
+    pub fn foyer_disk(capacity: u64) -> u64 {
+        (capacity / 5).clamp(64 << 20, 8 << 30)
+    }
+}
+
 /// A setting that cannot be used.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -91,6 +127,22 @@ pub struct FileSettings {
     pub foyer_dir: Option<PathBuf>,
     /// per-namespace byte budgets: namespace name → size
     pub budgets: Option<std::collections::BTreeMap<String, String>>,
+    /// `async` or `sync`
+    pub upload: Option<String>,
+    /// seconds between tree snapshots (0: only at unmount)
+    pub snapshot_interval_secs: Option<u64>,
+    /// milliseconds between polls of the other nodes' journals (0: never)
+    pub poll_interval_ms: Option<u64>,
+    /// kernel readahead of the mount in KiB (0: kernel default)
+    pub readahead_kb: Option<u32>,
+    /// FUSE mount options (as `-o`)
+    pub options: Option<Vec<String>>,
+    /// S3 endpoint of a non-AWS service
+    pub s3_endpoint: Option<String>,
+    /// S3 region
+    pub s3_region: Option<String>,
+    /// path-style S3 addressing
+    pub s3_path_style: Option<bool>,
 }
 
 impl FileSettings {

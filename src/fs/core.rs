@@ -19,6 +19,9 @@ use crate::index::records::{InodeKind, InodeRecord, Ts};
 use crate::index::Index;
 use crate::store::BlobStore;
 
+/// Largest file accepted unless configured otherwise: 1 TiB.
+pub const DEFAULT_MAX_FILE_SIZE: u64 = 1 << 40;
+
 /// Tunables of the core.
 #[derive(Clone, Debug)]
 pub struct CoreOptions {
@@ -36,7 +39,7 @@ impl Default for CoreOptions {
     fn default() -> Self {
         // SAFETY: getuid/getgid cannot fail and touch no memory.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        CoreOptions { max_file_size: 1 << 40, root_uid: uid, root_gid: gid, budgets: Default::default() }
+        CoreOptions { max_file_size: DEFAULT_MAX_FILE_SIZE, root_uid: uid, root_gid: gid, budgets: Default::default() }
     }
 }
 

@@ -339,45 +339,9 @@ impl Tree {
     /// entries to missing inodes, inodes without entries, link counts, unreferenced blobs,
     /// stray flat files. Pending uploads are re-queued.
     pub fn load(records: Records, store: &BlobStore, index: &Index, root: InodeRecord) -> FsResult<Tree> {
-        let mut t = Tree { next_ino: ROOT + 1, ..Default::default() };
-        let mut dirents = Vec::new();
-        let mut blob_recs = HashMap::new();
-        let mut pending = Vec::new();
-        let mut format = None;
-        for (k, v) in records {
-            match k.first() {
-                Some(&keys::INODE) => match records::decode::<InodeRecord>(&v) {
-                    Some(rec) => {
-                        t.inodes.insert(rec.ino, rec);
-                    }
-                    None => tracing::error!(key = %hex::encode(&k), "undecodable inode record skipped"),
-                },
-                Some(&keys::DIRENT) => {
-                    if let (Some((p, name)), Ok(b)) = (keys::split_dirent(&k), <[u8; 8]>::try_from(v.as_slice())) {
-                        dirents.push((p, name.to_vec(), u64::from_be_bytes(b)));
-                    }
-                }
-                Some(&keys::BLOB) => {
-                    if let (Some(id), Some(r)) = (keys::blob_after_prefix(&k), records::decode::<BlobRecord>(&v)) {
-                        blob_recs.insert(id, r);
-                    }
-                }
-                Some(&keys::UPLOAD) => pending.extend(keys::blob_after_prefix(&k)),
-                Some(&keys::CURSOR) => t.outbox.load_cursor(&k, &v),
-                Some(&keys::OUTBOX) => t.outbox.load_change(&k, &v),
-                Some(&keys::META) if k == keys::format_version() => {
-                    format = <[u8; 4]>::try_from(v.as_slice()).ok().map(u32::from_be_bytes);
-                }
-                Some(&keys::META) if k == keys::next_ino() => {
-                    if let Ok(b) = <[u8; 8]>::try_from(v.as_slice()) {
-                        t.next_ino = t.next_ino.max(u64::from_be_bytes(b));
-                    }
-                }
-                _ => {}
-            }
-        }
+        let (mut t, found) = Self::decode(records);
         let mut tx = Tx::default();
-        match format {
+        match found.format {
             Some(keys::FORMAT) => {}
             None => tx.ops.push(Op::Put(keys::format_version(), keys::FORMAT.to_be_bytes().to_vec())),
             Some(_) => return Err(FsError::NotSupported("the index was written by a newer wombatfs format")),
@@ -389,38 +353,97 @@ impl Tree {
         if let Some(max) = t.inodes.keys().max() {
             t.next_ino = t.next_ino.max(max + 1);
         }
-        for rec in t.inodes.values() {
+        let links = t.link_entries(found.dirents, &mut tx);
+        t.derive_counts(&links, &mut tx);
+        let unreferenced = t.reconcile_blobs(&found.blobs, &mut tx);
+        index.commit(tx.ops)?;
+        // destructive steps only after the commit that records them
+        for (id, size) in unreferenced {
+            store.reclaim(id, size)?;
+        }
+        t.remove_stray_flat_files(store)?;
+        for id in found.pending.into_iter().filter(|id| t.blobs.contains_key(id)) {
+            store.enqueue_upload(id);
+        }
+        Ok(t)
+    }
+
+    /// Sort the index records into the tree's inodes, journal cursors and outbox, and what the
+    /// repair steps need.
+    fn decode(records: Records) -> (Tree, Found) {
+        let mut t = Tree { next_ino: ROOT + 1, ..Default::default() };
+        let mut found = Found::default();
+        for (k, v) in records {
+            match k.first() {
+                Some(&keys::INODE) => match records::decode::<InodeRecord>(&v) {
+                    Some(rec) => {
+                        t.inodes.insert(rec.ino, rec);
+                    }
+                    None => tracing::error!(key = %hex::encode(&k), "undecodable inode record skipped"),
+                },
+                Some(&keys::DIRENT) => {
+                    if let (Some((p, name)), Ok(b)) = (keys::split_dirent(&k), <[u8; 8]>::try_from(v.as_slice())) {
+                        found.dirents.push((p, name.to_vec(), u64::from_be_bytes(b)));
+                    }
+                }
+                Some(&keys::BLOB) => {
+                    if let (Some(id), Some(r)) = (keys::blob_after_prefix(&k), records::decode::<BlobRecord>(&v)) {
+                        found.blobs.insert(id, r);
+                    }
+                }
+                Some(&keys::UPLOAD) => found.pending.extend(keys::blob_after_prefix(&k)),
+                Some(&keys::CURSOR) => t.outbox.load_cursor(&k, &v),
+                Some(&keys::OUTBOX) => t.outbox.load_change(&k, &v),
+                Some(&keys::META) if k == keys::format_version() => {
+                    found.format = <[u8; 4]>::try_from(v.as_slice()).ok().map(u32::from_be_bytes);
+                }
+                Some(&keys::META) if k == keys::next_ino() => {
+                    if let Ok(b) = <[u8; 8]>::try_from(v.as_slice()) {
+                        t.next_ino = t.next_ino.max(u64::from_be_bytes(b));
+                    }
+                }
+                _ => {}
+            }
+        }
+        (t, found)
+    }
+
+    /// Link the directory entries (dropping dangling ones) and the inodes nobody links to (a
+    /// crash between an unlink and its forget); returns each inode's link count.
+    fn link_entries(&mut self, dirents: Vec<(u64, Vec<u8>, u64)>, tx: &mut Tx) -> HashMap<u64, u32> {
+        for rec in self.inodes.values() {
             if matches!(rec.kind, InodeKind::Dir { .. }) {
-                t.dirs.insert(rec.ino, BTreeMap::new());
+                self.dirs.insert(rec.ino, BTreeMap::new());
             }
         }
         let mut links: HashMap<u64, u32> = HashMap::new();
         for (p, name, ino) in dirents {
-            let valid = t.dirs.contains_key(&p) && t.inodes.contains_key(&ino) && ino != ROOT;
+            let valid = self.dirs.contains_key(&p) && self.inodes.contains_key(&ino) && ino != ROOT;
             if !valid {
                 tracing::warn!(parent = p, ino, "dangling directory entry removed");
                 tx.del_dirent(p, &name);
                 continue;
             }
-            if let Some(InodeKind::Dir { parent }) = t.inodes.get_mut(&ino).map(|r| &mut r.kind) {
+            if let Some(InodeKind::Dir { parent }) = self.inodes.get_mut(&ino).map(|r| &mut r.kind) {
                 *parent = p;
             }
             *links.entry(ino).or_default() += 1;
-            t.names.entry(ino).or_default().push((p, name.clone()));
-            t.dirs.entry(p).or_default().insert(name, ino);
+            self.names.entry(ino).or_default().push((p, name.clone()));
+            self.dirs.entry(p).or_default().insert(name, ino);
         }
-        // inodes nobody links to (crash between unlink and forget) are dropped
-        let unlinked: Vec<u64> = t.inodes.keys().copied().filter(|i| *i != ROOT && !links.contains_key(i)).collect();
+        let unlinked: Vec<u64> = self.inodes.keys().copied().filter(|i| *i != ROOT && !links.contains_key(i)).collect();
         for ino in unlinked {
-            t.inodes.remove(&ino);
-            t.dirs.remove(&ino);
+            self.inodes.remove(&ino);
+            self.dirs.remove(&ino);
             tx.del_inode(ino);
         }
-        // link counts and blob references are derived, never trusted
-        let subdirs: HashMap<u64, u32> = t.dirs.iter().map(|(d, c)| {
-            (*d, c.values().filter(|i| t.dirs.contains_key(i)).count() as u32)
-        }).collect();
-        for rec in t.inodes.values_mut() {
+        links
+    }
+
+    /// Link counts and blob references are derived from the entries, never trusted.
+    fn derive_counts(&mut self, links: &HashMap<u64, u32>, tx: &mut Tx) {
+        let subdirs: HashMap<u64, u32> = self.dirs.iter().map(|(d, c)| (*d, c.values().filter(|i| self.dirs.contains_key(i)).count() as u32)).collect();
+        for rec in self.inodes.values_mut() {
             let want = match rec.kind {
                 InodeKind::Dir { .. } => 2 + subdirs.get(&rec.ino).copied().unwrap_or(0),
                 _ => links.get(&rec.ino).copied().unwrap_or(1),
@@ -430,28 +453,37 @@ impl Tree {
                 tx.put_inode(rec);
             }
             if let InodeKind::File { blob } = rec.kind {
-                let e = t.blobs.entry(blob).or_insert(BlobEntry { size: rec.size, refs: 0 });
-                e.refs += 1;
+                self.blobs.entry(blob).or_insert(BlobEntry { size: rec.size, refs: 0 }).refs += 1;
             }
         }
-        for (id, e) in &t.blobs {
-            if !blob_recs.contains_key(id) {
+    }
+
+    /// Blob records the names need are written, the others deleted; returns the blobs no
+    /// name refers to (reclaimed once the commit is durable).
+    fn reconcile_blobs(&mut self, recs: &HashMap<BlobId, BlobRecord>, tx: &mut Tx) -> Vec<(BlobId, u64)> {
+        for (id, e) in &self.blobs {
+            if !recs.contains_key(id) {
                 tx.ops.push(Op::Put(keys::blob(id), records::encode(&BlobRecord { size: e.size })));
             }
         }
         let empty = BlobId::empty();
-        if let Some(r) = blob_recs.get(&empty) {
-            t.blobs.entry(empty).or_insert(BlobEntry { size: r.size, refs: 0 });
+        if let Some(r) = recs.get(&empty) {
+            self.blobs.entry(empty).or_insert(BlobEntry { size: r.size, refs: 0 });
         }
-        for id in blob_recs.keys().filter(|id| !t.blobs.contains_key(id)) {
+        let mut gone = Vec::new();
+        for (id, r) in recs.iter().filter(|(id, _)| !self.blobs.contains_key(*id)) {
             tx.ops.push(Op::Delete(keys::blob(id)));
             tx.ops.push(Op::Delete(keys::upload(id)));
-            store.reclaim(*id, blob_recs[id].size)?;
+            gone.push((*id, r.size));
         }
-        // flat files no blob record knows: leftovers of a crash mid-seal
+        gone
+    }
+
+    /// Flat files no blob record knows: leftovers of a crash mid-seal.
+    fn remove_stray_flat_files(&self, store: &BlobStore) -> FsResult<()> {
         for (id, path) in store.flat().scan()? {
             match id {
-                Some(id) if t.blobs.contains_key(&id) => {}
+                Some(id) if self.blobs.contains_key(&id) => {}
                 Some(id) => {
                     tracing::debug!(%id, "removing stray flat file");
                     store.flat().remove(&id)?;
@@ -462,10 +494,15 @@ impl Tree {
                 }
             }
         }
-        index.commit(tx.ops)?;
-        for id in pending.into_iter().filter(|id| t.blobs.contains_key(id)) {
-            store.enqueue_upload(id);
-        }
-        Ok(t)
+        Ok(())
     }
+}
+
+/// What `Tree::decode` found besides the tree itself.
+#[derive(Default)]
+struct Found {
+    dirents: Vec<(u64, Vec<u8>, u64)>,
+    blobs: HashMap<BlobId, BlobRecord>,
+    pending: Vec<BlobId>,
+    format: Option<u32>,
 }

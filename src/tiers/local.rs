@@ -4,7 +4,7 @@
 //! On the same filesystem as the flat tier a blob is stored as a **hard link** to the flat
 //! file, so the bytes are on disk once (the "1× unique data"); such objects are raw
 //! and verified by re-hashing on read. On another filesystem (e.g. a shared NFS mount) objects
-//! are written as envelopes (DESIGN §6). Readers accept both forms.
+//! are written as envelopes (docs/on-disk-format.md). Readers accept both forms.
 
 use std::fs::{self, File};
 use std::io::Read;

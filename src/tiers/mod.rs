@@ -56,7 +56,7 @@ impl StoreError {
     }
 }
 
-/// A durable, content-addressed object store (DESIGN §6 layout: `<prefix>/blobs/<aa>/<hex>`).
+/// A durable, content-addressed object store (layout in docs/on-disk-format.md: `<prefix>/blobs/<aa>/<hex>`).
 #[async_trait]
 pub trait ObjectStore: Send + Sync + 'static {
     /// Human-readable location, for logs (never contains secrets).

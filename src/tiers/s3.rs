@@ -1,4 +1,4 @@
-//! The S3 object store (rust-s3): any S3-compatible service. Objects are envelopes (DESIGN §6)
+//! The S3 object store (rust-s3): any S3-compatible service. Objects are envelopes (docs/on-disk-format.md)
 //! at `<prefix>/blobs/<aa>/<blake3-hex>`.
 //!
 //! - Puts skip blobs the bucket already has (HEAD first: content addressing makes that

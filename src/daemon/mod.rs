@@ -1,0 +1,121 @@
+//! Running a mount: preflight checks, daemonizing, building the layers, serving until an
+//! unmount or a signal, and a clean shutdown; and the `gc` command.
+
+mod preflight;
+mod serve;
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::config::{Settings, StoreUrl};
+use crate::tiers::s3::{S3Config, S3Store};
+use crate::tiers::ObjectStore;
+use preflight::{lock_cache_dir, preflight};
+use serve::serve;
+
+/// Mount and serve until unmounted. Without `foreground`, returns in the parent once the mount
+/// is live (or fails with the child's error).
+pub fn mount(s: Settings, log: &str) -> Result<()> {
+    preflight(&s)?;
+    let lock = lock_cache_dir(&s.cache_dir)?;
+    if s.foreground {
+        init_logging(log, None);
+        return serve(&s, None, lock);
+    }
+    let (rfd, wfd) = pipe()?;
+    // SAFETY: no threads exist yet (no runtime, no logging thread), so fork is sound.
+    match unsafe { libc::fork() } {
+        -1 => bail!("fork failed: {}", std::io::Error::last_os_error()),
+        0 => {
+            drop(rfd);
+            // SAFETY: setsid in the freshly forked child has no preconditions.
+            unsafe { libc::setsid() };
+            redirect_stdio();
+            let log_file = OpenOptions::new().create(true).append(true).open(s.cache_dir.join("wombatfs.log")).ok();
+            init_logging(log, log_file);
+            let mut report = wfd;
+            let res = serve(&s, Some(&mut report), lock);
+            if let Err(e) = &res {
+                tracing::error!(error = %format!("{e:#}"), "wombatfs stopped");
+                let _ = report.write_all(format!("{e:#}").as_bytes());
+            }
+            std::process::exit(if res.is_ok() { 0 } else { 1 });
+        }
+        _child => {
+            drop(wfd);
+            // the child writes "OK" once the mount is live (and keeps the pipe open), or its
+            // error and exits
+            let mut msg = Vec::new();
+            let mut rfd = rfd;
+            let mut buf = [0u8; 4096];
+            while !msg.starts_with(b"OK") {
+                match rfd.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => msg.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            let msg = String::from_utf8_lossy(&msg).into_owned();
+            match msg.strip_prefix("OK") {
+                Some(_) => Ok(()),
+                None if msg.is_empty() => bail!("the daemon exited during startup; see {}", s.cache_dir.join("wombatfs.log").display()),
+                None => Err(anyhow!(msg)),
+            }
+        }
+    }
+}
+
+fn pipe() -> Result<(File, File)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array we own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        bail!("pipe failed: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are fresh and owned only here.
+    Ok(unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) })
+}
+
+fn redirect_stdio() {
+    if let Ok(null) = OpenOptions::new().read(true).write(true).open("/dev/null") {
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors of this process.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
+
+fn init_logging(filter: &str, file: Option<File>) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match file {
+        Some(f) => builder.with_ansi(false).with_writer(std::sync::Mutex::new(f)).try_init(),
+        None => builder.with_writer(std::io::stderr).try_init(),
+    };
+}
+
+/// `wombatfs gc`: collect unreferenced blobs of a shared bucket (see [`crate::sync::gc`]).
+pub fn gc(args: &crate::cli::GcArgs, log: &str) -> Result<()> {
+    init_logging(log, None);
+    let StoreUrl::S3 { bucket, prefix } = StoreUrl::parse(&args.store)? else {
+        anyhow::bail!("gc works on a shared s3:// bucket; a local store's node deletes unreferenced blobs itself");
+    };
+    let cfg = S3Config { bucket, prefix, ..args.s3.config(crate::codec::Compression::Auto(3), &Default::default()) };
+    let objects = S3Store::new(&cfg)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(objects.check()).with_context(|| format!("object store {} is not usable", objects.describe()))?;
+    let r = rt.block_on(crate::sync::gc::collect(&objects, Duration::from_secs(args.grace), args.dry_run))?;
+    let verb = if args.dry_run { "would delete" } else { "deleted" };
+    println!(
+        "{} nodes, {} blobs, {} referenced, {} unreferenced within the {} s grace period, {verb} {}; {verb} {} journal batches covered by every snapshot",
+        r.nodes, r.blobs, r.referenced, r.waiting, args.grace, r.deleted.len(), r.journal_batches_deleted
+    );
+    for id in &r.deleted {
+        tracing::info!(%id, "{verb}");
+    }
+    Ok(())
+}

@@ -2,7 +2,7 @@
 //!
 //! The library has three layers, usable without FUSE:
 //! - [`store::BlobStore`]: content-addressed blobs in a flat local tier over an object store;
-//! - [`index::Index`]: persistent metadata (SlateDB behind an intent journal);
+//! - [`index::Index`]: persistent metadata (SlateDB behind an intent log);
 //! - [`fs::core::FsCore`]: the filesystem semantics (namespaces, inodes, handles, staging),
 //!   driven by the thin FUSE adapter in [`fs::fuse`] or directly by tests.
 

@@ -1,16 +1,16 @@
 //! The persistent metadata index: SlateDB (the only place `slatedb` appears) behind an intent
-//! journal.
+//! log (`intent_log`).
 //!
-//! `commit` appends a batch to the journal with one `write(2)` and hands it to a single tokio
+//! `commit` appends a batch to the intent log with one `write(2)` and hands it to a single tokio
 //! task that applies batches to SlateDB in order, without waiting for SlateDB durability. So a
 //! committed batch survives `kill -9` at the cost of one small write, and `sync` (fdatasync of
-//! the journal) makes it survive loss of the page cache. Every 30 s or 64 MiB the journal rolls
-//! to a new generation; the applier then flushes SlateDB, `syncfs`es the cache filesystem and
+//! the intent log) makes it survive loss of the page cache. Every 30 s or 64 MiB the intent
+//! log rolls to a new generation; the applier then flushes SlateDB, `syncfs`es the cache filesystem and
 //! deletes the old generation. At open, leftover generations are replayed into SlateDB.
 //!
 //! The fs core keeps the authoritative in-memory view and never reads SlateDB after mount.
 
-pub mod journal;
+pub mod intent_log;
 pub mod keys;
 pub mod records;
 
@@ -26,15 +26,15 @@ use thiserror::Error;
 use std::collections::VecDeque;
 use tokio::sync::{oneshot, Notify};
 
-pub use journal::Op;
-use journal::Journal;
+pub use intent_log::Op;
+use intent_log::IntentLog;
 
-/// Roll the journal after this many bytes.
+/// Roll the intent log after this many bytes.
 const ROLL_BYTES: u64 = 64 << 20;
-/// Roll the journal after this long.
+/// Roll the intent log after this long.
 const ROLL_AFTER: Duration = Duration::from_secs(30);
 /// The applier gathers batches this long after being woken, so a burst of small commits
-/// costs one wake-up of the runtime instead of one each (the journal already made them safe).
+/// costs one wake-up of the runtime instead of one each (the intent log already made them safe).
 const COALESCE: Duration = Duration::from_millis(2);
 
 /// Errors of the metadata index.
@@ -46,8 +46,8 @@ pub enum IndexError {
     /// SlateDB failed.
     #[error("metadata database error: {0}")]
     Db(#[source] slatedb::Error),
-    /// Journal or directory I/O failed.
-    #[error("metadata journal I/O ({what}): {source}")]
+    /// Intent log or directory I/O failed.
+    #[error("intent log I/O ({what}): {source}")]
     Io {
         /// what we were doing
         what: &'static str,
@@ -58,9 +58,9 @@ pub enum IndexError {
     /// The index is closed.
     #[error("metadata index is closed")]
     Closed,
-    /// An earlier journal write failed (disk full, I/O error): a torn record would hide every
+    /// An earlier intent-log write failed (disk full, I/O error): a torn record would hide every
     /// later one at replay, so no further change is accepted until a remount.
-    #[error("metadata journal failed earlier; changes are refused until the filesystem is remounted")]
+    #[error("intent log failed earlier; changes are refused until the filesystem is remounted")]
     Poisoned,
 }
 
@@ -104,8 +104,8 @@ impl Queue {
     }
 }
 
-struct JournalState {
-    journal: Journal,
+struct LogState {
+    log: IntentLog,
     rolled_at: Instant,
 }
 
@@ -117,8 +117,8 @@ pub struct Index {
 
 struct Inner {
     poisoned: AtomicBool,
-    journal_dir: PathBuf,
-    state: Mutex<Option<JournalState>>,
+    log_dir: PathBuf,
+    state: Mutex<Option<LogState>>,
     queue: Arc<Queue>,
     db: Db,
     rt: tokio::runtime::Handle,
@@ -128,13 +128,14 @@ struct Inner {
 pub type Records = Vec<(Vec<u8>, Vec<u8>)>;
 
 impl Index {
-    /// Open the index in `dir` (created if missing), replay any journal left by a crash, and
+    /// Open the index in `dir` (created if missing), replay any intent log left by a crash, and
     /// return the full contents. Must not be called from inside the runtime.
     pub fn open(dir: &Path, rt: &tokio::runtime::Handle) -> Result<(Index, Records), IndexError> {
         let db_dir = dir.join("db");
-        let journal_dir = dir.join("journal");
+        let log_dir = dir.join("intent-log");
+        IntentLog::adopt_legacy(dir, &log_dir).map_err(io("adopt the intent log under its old name"))?;
         std::fs::create_dir_all(&db_dir).map_err(io("create index dir"))?;
-        std::fs::create_dir_all(&journal_dir).map_err(io("create journal dir"))?;
+        std::fs::create_dir_all(&log_dir).map_err(io("create intent log dir"))?;
         let (db, snapshot, next_gen) = rt.block_on(async {
             let store = LocalFileSystem::new_with_prefix(&db_dir).map_err(|e| IndexError::Io {
                 what: "open index directory",
@@ -145,19 +146,19 @@ impl Index {
                 .build()
                 .await
                 .map_err(|e| db_err(e, dir))?;
-            let gens = Journal::existing(&journal_dir).map_err(io("list journal"))?;
+            let gens = IntentLog::existing(&log_dir).map_err(io("list intent log"))?;
             for &gen in &gens {
-                let batches = Journal::read_gen(&journal_dir, gen).map_err(io("read journal"))?;
-                tracing::info!(gen, batches = batches.len(), "replaying metadata journal");
+                let batches = IntentLog::read_gen(&log_dir, gen).map_err(io("read intent log"))?;
+                tracing::info!(gen, batches = batches.len(), "replaying intent log");
                 for ops in batches {
                     db.write(to_batch(ops)).await.map_err(|e| db_err(e, dir))?;
                 }
             }
             if !gens.is_empty() {
                 db.flush().await.map_err(|e| db_err(e, dir))?;
-                syncfs(&journal_dir)?;
+                syncfs(&log_dir)?;
                 for &gen in &gens {
-                    Journal::remove_gen(&journal_dir, gen).map_err(io("remove journal"))?;
+                    IntentLog::remove_gen(&log_dir, gen).map_err(io("remove intent log"))?;
                 }
             }
             let mut snapshot = Vec::new();
@@ -167,17 +168,17 @@ impl Index {
             }
             Ok::<_, IndexError>((db, snapshot, gens.last().map_or(1, |g| g + 1)))
         })?;
-        let journal = Journal::create(&journal_dir, next_gen).map_err(io("create journal"))?;
+        let log = IntentLog::create(&log_dir, next_gen).map_err(io("create intent log"))?;
         let queue = Arc::new(Queue::default());
         let inner = Arc::new(Inner {
             poisoned: AtomicBool::new(false),
-            journal_dir: journal_dir.clone(),
-            state: Mutex::new(Some(JournalState { journal, rolled_at: Instant::now() })),
+            log_dir: log_dir.clone(),
+            state: Mutex::new(Some(LogState { log, rolled_at: Instant::now() })),
             queue: queue.clone(),
             db: db.clone(),
             rt: rt.clone(),
         });
-        rt.spawn(apply_loop(db, queue, journal_dir, dir.to_path_buf()));
+        rt.spawn(apply_loop(db, queue, log_dir, dir.to_path_buf()));
         Ok((Index { inner }, snapshot))
     }
 
@@ -191,13 +192,13 @@ impl Index {
         if self.inner.poisoned.load(Ordering::SeqCst) {
             return Err(IndexError::Poisoned);
         }
-        if let Err(e) = st.journal.append(&ops) {
+        if let Err(e) = st.log.append(&ops) {
             self.inner.poisoned.store(true, Ordering::SeqCst);
-            tracing::error!(error = %e, "metadata journal write failed; refusing further changes until remount");
-            return Err(IndexError::Io { what: "append journal", source: e });
+            tracing::error!(error = %e, "intent log write failed; refusing further changes until remount");
+            return Err(IndexError::Io { what: "append intent log", source: e });
         }
         self.inner.queue.push(Msg::Batch(ops), false);
-        if st.journal.bytes() >= ROLL_BYTES || st.rolled_at.elapsed() >= ROLL_AFTER {
+        if st.log.bytes() >= ROLL_BYTES || st.rolled_at.elapsed() >= ROLL_AFTER {
             self.roll(st, None)?;
         }
         Ok(())
@@ -210,22 +211,22 @@ impl Index {
         if self.inner.poisoned.load(Ordering::SeqCst) {
             return Err(IndexError::Poisoned);
         }
-        st.journal.sync().map_err(|e| {
-            // after a failed fsync the page cache state of the journal is unknown (fsyncgate)
+        st.log.sync().map_err(|e| {
+            // after a failed fsync the page cache state of the intent log is unknown (fsyncgate)
             self.inner.poisoned.store(true, Ordering::SeqCst);
-            IndexError::Io { what: "fsync journal", source: e }
+            IndexError::Io { what: "fsync intent log", source: e }
         })
     }
 
-    fn roll(&self, st: &mut JournalState, done: Option<oneshot::Sender<Result<(), IndexError>>>) -> Result<(), IndexError> {
-        let old = st.journal.gen();
-        st.journal = Journal::create(&self.inner.journal_dir, old + 1).map_err(io("create journal"))?;
+    fn roll(&self, st: &mut LogState, done: Option<oneshot::Sender<Result<(), IndexError>>>) -> Result<(), IndexError> {
+        let old = st.log.gen();
+        st.log = IntentLog::create(&self.inner.log_dir, old + 1).map_err(io("create intent log"))?;
         st.rolled_at = Instant::now();
         self.inner.queue.push(Msg::Checkpoint(old, done), true);
         Ok(())
     }
 
-    /// Flush everything into SlateDB, delete the journal and close the database.
+    /// Flush everything into SlateDB, delete the intent log and close the database.
     /// Must not be called from inside the runtime.
     pub fn close(&self) -> Result<(), IndexError> {
         let (tx, rx) = oneshot::channel();
@@ -233,9 +234,9 @@ impl Index {
             let mut guard = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
             let Some(mut st) = guard.take() else { return Ok(()) };
             self.roll(&mut st, Some(tx))?;
-            let last = st.journal.gen();
+            let last = st.log.gen();
             drop(st);
-            let _ = Journal::remove_gen(&self.inner.journal_dir, last);
+            let _ = IntentLog::remove_gen(&self.inner.log_dir, last);
         }
         self.inner.queue.close();
         self.inner.rt.block_on(async {
@@ -277,8 +278,8 @@ fn syncfs(dir: &Path) -> Result<(), IndexError> {
     Ok(())
 }
 
-async fn apply_loop(db: Db, queue: Arc<Queue>, journal_dir: PathBuf, dir: PathBuf) {
-    // After a failed apply the journal is the only complete record: keep every generation so
+async fn apply_loop(db: Db, queue: Arc<Queue>, log_dir: PathBuf, dir: PathBuf) {
+    // After a failed apply the intent log is the only complete record: keep every generation so
     // that the next mount replays it.
     let failed = AtomicBool::new(false);
     loop {
@@ -291,7 +292,7 @@ async fn apply_loop(db: Db, queue: Arc<Queue>, journal_dir: PathBuf, dir: PathBu
                 Msg::Batch(ops) => add_ops(batch.get_or_insert_with(WriteBatch::new), ops),
                 Msg::Checkpoint(gen, done) => {
                     apply(&db, batch.take(), &failed, &dir).await;
-                    let res = checkpoint(&db, gen, &failed, &journal_dir, &dir).await;
+                    let res = checkpoint(&db, gen, &failed, &log_dir, &dir).await;
                     if let Some(done) = done {
                         let _ = done.send(res);
                     }
@@ -309,22 +310,22 @@ async fn apply(db: &Db, batch: Option<WriteBatch>, failed: &AtomicBool, dir: &Pa
     let Some(batch) = batch else { return };
     if let Err(e) = db.write(batch).await {
         failed.store(true, Ordering::SeqCst);
-        tracing::error!(error = %db_err(e, dir), "applying metadata batches failed; the journal keeps them for replay");
+        tracing::error!(error = %db_err(e, dir), "applying metadata batches failed; the intent log keeps them for replay");
     }
 }
 
-async fn checkpoint(db: &Db, gen: u64, failed: &AtomicBool, journal_dir: &Path, dir: &Path) -> Result<(), IndexError> {
+async fn checkpoint(db: &Db, gen: u64, failed: &AtomicBool, log_dir: &Path, dir: &Path) -> Result<(), IndexError> {
     let res = async {
         db.flush().await.map_err(|e| db_err(e, dir))?;
-        syncfs(journal_dir)?;
+        syncfs(log_dir)?;
         if !failed.load(Ordering::SeqCst) {
-            Journal::remove_gen(journal_dir, gen).map_err(io("remove journal"))?;
+            IntentLog::remove_gen(log_dir, gen).map_err(io("remove intent log"))?;
         }
         Ok(())
     }
     .await;
     if let Err(e) = &res {
-        tracing::error!(error = %e, gen, "metadata checkpoint failed; journal kept");
+        tracing::error!(error = %e, gen, "metadata checkpoint failed; intent log kept");
     }
     res
 }
@@ -352,7 +353,7 @@ mod tests {
         idx.commit(vec![Op::Put(b"k3".to_vec(), b"v3".to_vec())]).unwrap();
         idx.sync().unwrap();
         idx.close().unwrap();
-        assert!(Journal::existing(&dir.path().join("journal")).unwrap().is_empty());
+        assert!(IntentLog::existing(&dir.path().join("intent-log")).unwrap().is_empty());
         let (_idx, snap) = Index::open(dir.path(), rt2.handle()).unwrap();
         assert_eq!(snap.len(), 2);
     }

@@ -1,4 +1,5 @@
-//! The intent journal: an append-only local file of committed index batches.
+//! The intent log: an append-only local file of committed index batches (the index's
+//! write-ahead log; not to be confused with the bucket's change journal, `sync::change`).
 //!
 //! A batch is appended with one `write(2)` before `commit` returns, so it survives `kill -9`
 //! of the daemon (the bytes are in the kernel); `sync` (fdatasync) makes it survive loss of the
@@ -23,23 +24,29 @@ pub enum Op {
     Delete(Vec<u8>),
 }
 
-/// An open journal generation.
+/// An open intent-log generation.
 #[derive(Debug)]
-pub struct Journal {
+pub struct IntentLog {
     gen: u64,
     file: File,
     bytes: u64,
 }
 
 fn gen_path(dir: &Path, gen: u64) -> PathBuf {
-    dir.join(format!("journal-{gen:020}.log"))
+    dir.join(format!("{PREFIX}{gen:020}.log"))
 }
 
-impl Journal {
+/// Generation files are `intent-<gen, 20 digits>.log`.
+const PREFIX: &str = "intent-";
+/// What the directory and its files were called before the rename (read once, renamed).
+const LEGACY_DIR: &str = "journal";
+const LEGACY_PREFIX: &str = "journal-";
+
+impl IntentLog {
     /// Start a new generation file.
     pub fn create(dir: &Path, gen: u64) -> std::io::Result<Self> {
         let file = OpenOptions::new().create(true).append(true).open(gen_path(dir, gen))?;
-        Ok(Journal { gen, file, bytes: 0 })
+        Ok(IntentLog { gen, file, bytes: 0 })
     }
 
     /// This generation's number.
@@ -77,13 +84,30 @@ impl Journal {
         }
     }
 
+    /// An index directory written before the intent log had its name keeps its log in
+    /// `journal/journal-<gen>.log`: move it to `dir` (`intent-log/intent-<gen>.log`) before it
+    /// is replayed.
+    pub fn adopt_legacy(index_dir: &Path, dir: &Path) -> std::io::Result<()> {
+        let old = index_dir.join(LEGACY_DIR);
+        if !old.is_dir() || dir.exists() {
+            return Ok(());
+        }
+        for e in fs::read_dir(&old)? {
+            let name = e?.file_name();
+            if let Some(rest) = name.to_string_lossy().strip_prefix(LEGACY_PREFIX) {
+                fs::rename(old.join(&name), old.join(format!("{PREFIX}{rest}")))?;
+            }
+        }
+        fs::rename(&old, dir)
+    }
+
     /// Existing generations in `dir`, oldest first.
     pub fn existing(dir: &Path) -> std::io::Result<Vec<u64>> {
         let mut gens = Vec::new();
         for e in fs::read_dir(dir)? {
             let name = e?.file_name();
             let name = name.to_string_lossy();
-            if let Some(n) = name.strip_prefix("journal-").and_then(|s| s.strip_suffix(".log")) {
+            if let Some(n) = name.strip_prefix(PREFIX).and_then(|s| s.strip_suffix(".log")) {
                 if let Ok(g) = n.parse() {
                     gens.push(g);
                 }
@@ -112,7 +136,7 @@ impl Journal {
             pos += 12 + len;
         }
         if pos != buf.len() {
-            tracing::warn!(gen, valid = pos, total = buf.len(), "journal tail torn; ignoring the partial record");
+            tracing::warn!(gen, valid = pos, total = buf.len(), "intent log tail torn; ignoring the partial record");
         }
         Ok(out)
     }
@@ -125,12 +149,12 @@ mod tests {
     #[test]
     fn append_read_and_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
-        let mut j = Journal::create(dir.path(), 3).unwrap();
+        let mut j = IntentLog::create(dir.path(), 3).unwrap();
         j.append(&[Op::Put(b"a".to_vec(), b"1".to_vec())]).unwrap();
         j.append(&[Op::Delete(b"a".to_vec()), Op::Put(b"b".to_vec(), vec![])]).unwrap();
         drop(j);
-        assert_eq!(Journal::existing(dir.path()).unwrap(), vec![3]);
-        let recs = Journal::read_gen(dir.path(), 3).unwrap();
+        assert_eq!(IntentLog::existing(dir.path()).unwrap(), vec![3]);
+        let recs = IntentLog::read_gen(dir.path(), 3).unwrap();
         assert_eq!(recs.len(), 2);
         assert_eq!(recs[1][0], Op::Delete(b"a".to_vec()));
         // tear the last record: only the first survives
@@ -138,11 +162,32 @@ mod tests {
         let len = fs::metadata(&p).unwrap().len();
         let f = OpenOptions::new().write(true).open(&p).unwrap();
         f.set_len(len - 3).unwrap();
-        assert_eq!(Journal::read_gen(dir.path(), 3).unwrap().len(), 1);
+        assert_eq!(IntentLog::read_gen(dir.path(), 3).unwrap().len(), 1);
         // corrupt a byte of the first payload: nothing survives
         let mut bytes = fs::read(&p).unwrap();
         bytes[14] ^= 0xff;
         fs::write(&p, bytes).unwrap();
-        assert_eq!(Journal::read_gen(dir.path(), 3).unwrap().len(), 0);
+        assert_eq!(IntentLog::read_gen(dir.path(), 3).unwrap().len(), 0);
+    }
+}
+
+#[cfg(test)]
+mod legacy {
+    use super::*;
+
+    #[test]
+    fn a_log_under_its_old_name_is_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("journal");
+        fs::create_dir(&old).unwrap();
+        let mut j = IntentLog::create(&old, 7).unwrap();
+        j.append(&[Op::Put(b"k".to_vec(), b"v".to_vec())]).unwrap();
+        drop(j);
+        fs::rename(old.join("intent-00000000000000000007.log"), old.join("journal-00000000000000000007.log")).unwrap();
+        let new = dir.path().join("intent-log");
+        IntentLog::adopt_legacy(dir.path(), &new).unwrap();
+        assert!(!old.exists());
+        assert_eq!(IntentLog::existing(&new).unwrap(), vec![7]);
+        assert_eq!(IntentLog::read_gen(&new, 7).unwrap().len(), 1);
     }
 }

@@ -52,10 +52,13 @@ pub struct FsCore {
     pub(crate) store: Arc<BlobStore>,
     pub(crate) index: Index,
     pub(crate) opts: CoreOptions,
-    pub(crate) invalidator: std::sync::OnceLock<crate::fs::Invalidator>,
+    /// drops the kernel's cached entries (installed by the mount; replaced by a later one)
+    pub(crate) invalidator: RwLock<Option<crate::fs::Invalidator>>,
     /// last open of each inode since mount (recency for namespace budgets)
     pub(crate) recent: DashMap<u64, u64>,
     pub(crate) use_tick: AtomicU64,
+    /// hashes large sequential writes behind the writers
+    pub(crate) hasher: Arc<crate::fs::seqhash::HashWorker>,
     cache_dir: PathBuf,
 }
 
@@ -113,7 +116,7 @@ impl FsCore {
             if let Err(e) = idx.commit(vec![crate::index::Op::Delete(crate::index::keys::upload(&id))]) {
                 tracing::error!(%id, error = %e, "could not record a finished upload");
             }
-        }));
+        }))?;
         Ok(FsCore {
             tree: RwLock::new(tree),
             handles: DashMap::new(),
@@ -122,9 +125,10 @@ impl FsCore {
             store,
             index,
             opts,
-            invalidator: std::sync::OnceLock::new(),
+            invalidator: RwLock::new(None),
             recent: DashMap::new(),
             use_tick: AtomicU64::new(0),
+            hasher: crate::fs::seqhash::HashWorker::start(),
             cache_dir: cache_dir.to_path_buf(),
         })
     }

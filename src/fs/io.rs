@@ -163,7 +163,7 @@ impl FsCore {
         if st.staging.is_none() {
             let (mut f, path) = self.store.new_staging()?;
             let hash = if st.size == 0 {
-                SeqHash::new()
+                SeqHash::new(&self.hasher)
             } else {
                 let mut src = self.store.open_blob(&st.blob)?;
                 std::io::copy(&mut src, &mut f)?;
@@ -217,7 +217,7 @@ impl FsCore {
         if size == 0 && st.staging.is_none() {
             // O_TRUNC: no copy of the old bytes
             let (f, path) = self.store.new_staging()?;
-            st.staging = Some(Staging { file: Arc::new(f), path, size: 0, hash: SeqHash::new(), dirty: true });
+            st.staging = Some(Staging { file: Arc::new(f), path, size: 0, hash: SeqHash::new(&self.hasher), dirty: true });
         } else {
             let s = self.staging(st)?;
             s.file.set_len(size)?;

@@ -134,14 +134,18 @@ impl FsCore {
 
     /// Drop the kernel's cached entries/attributes (set by the FUSE adapter).
     pub fn invalidate(&self, inval: &[Inval]) {
-        if let (Some(f), false) = (self.invalidator.get(), inval.is_empty()) {
+        if inval.is_empty() {
+            return;
+        }
+        if let Some(f) = self.invalidator.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
             f(inval);
         }
     }
 
-    /// Install the function that invalidates kernel caches.
+    /// Install the function that invalidates kernel caches (a later mount of this core
+    /// replaces the earlier one's).
     pub fn set_invalidator(&self, f: crate::fs::Invalidator) {
-        let _ = self.invalidator.set(f);
+        *self.invalidator.write().unwrap_or_else(|p| p.into_inner()) = Some(f);
     }
 }
 

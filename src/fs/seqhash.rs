@@ -7,7 +7,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::mpsc::{channel, Sender};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::blob::BlobId;
 
@@ -39,9 +39,15 @@ struct Job {
     len: usize,
 }
 
-fn hashing_thread() -> &'static Mutex<Sender<Job>> {
-    static TX: OnceLock<Mutex<Sender<Job>>> = OnceLock::new();
-    TX.get_or_init(|| {
+/// The thread that hashes large sequential writes behind the writers of one filesystem (each
+/// mount, or library user, owns its own; it ends when its owner drops it).
+pub struct HashWorker {
+    tx: Option<Sender<Job>>,
+}
+
+impl HashWorker {
+    /// Start the thread. Without it (thread limit reached) every seal re-reads its file.
+    pub fn start() -> Arc<Self> {
         let (tx, rx) = channel::<Job>();
         let spawned = std::thread::Builder::new().name("wombatfs-hash".into()).spawn(move || {
             let mut buf = vec![0u8; 1 << 20];
@@ -49,11 +55,18 @@ fn hashing_thread() -> &'static Mutex<Sender<Job>> {
                 run(&job, &mut buf);
             }
         });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the hashing thread; seals will re-read files");
+        match spawned {
+            Ok(_) => Arc::new(HashWorker { tx: Some(tx) }),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the hashing thread; seals will re-read files");
+                Arc::new(HashWorker { tx: None })
+            }
         }
-        Mutex::new(tx)
-    })
+    }
+
+    fn send(&self, job: Job) -> bool {
+        self.tx.as_ref().is_some_and(|tx| tx.send(job).is_ok())
+    }
 }
 
 fn run(job: &Job, buf: &mut [u8]) {
@@ -78,20 +91,20 @@ fn run(job: &Job, buf: &mut [u8]) {
 /// The running hash of one staging file.
 pub struct SeqHash {
     shared: Arc<Shared>,
+    worker: Option<Arc<HashWorker>>,
 }
 
 impl SeqHash {
-    /// A hash of an empty file.
-    pub fn new() -> Self {
+    /// A hash of an empty file; large writes are hashed by `worker`.
+    pub fn new(worker: &Arc<HashWorker>) -> Self {
         let st = St { hasher: blake3::Hasher::new(), hashed: 0, queued: 0, broken: false };
-        SeqHash { shared: Arc::new(Shared { st: Mutex::new(st), cv: Condvar::new() }) }
+        SeqHash { shared: Arc::new(Shared { st: Mutex::new(st), cv: Condvar::new() }), worker: Some(worker.clone()) }
     }
 
     /// A hash that is already known to be unusable (e.g. a copy-on-write staging file).
     pub fn broken() -> Self {
-        let h = Self::new();
-        h.mark_broken();
-        h
+        let st = St { hasher: blake3::Hasher::new(), hashed: 0, queued: 0, broken: true };
+        SeqHash { shared: Arc::new(Shared { st: Mutex::new(st), cv: Condvar::new() }), worker: None }
     }
 
     /// Give up on incremental hashing.
@@ -120,8 +133,7 @@ impl SeqHash {
         st.queued = end;
         drop(st);
         let job = Job { shared: self.shared.clone(), file: file.clone(), offset, len: data.len() };
-        let sent = hashing_thread().lock().map(|tx| tx.send(job).is_ok()).unwrap_or(false);
-        if !sent {
+        if !self.worker.as_ref().is_some_and(|w| w.send(job)) {
             self.mark_broken();
         }
     }
@@ -152,11 +164,6 @@ impl SeqHash {
     }
 }
 
-impl Default for SeqHash {
-    fn default() -> Self {
-        Self::new()
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -172,7 +179,8 @@ mod tests {
     fn sequential_small_and_large_writes_hash_like_the_whole() {
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 249) as u8).collect();
         let f = staging(&data);
-        let h = SeqHash::new();
+        let w = HashWorker::start();
+        let h = SeqHash::new(&w);
         let mut off = 0usize;
         for len in [10, 200_000, 5, 1 << 20, 777, 600_000] {
             h.on_write(&f, off as u64, &data[off..off + len]);
@@ -185,15 +193,16 @@ mod tests {
     #[test]
     fn out_of_order_writes_and_odd_resizes_break_the_hash() {
         let f = staging(&[1u8; 300_000]);
-        let h = SeqHash::new();
+        let w = HashWorker::start();
+        let h = SeqHash::new(&w);
         h.on_write(&f, 0, &[1u8; 200_000]);
         h.on_write(&f, 100, &[1u8; 10]);
         assert_eq!(h.finish(200_000), None);
-        let h = SeqHash::new();
+        let h = SeqHash::new(&w);
         h.on_write(&f, 0, &[1u8; 10]);
         h.on_resize(5);
         assert_eq!(h.finish(5), None);
-        let h = SeqHash::new();
+        let h = SeqHash::new(&w);
         h.on_write(&f, 0, &[1u8; 10]);
         h.on_resize(0);
         h.on_write(&f, 0, b"ab");

@@ -100,9 +100,10 @@ impl BlobStore {
         Ok(BlobStore { flat, staging, objects, rt: rt.clone(), jobs, ctx, sync_uploads: opts.sync_uploads, read, eviction })
     }
 
-    /// Set the function called when a blob became durable in the object store (once).
-    pub fn set_uploaded_hook(&self, hook: UploadedHook) {
-        let _ = self.ctx.hook.set(hook);
+    /// Set the function called when a blob became durable in the object store. A store has
+    /// one owner that records finished uploads: a second one is refused, not ignored.
+    pub fn set_uploaded_hook(&self, hook: UploadedHook) -> Result<(), StoreError> {
+        self.ctx.hook.set(hook).map_err(|_| StoreError::Config("this blob store already reports its finished uploads to another owner (one filesystem per store)".into()))
     }
 
     /// The flat tier.
@@ -346,7 +347,8 @@ mod tests {
         let store = BlobStore::open(dir.path(), mem.clone(), rt.handle()).unwrap();
         let done = Arc::new(std::sync::Mutex::new(Vec::new()));
         let d2 = done.clone();
-        store.set_uploaded_hook(Arc::new(move |id| d2.lock().unwrap().push(id)));
+        store.set_uploaded_hook(Arc::new(move |id| d2.lock().unwrap().push(id))).unwrap();
+        assert!(store.set_uploaded_hook(Arc::new(|_| {})).is_err(), "a second owner is refused");
         let (mut f, p) = store.new_staging().unwrap();
         f.write_all(b"queued").unwrap();
         let id = BlobId::of(b"queued");

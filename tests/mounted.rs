@@ -469,3 +469,25 @@ fn disk_full_is_enospc_and_loses_nothing() {
     assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
     assert!(child.wait().unwrap().success());
 }
+
+/// A failed request is logged once with its request id, op and inode; routine opens log
+/// nothing (fuser's default answer to the `TCGETS` ioctl every Python `open()` sends was a
+/// multi-line warning: it is `ENOTTY` now, as for a regular file).
+#[test]
+fn failures_are_logged_with_their_request_and_opens_are_quiet() {
+    let mut m = Mount::start_with(&["--log", "wombatfs=debug"]);
+    fs::create_dir_all(m.path("ns/full")).unwrap();
+    fs::write(m.path("ns/full/f"), b"x").unwrap();
+    let err = fs::remove_dir(m.path("ns/full")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTEMPTY));
+    let py = "import fcntl, sys, termios\nf = open(sys.argv[1], 'rb'); f.read()\n\
+              try:\n    fcntl.ioctl(f.fileno(), termios.TCGETS, bytes(64))\nexcept OSError as e:\n    print(e.errno)\n";
+    let out = std::process::Command::new("python3").arg("-c").arg(py).arg(m.path("ns/full/f")).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), libc::ENOTTY.to_string(), "{}", String::from_utf8_lossy(&out.stderr));
+    m.unmount();
+    let log = m.log();
+    let refused: Vec<&str> = log.lines().filter(|l| l.contains("request refused") && l.contains("op=\"rmdir\"")).collect();
+    assert_eq!(refused.len(), 1, "logged once: {log}");
+    assert!(refused[0].contains("req=") && refused[0].contains(&format!("errno={}", libc::ENOTEMPTY)), "{}", refused[0]);
+    assert!(!log.contains("Not Implemented"), "{log}");
+}

@@ -94,7 +94,8 @@ fn init_logging(filter: &str, file: Option<File>) {
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let _ = match file {
         Some(f) => builder.with_ansi(false).with_writer(std::sync::Mutex::new(f)).try_init(),
-        None => builder.with_writer(std::io::stderr).try_init(),
+        // colours only for a person at a terminal, never into a redirected log
+        None => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_writer(std::io::stderr).try_init(),
     };
 }
 

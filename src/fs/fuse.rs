@@ -4,14 +4,15 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::cell::Cell;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
     LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    IoctlFlags, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
 };
 
 use crate::fs::core::FsCore;
@@ -38,12 +39,17 @@ impl WombatFuse {
         WombatFuse { core, ttl, notifier, offload }
     }
 
-    /// Run `f` (which replies) on the blocking pool when offloading, inline otherwise.
+    /// Run `f` (which replies) on the blocking pool when offloading, inline otherwise; the
+    /// request's context goes with it.
     fn run<F: FnOnce(&FsCore) + Send + 'static>(&self, f: F) {
         match &self.offload {
             Some(rt) => {
                 let core = self.core.clone();
-                rt.spawn_blocking(move || f(&core));
+                let (info, span) = (CURRENT.with(|c| c.get()), tracing::Span::current());
+                rt.spawn_blocking(move || {
+                    let _req = info.map(|i| enter(i, span));
+                    f(&core)
+                });
             }
             None => f(&self.core),
         }
@@ -78,13 +84,50 @@ fn file_type(k: Kind) -> FileType {
     }
 }
 
-fn errno(op: &'static str, e: &FsError) -> Errno {
-    if e.is_fault() {
-        tracing::warn!(op, error = %e, "operation failed");
-    } else {
-        tracing::debug!(op, error = %e, "operation refused");
+/// The FUSE request a thread is serving: its kernel-unique id and inode.
+#[derive(Clone, Copy)]
+struct ReqInfo {
+    id: u64,
+    ino: u64,
+}
+
+thread_local! {
+    static CURRENT: Cell<Option<ReqInfo>> = const { Cell::new(None) };
+}
+
+/// While alive: the thread serves this request. Every log line inside its `req` span (debug
+/// level: follow one request through the tiers with `--log wombatfs=debug`) carries the id, op
+/// and inode, and a failure is logged once with them at any level.
+struct InRequest {
+    _span: tracing::span::EnteredSpan,
+    prev: Option<ReqInfo>,
+}
+
+impl Drop for InRequest {
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.set(self.prev));
     }
-    Errno::from_i32(e.errno())
+}
+
+fn enter(info: ReqInfo, span: tracing::Span) -> InRequest {
+    let prev = CURRENT.with(|c| c.replace(Some(info)));
+    InRequest { _span: span.entered(), prev }
+}
+
+fn begin(req: &Request, op: &'static str, ino: u64) -> InRequest {
+    let id = req.unique().0;
+    enter(ReqInfo { id, ino }, tracing::debug_span!("req", id, op, ino))
+}
+
+fn errno(op: &'static str, e: &FsError) -> Errno {
+    let (id, ino) = CURRENT.with(|c| c.get()).map_or((0, 0), |r| (r.id, r.ino));
+    let errno = e.errno();
+    if e.is_fault() {
+        tracing::warn!(req = id, op, ino, errno, error = %e, "request failed");
+    } else {
+        tracing::debug!(req = id, op, ino, errno, error = %e, "request refused");
+    }
+    Errno::from_i32(errno)
 }
 
 fn caller(req: &Request) -> Caller {
@@ -177,7 +220,8 @@ impl Filesystem for WombatFuse {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _req = begin(req, "lookup", parent.0);
         match self.core.lookup(parent.0, name.as_bytes()) {
             Ok(Some(a)) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
             Ok(None) => {
@@ -202,7 +246,8 @@ impl Filesystem for WombatFuse {
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _req = begin(req, "getattr", ino.0);
         match self.core.getattr(ino.0) {
             Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
             Err(e) => reply.error(errno("getattr", &e)),
@@ -211,7 +256,7 @@ impl Filesystem for WombatFuse {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -227,6 +272,7 @@ impl Filesystem for WombatFuse {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _req = begin(req, "setattr", ino.0);
         let ch = SetAttr { mode, uid, gid, size, atime: set_time(atime), mtime: set_time(mtime) };
         let ttl = self.ttl;
         self.run(move |core| match core.setattr(ino.0, ch, fh.map(|f| f.0)) {
@@ -235,7 +281,8 @@ impl Filesystem for WombatFuse {
         });
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _req = begin(req, "readlink", ino.0);
         match self.core.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno("readlink", &e)),
@@ -243,29 +290,34 @@ impl Filesystem for WombatFuse {
     }
 
     fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _rdev: u32, reply: ReplyEntry) {
+        let _req = begin(req, "mknod", parent.0);
         self.entry(reply, "mknod", self.core.mknod(caller(req), parent.0, name.as_bytes(), mode, umask));
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let _req = begin(req, "mkdir", parent.0);
         self.entry(reply, "mkdir", self.core.mkdir(caller(req), parent.0, name.as_bytes(), mode, umask));
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _req = begin(req, "unlink", parent.0);
         Self::empty(reply, "unlink", self.core.unlink(parent.0, name.as_bytes()));
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _req = begin(req, "rmdir", parent.0);
         Self::empty(reply, "rmdir", self.core.rmdir(parent.0, name.as_bytes()));
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let _req = begin(req, "symlink", parent.0);
         let r = self.core.symlink(caller(req), parent.0, link_name.as_bytes(), target.as_os_str().as_bytes());
         self.entry(reply, "symlink", r);
     }
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -273,15 +325,18 @@ impl Filesystem for WombatFuse {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _req = begin(req, "rename", parent.0);
         let r = self.core.rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), flags.bits());
         Self::empty(reply, "rename", r);
     }
 
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+    fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let _req = begin(req, "link", ino.0);
         self.entry(reply, "link", self.core.link(ino.0, newparent.0, newname.as_bytes()));
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _req = begin(req, "open", ino.0);
         match self.core.open(ino.0, flags.0) {
             Ok(o) => {
                 reply.opened(FileHandle(o.fh), fopen_flags(&o));
@@ -293,7 +348,7 @@ impl Filesystem for WombatFuse {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -302,6 +357,7 @@ impl Filesystem for WombatFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _req = begin(req, "read", _ino.0);
         if self.offload.is_some() {
             // answer inline whatever is local or already downloaded; only reads that must
             // wait for the object store go to a blocking thread
@@ -319,7 +375,7 @@ impl Filesystem for WombatFuse {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -329,6 +385,7 @@ impl Filesystem for WombatFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _req = begin(req, "write", _ino.0);
         let write = move |core: &FsCore, data: &[u8]| match core.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno("write", &e)),
@@ -341,13 +398,14 @@ impl Filesystem for WombatFuse {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(&self, req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        let _req = begin(req, "flush", _ino.0);
         self.run(move |core| Self::empty(reply, "flush", core.flush(fh.0)));
     }
 
     fn release(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
@@ -355,24 +413,28 @@ impl Filesystem for WombatFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _req = begin(req, "release", _ino.0);
         self.run(move |core| {
             core.release(fh.0);
             reply.ok();
         });
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(&self, req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let _req = begin(req, "fsync", _ino.0);
         self.run(move |core| Self::empty(reply, "fsync", core.fsync(fh.0)));
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _req = begin(req, "opendir", ino.0);
         match self.core.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno("opendir", &e)),
         }
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(&self, req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let _req = begin(req, "readdir", _ino.0);
         let r = self.core.readdir_from(fh.0, offset, |next, e, _| reply.add(INodeNo(e.ino), next, file_type(e.kind), OsStr::from_bytes(&e.name)));
         match r {
             Ok(()) => reply.ok(),
@@ -380,7 +442,8 @@ impl Filesystem for WombatFuse {
         }
     }
 
-    fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(&self, req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let _req = begin(req, "readdirplus", _ino.0);
         let ttl = self.ttl;
         let r = self.core.readdir_from(fh.0, offset, |next, e, a| reply.add(INodeNo(e.ino), next, OsStr::from_bytes(&e.name), &ttl, &file_attr(a), Generation(0)));
         match r {
@@ -389,16 +452,19 @@ impl Filesystem for WombatFuse {
         }
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(&self, req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        let _req = begin(req, "releasedir", _ino.0);
         self.core.releasedir(fh.0);
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(&self, req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let _req = begin(req, "fsyncdir", _ino.0);
         Self::empty(reply, "fsyncdir", self.core.sync_metadata());
     }
 
-    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+    fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let _req = begin(req, "statfs", ino.0);
         match self.core.statfs(ino.0) {
             Ok(s) => reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, BLOCK_SIZE, NAME_MAX as u32, BLOCK_SIZE),
             Err(e) => reply.error(errno("statfs", &e)),
@@ -407,7 +473,7 @@ impl Filesystem for WombatFuse {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -415,29 +481,42 @@ impl Filesystem for WombatFuse {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _req = begin(req, "setxattr", ino.0);
         Self::empty(reply, "setxattr", self.core.setxattr(ino.0, name.as_bytes(), value, flags));
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _req = begin(req, "getxattr", ino.0);
         xattr_reply(reply, size, self.core.getxattr(ino.0, name.as_bytes()), "getxattr");
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _req = begin(req, "listxattr", ino.0);
         xattr_reply(reply, size, self.core.listxattr(ino.0), "listxattr");
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _req = begin(req, "removexattr", ino.0);
         Self::empty(reply, "removexattr", self.core.removexattr(ino.0, name.as_bytes()));
     }
 
     fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
+        let _req = begin(req, "create", parent.0);
         match self.core.create(caller(req), parent.0, name.as_bytes(), mode, umask, flags) {
             Ok((a, o)) => reply.created(&self.ttl, &file_attr(&a), Generation(0), FileHandle(o.fh), fopen_flags(&o)),
             Err(e) => reply.error(errno("create", &e)),
         }
     }
 
-    fn fallocate(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+    /// No ioctls: `ENOTTY`, the answer of a regular file, without a log line (every Python
+    /// `open()` asks `TCGETS` to see whether the file is a terminal).
+    #[allow(clippy::too_many_arguments)]
+    fn ioctl(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _flags: IoctlFlags, _cmd: u32, _in_data: &[u8], _out_size: u32, reply: ReplyIoctl) {
+        reply.error(Errno::from_i32(libc::ENOTTY));
+    }
+
+    fn fallocate(&self, req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+        let _req = begin(req, "fallocate", _ino.0);
         Self::empty(reply, "fallocate", self.core.fallocate(fh.0, offset, length, mode));
     }
 }

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use dashmap::DashMap;
+use tracing::Instrument;
 
 use crate::blob::BlobId;
 use crate::store::staging::Staging;
@@ -158,6 +159,7 @@ impl ReadPath {
         let (file, tmp) = self.staging.create()?;
         let fetch = Fetch::create(*id, len, file, tmp)?;
         self.fetches.insert(*id, Arc::downgrade(&fetch));
+        // the download logs under the request that started it
         let (me, job, id) = (self.clone(), fetch.clone(), *id);
         self.rt.spawn(async move {
             let from_foyer = me.read_foyer(&id, Some(&job), &job.file).await;
@@ -184,7 +186,7 @@ impl ReadPath {
                 }
             }
             me.fetches.remove_if(&id, |_, w| w.as_ptr() == Arc::as_ptr(&job));
-        });
+        }.instrument(tracing::Span::current()));
         Ok(BlobReader::Fetching(fetch))
     }
 

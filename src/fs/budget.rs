@@ -3,11 +3,15 @@
 //! least recently used files are removed — names, and blobs no other name refers to — until
 //! it is at 90 % of the budget. Recency: the last open since mount, else the newer of atime
 //! and mtime. Usage counts each file once (hard links included) by its size.
+//!
+//! [`Budgets`] sees the tree read-only and decides; the filesystem removes what it chose
+//! through its normal unlink path (so other nodes see the removals too).
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::fs::core::FsCore;
+use dashmap::DashMap;
+
 use crate::fs::error::{FsError, FsResult};
 use crate::fs::tree::{Tree, ROOT};
 use crate::index::records::{InodeKind, Ts};
@@ -26,10 +30,35 @@ struct Candidate {
     size: u64,
 }
 
-impl FsCore {
+/// A name budget enforcement removes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Victim {
+    /// its namespace
+    pub ns: u64,
+    /// directory
+    pub parent: u64,
+    /// name in it
+    pub name: Vec<u8>,
+}
+
+/// The budgets of a mount and the open recency they evict by.
+pub struct Budgets {
+    /// budgets set in the config file: namespace name → bytes (an attribute wins)
+    config: BTreeMap<String, u64>,
+    /// last open of each inode since mount
+    recent: DashMap<u64, u64>,
+    tick: AtomicU64,
+}
+
+impl Budgets {
+    /// Budgets with the config file's table.
+    pub fn new(config: BTreeMap<String, u64>) -> Self {
+        Budgets { config, recent: DashMap::new(), tick: AtomicU64::new(0) }
+    }
+
     /// Record an open (budget recency).
     pub fn note_use(&self, ino: u64) {
-        let tick = self.use_tick.fetch_add(1, Ordering::Relaxed) + 1;
+        let tick = self.tick.fetch_add(1, Ordering::Relaxed) + 1;
         self.recent.insert(ino, tick);
     }
 
@@ -40,27 +69,11 @@ impl FsCore {
             return std::str::from_utf8(v).ok().and_then(|s| crate::size::parse(s).ok()).filter(|b| *b > 0);
         }
         let (_, name) = t.names.get(&ns)?.first()?;
-        self.opts.budgets.get(std::str::from_utf8(name).ok()?).copied()
-    }
-
-    /// The namespace (top-level directory) an inode lives in.
-    pub fn namespace_of(&self, t: &Tree, ino: u64) -> Option<u64> {
-        let mut cur = ino;
-        for _ in 0..4096 {
-            let parent = match t.inodes.get(&cur)?.kind {
-                InodeKind::Dir { parent } => parent,
-                _ => t.names.get(&cur)?.first()?.0,
-            };
-            if parent == ROOT {
-                return (cur != ROOT).then_some(cur);
-            }
-            cur = parent;
-        }
-        None
+        self.config.get(std::str::from_utf8(name).ok()?).copied()
     }
 
     /// Bytes used by the files below `ns` (each inode once), and its files by name.
-    fn scan_namespace(&self, t: &Tree, ns: u64) -> (u64, Vec<Candidate>) {
+    fn scan(&self, t: &Tree, ns: u64) -> (u64, Vec<Candidate>) {
         let mut used = 0;
         let mut seen = HashSet::new();
         let mut files = Vec::new();
@@ -84,30 +97,24 @@ impl FsCore {
     }
 
     /// Bytes used by namespace `ns`.
-    pub fn namespace_usage(&self, ns: u64) -> u64 {
-        self.scan_namespace(&self.read_tree(), ns).0
+    pub fn usage(&self, t: &Tree, ns: u64) -> u64 {
+        self.scan(t, ns).0
     }
 
-    /// Bring every namespace over its budget down to 90 % of it. Returns the names removed.
-    pub fn enforce_budgets(&self) -> usize {
-        let over: Vec<(u64, u64, Vec<Candidate>, u64)> = {
-            let t = self.read_tree();
-            // forget the recency of removed inodes once they pile up
-            if self.recent.len() > t.inodes.len() + 10_000 {
-                self.recent.retain(|ino, _| t.inodes.contains_key(ino));
+    /// The names to remove, least recently used first, so that every namespace over its
+    /// budget comes down to 90 % of it.
+    pub fn victims(&self, t: &Tree) -> Vec<Victim> {
+        // forget the recency of removed inodes once they pile up
+        if self.recent.len() > t.inodes.len() + 10_000 {
+            self.recent.retain(|ino, _| t.inodes.contains_key(ino));
+        }
+        let mut out = Vec::new();
+        for &ns in t.dirs.get(&ROOT).into_iter().flat_map(|d| d.values()) {
+            let Some(budget) = self.budget_of(t, ns) else { continue };
+            let (mut used, mut files) = self.scan(t, ns);
+            if used <= budget {
+                continue;
             }
-            let mut v = Vec::new();
-            for &ns in t.dirs.get(&ROOT).map(|d| d.values().copied().collect::<Vec<_>>()).unwrap_or_default().iter() {
-                let Some(budget) = self.budget_of(&t, ns) else { continue };
-                let (used, files) = self.scan_namespace(&t, ns);
-                if used > budget {
-                    v.push((ns, budget, files, used));
-                }
-            }
-            v
-        };
-        let mut removed = 0;
-        for (ns, budget, mut files, mut used) in over {
             let target = budget / 10 * 9;
             files.sort_by_key(|c| c.recency);
             let mut links: BTreeMap<u64, u32> = BTreeMap::new();
@@ -118,27 +125,19 @@ impl FsCore {
                 if used <= target {
                     break;
                 }
-                match self.unlink(c.parent, &c.name) {
-                    Ok(()) => {
-                        removed += 1;
-                        let n = links.entry(c.ino).or_default();
-                        *n -= 1;
-                        if *n == 0 {
-                            used = used.saturating_sub(c.size);
-                        }
-                    }
-                    // renamed or removed meanwhile: the next one
-                    Err(e) => tracing::debug!(ns, error = %e, "budget eviction skipped a name"),
+                let n = links.entry(c.ino).or_default();
+                *n -= 1;
+                if *n == 0 {
+                    used = used.saturating_sub(c.size);
                 }
+                out.push(Victim { ns, parent: c.parent, name: c.name });
             }
-            tracing::info!(ns, budget, used, removed, "namespace over its budget: least recently used files removed");
         }
-        removed
+        out
     }
 
-    /// Validate a budget value (`setfattr -v 10GiB`); `0` means none.
-    pub(crate) fn check_budget(&self, ino: u64, value: &[u8]) -> FsResult<()> {
-        let t = self.read_tree();
+    /// Validate a budget value (`setfattr -v 10GiB`) for `ino`; `0` means none.
+    pub fn check(t: &Tree, ino: u64, value: &[u8]) -> FsResult<()> {
         match t.inodes.get(&ino).map(|r| &r.kind) {
             Some(InodeKind::Dir { parent: ROOT }) if ino != ROOT => {}
             _ => return Err(FsError::NotPermitted("user.wombatfs.budget is set on a namespace (top-level) directory")),
@@ -146,4 +145,20 @@ impl FsCore {
         let s = std::str::from_utf8(value).map_err(|_| FsError::Invalid("budget: not text"))?;
         crate::size::parse(s).map(|_| ()).map_err(|_| FsError::Invalid("budget: use a size such as 10GiB or a byte count"))
     }
+}
+
+/// The namespace (top-level directory) an inode lives in.
+pub fn namespace_of(t: &Tree, ino: u64) -> Option<u64> {
+    let mut cur = ino;
+    for _ in 0..4096 {
+        let parent = match t.inodes.get(&cur)?.kind {
+            InodeKind::Dir { parent } => parent,
+            _ => t.names.get(&cur)?.first()?.0,
+        };
+        if parent == ROOT {
+            return (cur != ROOT).then_some(cur);
+        }
+        cur = parent;
+    }
+    None
 }

@@ -5,14 +5,13 @@
 //! open inode has its own mutex for I/O. Lock order: inode state → tree, never the reverse.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use dashmap::DashMap;
 
 use crate::blob::BlobId;
+use crate::fs::budget::{namespace_of, Budgets};
 use crate::fs::error::{FsError, FsResult};
-use crate::fs::open::Handle;
+use crate::fs::open::Handles;
 use crate::fs::tree::{Tree, Tx, ROOT};
 use crate::fs::{check_name, Attr, Caller, DirEntry, Kind, SetAttr, SetTime, StatFs, BLOCK_SIZE};
 use crate::index::records::{InodeKind, InodeRecord, Ts};
@@ -45,24 +44,21 @@ impl Default for CoreOptions {
 
 /// The filesystem core.
 pub struct FsCore {
-    pub(crate) tree: RwLock<Tree>,
-    pub(crate) handles: DashMap<u64, Handle>,
-    pub(crate) dir_handles: DashMap<u64, Arc<Vec<DirEntry>>>,
-    pub(crate) next_fh: AtomicU64,
-    pub(crate) store: Arc<BlobStore>,
-    pub(crate) index: Index,
-    pub(crate) opts: CoreOptions,
+    pub(super) tree: RwLock<Tree>,
+    pub(super) handles: Handles,
+    pub(super) store: Arc<BlobStore>,
+    pub(super) index: Index,
+    pub(super) opts: CoreOptions,
     /// drops the kernel's cached entries (installed by the mount; replaced by a later one)
-    pub(crate) invalidator: RwLock<Option<crate::fs::Invalidator>>,
-    /// last open of each inode since mount (recency for namespace budgets)
-    pub(crate) recent: DashMap<u64, u64>,
-    pub(crate) use_tick: AtomicU64,
+    pub(super) invalidator: RwLock<Option<crate::fs::Invalidator>>,
+    /// namespace budgets (they see the tree read-only; removals go through `unlink`)
+    pub(super) budgets: Budgets,
     /// hashes large sequential writes behind the writers
-    pub(crate) hasher: Arc<crate::fs::seqhash::HashWorker>,
+    pub(super) hasher: Arc<crate::fs::seqhash::HashWorker>,
     cache_dir: PathBuf,
 }
 
-pub(crate) fn attr_of(rec: &InodeRecord) -> Attr {
+pub(super) fn attr_of(rec: &InodeRecord) -> Attr {
     let kind = match rec.kind {
         InodeKind::Dir { .. } => Kind::Dir,
         InodeKind::File { .. } => Kind::File,
@@ -117,27 +113,25 @@ impl FsCore {
                 tracing::error!(%id, error = %e, "could not record a finished upload");
             }
         }))?;
+        let budgets = Budgets::new(opts.budgets.clone());
         Ok(FsCore {
+            budgets,
             tree: RwLock::new(tree),
-            handles: DashMap::new(),
-            dir_handles: DashMap::new(),
-            next_fh: AtomicU64::new(1),
+            handles: Handles::default(),
             store,
             index,
             opts,
             invalidator: RwLock::new(None),
-            recent: DashMap::new(),
-            use_tick: AtomicU64::new(0),
             hasher: crate::fs::seqhash::HashWorker::start(),
             cache_dir: cache_dir.to_path_buf(),
         })
     }
 
-    pub(crate) fn read_tree(&self) -> RwLockReadGuard<'_, Tree> {
+    pub(super) fn read_tree(&self) -> RwLockReadGuard<'_, Tree> {
         self.tree.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn write_tree(&self) -> RwLockWriteGuard<'_, Tree> {
+    pub(super) fn write_tree(&self) -> RwLockWriteGuard<'_, Tree> {
         self.tree.write().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -197,7 +191,7 @@ impl FsCore {
         Ok(attr)
     }
 
-    pub(crate) fn new_inode(&self, t: &mut Tree, tx: &mut Tx, caller: Caller, parent: u64, kind: InodeKind, perm: u16) -> FsResult<InodeRecord> {
+    pub(super) fn new_inode(&self, t: &mut Tree, tx: &mut Tx, caller: Caller, parent: u64, kind: InodeKind, perm: u16) -> FsResult<InodeRecord> {
         let now = Ts::now();
         let p = t.get(parent)?;
         // BSD group semantics for setgid directories, as ext4 does
@@ -216,7 +210,7 @@ impl FsCore {
         Ok(InodeRecord { ino, kind, perm, uid: caller.uid, gid, nlink, size, atime: now, mtime: now, ctime: now, xattrs: Default::default() })
     }
 
-    pub(crate) fn check_new_entry(t: &Tree, parent: u64, name: &[u8], is_dir: bool) -> FsResult<()> {
+    pub(super) fn check_new_entry(t: &Tree, parent: u64, name: &[u8], is_dir: bool) -> FsResult<()> {
         check_name(name)?;
         if parent == ROOT && !is_dir {
             return Err(FsError::NotPermitted("only namespace directories may live at the root"));
@@ -236,7 +230,7 @@ impl FsCore {
     }
 
     /// Link a new inode under `parent` (no commit).
-    pub(crate) fn insert_in(t: &mut Tree, tx: &mut Tx, parent: u64, name: &[u8], rec: InodeRecord) -> FsResult<Attr> {
+    pub(super) fn insert_in(t: &mut Tree, tx: &mut Tx, parent: u64, name: &[u8], rec: InodeRecord) -> FsResult<Attr> {
         let now = rec.ctime;
         let attr = attr_of(&rec);
         let ino = rec.ino;
@@ -344,7 +338,7 @@ impl FsCore {
         t.commit(tx, &self.index, &self.store)
     }
 
-    pub(crate) fn unlink_in(&self, t: &mut Tree, tx: &mut Tx, parent: u64, name: &[u8]) -> FsResult<()> {
+    pub(super) fn unlink_in(&self, t: &mut Tree, tx: &mut Tx, parent: u64, name: &[u8]) -> FsResult<()> {
         let ino = t.child(parent, name)?.ok_or(FsError::NotFound)?;
         if t.dirs.contains_key(&ino) {
             return Err(FsError::IsDir);
@@ -371,7 +365,7 @@ impl FsCore {
         t.commit(tx, &self.index, &self.store)
     }
 
-    pub(crate) fn rmdir_in(t: &mut Tree, tx: &mut Tx, parent: u64, name: &[u8]) -> FsResult<()> {
+    pub(super) fn rmdir_in(t: &mut Tree, tx: &mut Tx, parent: u64, name: &[u8]) -> FsResult<()> {
         let ino = t.child(parent, name)?.ok_or(FsError::NotFound)?;
         if !t.children(ino)?.is_empty() {
             return Err(FsError::NotEmpty);
@@ -415,7 +409,7 @@ impl FsCore {
     /// The body of `rename` (no commit); returns the moved inode, or `None` when nothing
     /// changed (two names of one inode).
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn rename_in(&self, t: &mut Tree, tx: &mut Tx, parent: u64, name: &[u8], newparent: u64, newname: &[u8], flags: u32) -> FsResult<Option<u64>> {
+    pub(super) fn rename_in(&self, t: &mut Tree, tx: &mut Tx, parent: u64, name: &[u8], newparent: u64, newname: &[u8], flags: u32) -> FsResult<Option<u64>> {
         let noreplace = flags & libc::RENAME_NOREPLACE != 0;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         let src = t.child(parent, name)?.ok_or(FsError::NotFound)?;
@@ -510,14 +504,12 @@ impl FsCore {
             }
         }
         drop(t);
-        let fh = self.next_fh.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.dir_handles.insert(fh, Arc::new(v));
-        Ok(fh)
+        Ok(self.handles.open_dir(v))
     }
 
     /// The entries of a directory handle.
     pub fn readdir(&self, fh: u64) -> FsResult<Arc<Vec<DirEntry>>> {
-        self.dir_handles.get(&fh).map(|e| e.clone()).ok_or(FsError::BadHandle)
+        self.handles.dir(fh).ok_or(FsError::BadHandle)
     }
 
     /// Feed the entries of a directory handle from `offset` on, each with its attributes and
@@ -538,7 +530,7 @@ impl FsCore {
 
     /// Close a directory handle.
     pub fn releasedir(&self, fh: u64) {
-        self.dir_handles.remove(&fh);
+        self.handles.close_dir(fh);
     }
 
     /// Capacity in 4 KiB blocks, as seen from `ino`: inside a namespace with a budget, the
@@ -553,7 +545,7 @@ impl FsCore {
         let (fs_total, fs_free, fs_avail) = (s.total / block, s.free / block, s.avail / block);
         let (t, ns) = {
             let t = self.read_tree();
-            let ns = self.namespace_of(&t, ino).and_then(|ns| self.budget_of(&t, ns).map(|b| (ns, b)));
+            let ns = namespace_of(&t, ino).and_then(|ns| self.budgets.budget_of(&t, ns).map(|b| (ns, b)));
             (t.inodes.len() as u64, ns)
         };
         let bounded = |total: u64, used: u64| {
@@ -569,10 +561,33 @@ impl FsCore {
         Ok(StatFs { blocks, bfree, bavail, files: s.files.max(t), ffree: s.ffree })
     }
 
+    /// Bytes used by namespace `ns`.
+    pub fn namespace_usage(&self, ns: u64) -> u64 {
+        self.budgets.usage(&self.read_tree(), ns)
+    }
+
+    /// Bring every namespace over its budget down to 90 % of it, removing least recently
+    /// used names through `unlink`. Returns the names removed.
+    pub fn enforce_budgets(&self) -> usize {
+        let victims = self.budgets.victims(&self.read_tree());
+        let mut removed: std::collections::BTreeMap<u64, usize> = Default::default();
+        for v in &victims {
+            match self.unlink(v.parent, &v.name) {
+                Ok(()) => *removed.entry(v.ns).or_default() += 1,
+                // renamed or removed meanwhile: the next pass sees what is left
+                Err(e) => tracing::debug!(ns = v.ns, error = %e, "budget eviction skipped a name"),
+            }
+        }
+        for (ns, n) in &removed {
+            tracing::info!(ns, removed = n, "namespace over its budget: least recently used files removed");
+        }
+        removed.values().sum()
+    }
+
     /// Flush everything: seal open dirty files, drain uploads, checkpoint and close the index.
     pub fn shutdown(&self, upload_timeout: std::time::Duration) -> FsResult<()> {
         let node = self.node_id();
-        let fhs: Vec<u64> = self.handles.iter().map(|h| *h.key()).collect();
+        let fhs = self.handles.open_files();
         for fh in fhs {
             if let Err(e) = self.flush(fh) {
                 tracing::error!(fh, error = %e, "sealing an open file at shutdown failed");

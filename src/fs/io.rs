@@ -5,7 +5,6 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::blob::BlobId;
@@ -35,8 +34,7 @@ impl FsCore {
         let entry = t.open.entry(ino).or_insert_with(|| OpenEntry { count: 0, file: Arc::new(OpenInode::new(ino, blob, size)) });
         entry.count += 1;
         let file = entry.file.clone();
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.insert(fh, Handle { file: file.clone(), write });
+        let fh = self.handles.open_file(Handle { file: file.clone(), write });
         Ok((fh, file))
     }
 
@@ -45,7 +43,7 @@ impl FsCore {
         let acc = flags & libc::O_ACCMODE;
         let (read, write) = (acc != libc::O_WRONLY, acc != libc::O_RDONLY);
         let (fh, file) = self.register(ino, write)?;
-        self.note_use(ino);
+        self.budgets.note_use(ino);
         let res = (|| {
             if write && flags & libc::O_TRUNC != 0 {
                 let mut st = file.lock();
@@ -101,13 +99,12 @@ impl FsCore {
         let attr = self.mknod(caller, parent, name, libc::S_IFREG | (mode & 0o7777), umask)?;
         let acc = flags & libc::O_ACCMODE;
         let (fh, file) = self.register(attr.ino, acc != libc::O_RDONLY)?;
-        self.note_use(attr.ino);
+        self.budgets.note_use(attr.ino);
         Ok((attr, self.open_reply(fh, &file, false, acc != libc::O_RDONLY, flags)))
     }
 
     fn handle(&self, fh: u64) -> FsResult<(Arc<OpenInode>, bool)> {
-        let h = self.handles.get(&fh).ok_or(FsError::BadHandle)?;
-        Ok((h.file.clone(), h.write))
+        self.handles.file(fh).ok_or(FsError::BadHandle)
     }
 
     /// Read up to `size` bytes at `offset`: the staging file while the inode is being written,
@@ -230,8 +227,8 @@ impl FsCore {
     }
 
     /// Set a file's size; without a handle the change is sealed at once.
-    pub(crate) fn truncate(&self, ino: u64, size: u64, fh: Option<u64>) -> FsResult<()> {
-        let temp = match fh.and_then(|fh| self.handles.get(&fh).filter(|h| h.write).map(|_| fh)) {
+    pub(super) fn truncate(&self, ino: u64, size: u64, fh: Option<u64>) -> FsResult<()> {
+        let temp = match fh.filter(|fh| self.handles.file(*fh).is_some_and(|(_, write)| write)) {
             Some(fh) => (fh, false),
             None => (self.register(ino, true)?.0, true),
         };
@@ -371,7 +368,7 @@ impl FsCore {
 
     /// Last close of a handle.
     pub fn release(&self, fh: u64) {
-        let Some((_, h)) = self.handles.remove(&fh) else { return };
+        let Some(h) = self.handles.close_file(fh) else { return };
         if h.write {
             let mut st = h.file.lock();
             if let Err(e) = self.seal_locked(&h.file, &mut st) {

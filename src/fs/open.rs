@@ -66,3 +66,56 @@ pub struct Handle {
     /// opened for writing
     pub write: bool,
 }
+
+/// The handles of a mount: open files and `opendir` listings, numbered from one counter.
+#[derive(Default)]
+pub struct Handles {
+    files: dashmap::DashMap<u64, Handle>,
+    dirs: dashmap::DashMap<u64, std::sync::Arc<Vec<crate::fs::DirEntry>>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Handles {
+    fn number(&self) -> u64 {
+        self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+    }
+
+    /// Register an open file; returns its handle number.
+    pub fn open_file(&self, h: Handle) -> u64 {
+        let fh = self.number();
+        self.files.insert(fh, h);
+        fh
+    }
+
+    /// The open file `fh`: its inode state and whether it was opened for writing.
+    pub fn file(&self, fh: u64) -> Option<(Arc<OpenInode>, bool)> {
+        self.files.get(&fh).map(|h| (h.file.clone(), h.write))
+    }
+
+    /// Close `fh`.
+    pub fn close_file(&self, fh: u64) -> Option<Handle> {
+        self.files.remove(&fh).map(|(_, h)| h)
+    }
+
+    /// Every open file handle number.
+    pub fn open_files(&self) -> Vec<u64> {
+        self.files.iter().map(|h| *h.key()).collect()
+    }
+
+    /// Register a directory listing; returns its handle number.
+    pub fn open_dir(&self, entries: Vec<crate::fs::DirEntry>) -> u64 {
+        let fh = self.number();
+        self.dirs.insert(fh, std::sync::Arc::new(entries));
+        fh
+    }
+
+    /// The listing of directory handle `fh`.
+    pub fn dir(&self, fh: u64) -> Option<std::sync::Arc<Vec<crate::fs::DirEntry>>> {
+        self.dirs.get(&fh).map(|e| e.clone())
+    }
+
+    /// Close directory handle `fh`.
+    pub fn close_dir(&self, fh: u64) {
+        self.dirs.remove(&fh);
+    }
+}

@@ -38,7 +38,7 @@ impl FsCore {
             }
             (BUDGET, InodeKind::Dir { parent: ROOT }) if ino != ROOT && !rec.xattrs.contains_key(BUDGET) => {
                 // a budget from the config file
-                self.budget_of(&t, ino).map(|b| b.to_string().into_bytes()).ok_or(FsError::NoAttr)
+                self.budgets.budget_of(&t, ino).map(|b| b.to_string().into_bytes()).ok_or(FsError::NoAttr)
             }
             (STATS, _) if ino == ROOT => Ok(self.stats_text().into_bytes()),
             _ => rec.xattrs.get(name).cloned().ok_or(FsError::NoAttr),
@@ -79,7 +79,7 @@ impl FsCore {
         let virtuals: &[&[u8]] = match rec.kind {
             InodeKind::File { .. } => &[BLAKE3, TIER],
             InodeKind::Dir { .. } if ino == ROOT => &[STATS],
-            InodeKind::Dir { parent: ROOT } if !rec.xattrs.contains_key(BUDGET) && self.budget_of(&t, ino).is_some() => &[USAGE, BUDGET],
+            InodeKind::Dir { parent: ROOT } if !rec.xattrs.contains_key(BUDGET) && self.budgets.budget_of(&t, ino).is_some() => &[USAGE, BUDGET],
             InodeKind::Dir { parent: ROOT } => &[USAGE],
             _ => &[],
         };
@@ -97,7 +97,7 @@ impl FsCore {
     /// `setxattr` with `XATTR_CREATE` / `XATTR_REPLACE` semantics.
     pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
         if name == BUDGET {
-            self.check_budget(ino, value)?;
+            crate::fs::budget::Budgets::check(&self.read_tree(), ino, value)?;
         } else {
             Self::check_user_name(name)?;
         }

@@ -201,9 +201,9 @@ impl Background {
             });
         }
         if !objects.is_local() {
-            rt.spawn(core.clone().publish_loop(publishing.clone()));
+            rt.spawn(core.namespace().clone().publish_loop(publishing.clone()));
             if !s.poll_interval.is_zero() {
-                rt.spawn(core.clone().poll_loop(s.poll_interval, following.clone()));
+                rt.spawn(core.namespace().clone().poll_loop(s.poll_interval, following.clone()));
             }
         }
         Background { signalled, snapshots, following, publishing }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod fuse;
 pub mod io;
 pub mod mount;
+pub mod namespace;
 pub mod open;
 pub mod publish;
 pub mod peers;

@@ -5,7 +5,7 @@
 //! Applied changes are not published again. The kernel's cached entries and attributes for
 //! every touched name are invalidated after the tree lock is released.
 
-use crate::fs::core::FsCore;
+use crate::fs::namespace::Namespace;
 use crate::fs::error::{FsError, FsResult};
 use crate::fs::tree::{Tree, Tx, ROOT};
 use crate::fs::{Caller, Inval};
@@ -14,7 +14,7 @@ use crate::index::records::{InodeKind, Ts};
 use crate::sync::apply::{self, Found, Outcome, Target};
 use crate::sync::change::{self, Attrs, Batch, Change};
 
-impl FsCore {
+impl Namespace {
     /// Apply the changes of `batch` that are newer than this node's cursor for `node`, and
     /// advance the cursor in the same commit. Returns how many changes were applied.
     pub fn apply_peer_batch(&self, node: &str, batch: &Batch) -> FsResult<usize> {
@@ -151,7 +151,7 @@ impl FsCore {
 
 /// This node's tree as a target of the shared rules, within one commit.
 struct TreeTarget<'a> {
-    core: &'a FsCore,
+    core: &'a Namespace,
     t: &'a mut Tree,
     tx: &'a mut Tx,
     inval: &'a mut Vec<Inval>,
@@ -161,7 +161,7 @@ impl Target for TreeTarget<'_> {
     type Error = FsError;
 
     fn find(&self, path: &[u8]) -> FsResult<Found> {
-        let Some((_, _, ino)) = FsCore::peer_ino(self.t, path)? else { return Ok(Found::Nothing) };
+        let Some((_, _, ino)) = Namespace::peer_ino(self.t, path)? else { return Ok(Found::Nothing) };
         Ok(match &self.t.get(ino)?.kind {
             InodeKind::File { blob } => Found::File(*blob),
             InodeKind::Symlink { target } => Found::Symlink(target.clone()),
@@ -179,19 +179,19 @@ impl Target for TreeTarget<'_> {
     }
 
     fn set_attrs(&mut self, path: &[u8], attrs: &Attrs) -> FsResult<()> {
-        let (_, _, ino) = FsCore::peer_ino(self.t, path)?.ok_or(FsError::NotFound)?;
-        FsCore::peer_attrs(self.t, self.tx, ino, attrs, self.inval)
+        let (_, _, ino) = Namespace::peer_ino(self.t, path)?.ok_or(FsError::NotFound)?;
+        Namespace::peer_attrs(self.t, self.tx, ino, attrs, self.inval)
     }
 
     fn make_dir(&mut self, path: &[u8], attrs: &Attrs) -> FsResult<()> {
         let ino = self.core.peer_dir(self.t, self.tx, path, Some(attrs), self.inval)?;
-        FsCore::peer_attrs(self.t, self.tx, ino, attrs, self.inval)
+        Namespace::peer_attrs(self.t, self.tx, ino, attrs, self.inval)
     }
 
     fn remove(&mut self, path: &[u8]) -> FsResult<()> {
-        let Some((parent, name, ino)) = FsCore::peer_ino(self.t, path)? else { return Ok(()) };
+        let Some((parent, name, ino)) = Namespace::peer_ino(self.t, path)? else { return Ok(()) };
         if self.t.dirs.contains_key(&ino) {
-            FsCore::rmdir_in(self.t, self.tx, parent, name)?;
+            Namespace::rmdir_in(self.t, self.tx, parent, name)?;
         } else {
             self.core.unlink_in(self.t, self.tx, parent, name)?;
         }
@@ -200,7 +200,7 @@ impl Target for TreeTarget<'_> {
     }
 
     fn rename(&mut self, from: &[u8], to: &[u8]) -> FsResult<()> {
-        let (parent, name, _) = FsCore::peer_ino(self.t, from)?.ok_or(FsError::NotFound)?;
+        let (parent, name, _) = Namespace::peer_ino(self.t, from)?.ok_or(FsError::NotFound)?;
         let (newparent, newname) = self.core.peer_parent(self.t, self.tx, to, self.inval)?;
         self.core.rename_in(self.t, self.tx, parent, name, newparent, newname, 0)?;
         self.inval.push(Inval::Entry(parent, name.to_vec()));

@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::backoff::Backoff;
-use crate::fs::core::FsCore;
+use crate::fs::namespace::Namespace;
 use crate::fs::error::{FsError, FsResult};
 use crate::index::{keys, records, Op};
 use crate::sync::change::{self, Batch, Change};
@@ -192,7 +192,7 @@ impl Outbox {
     }
 }
 
-impl FsCore {
+impl Namespace {
     /// Wait until every change made so far is in the bucket's journal (`--upload sync`).
     pub fn wait_published(&self, timeout: Duration) -> FsResult<()> {
         let (seq, published, wake) = {

@@ -3,14 +3,14 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::fs::core::FsCore;
+use crate::fs::namespace::Namespace;
 use crate::fs::error::FsResult;
 use crate::fs::tree::Tree;
 use crate::index::records::{self, BlobRecord};
 use crate::index::{keys, Records};
 use crate::sync::snapshot;
 
-impl FsCore {
+impl Namespace {
     /// The index records of the linked tree (unlinked-but-open inodes are left out).
     pub fn export_records(&self) -> Records {
         export(&self.read_tree())
@@ -59,7 +59,7 @@ fn export(t: &Tree) -> Records {
         kv
 }
 
-impl FsCore {
+impl Namespace {
     /// Write a snapshot of the tree to the object store (the caller ensures every upload is
     /// durable) and delete this node's older ones beyond `KEEP`; returns its name.
     pub fn write_snapshot(&self, node: &str) -> FsResult<String> {

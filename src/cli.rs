@@ -67,6 +67,7 @@ impl S3Args {
             session_token: self.aws_session_token.clone(),
             profile: self.aws_profile.clone(),
             compression: Some(compression),
+            request_timeout: None,
         }
     }
 }
@@ -142,6 +143,10 @@ pub struct MountArgs {
     /// foyer SSD tier directory [default: <cache-dir>/foyer].
     #[arg(long)]
     pub foyer_dir: Option<PathBuf>,
+    /// Seconds an object-store request, a cold read without progress or a `sync` close waits
+    /// before it fails with EIO [default: 30].
+    #[arg(long)]
+    pub store_timeout: Option<u64>,
     /// Kernel readahead for the mount in KiB (0: kernel default, 128 KiB). Needs root
     /// [default: 1024].
     #[arg(long)]
@@ -186,6 +191,7 @@ impl MountArgs {
             "async" => false,
             other => anyhow::bail!("upload = {other:?}: use async or sync"),
         };
+        let store_timeout = std::time::Duration::from_secs(self.store_timeout.or(file.store_timeout_secs).unwrap_or(defaults::STORE_TIMEOUT_SECS));
         let options = if self.options.is_empty() { file.options.clone().unwrap_or_default() } else { self.options.clone() };
         let mountpoint = absolute(&self.mountpoint)?;
         let s = Settings {
@@ -202,8 +208,9 @@ impl MountArgs {
             snapshot_interval: std::time::Duration::from_secs(self.snapshot_interval.or(file.snapshot_interval_secs).unwrap_or(defaults::SNAPSHOT_INTERVAL_SECS)),
             poll_interval: std::time::Duration::from_millis(self.poll_interval_ms.or(file.poll_interval_ms).unwrap_or(defaults::POLL_INTERVAL_MS)),
             readahead_kb: self.readahead_kb.or(file.readahead_kb).unwrap_or(defaults::READAHEAD_KB),
+            store_timeout,
             tiers,
-            s3: self.s3.config(compression, &file),
+            s3: crate::tiers::s3::S3Config { request_timeout: Some(store_timeout), ..self.s3.config(compression, &file) },
         };
         s.validate()?;
         Ok(s)

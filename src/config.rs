@@ -29,6 +29,8 @@ pub mod defaults {
     pub const READAHEAD_KB: u32 = 1024;
     /// S3 region
     pub const S3_REGION: &str = "us-east-1";
+    /// the longest wait for one object-store request, a stalled cold read or a `sync` close
+    pub const STORE_TIMEOUT_SECS: u64 = 30;
     /// foyer RAM
     pub const FOYER_MEMORY: u64 = 64 << 20;
     /// seconds a blob stays unreferenced before `wombatfs gc` deletes it
@@ -143,6 +145,8 @@ pub struct FileSettings {
     pub s3_region: Option<String>,
     /// path-style S3 addressing
     pub s3_path_style: Option<bool>,
+    /// seconds before a wait for the object store fails with EIO
+    pub store_timeout_secs: Option<u64>,
 }
 
 impl FileSettings {
@@ -182,6 +186,8 @@ pub struct Settings {
     pub poll_interval: Duration,
     /// kernel readahead of the mount in KiB (zero: kernel default)
     pub readahead_kb: u32,
+    /// the longest wait for the object store before EIO
+    pub store_timeout: Duration,
     /// local tier bounds and per-namespace budgets
     pub tiers: TierSettings,
     /// how to reach S3 when the store is `s3://`
@@ -258,6 +264,9 @@ impl Settings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.threads == 0 || self.threads > 256 {
             return Err(ConfigError::Invalid(format!("threads = {}: use 1..=256", self.threads)));
+        }
+        if self.store_timeout.is_zero() {
+            return Err(ConfigError::Invalid("store_timeout must be at least 1 second".into()));
         }
         if self.max_file_size == 0 {
             return Err(ConfigError::Invalid("max_file_size must be > 0".into()));

@@ -354,3 +354,52 @@ fn in_place_write_on_a_fresh_node_of_a_file_only_in_the_bucket() {
     }
     drop(b);
 }
+
+/// `--store-timeout`: with the object store frozen (SIGSTOP: connections open, nothing
+/// answers), a cold read and a `sync` close fail with EIO within the bound instead of hanging,
+/// while local data, lookups and creates keep working; after the thaw the same read succeeds.
+#[test]
+fn a_frozen_object_store_fails_cold_reads_and_sync_closes_in_time() {
+    use std::time::{Duration, Instant};
+    if endpoint().is_none() {
+        return;
+    }
+    let server = PrivateServer::start();
+    let args = s3_args(&server.endpoint, "frozen", &["--store-timeout", "2", "--upload", "sync"]);
+    let mut m = Mount::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    fs::create_dir(m.path("ns")).unwrap();
+    let cold = common::random_bytes(3 << 20, 7);
+    fs::write(m.path("ns/cold"), &cold).unwrap();
+    m.unmount();
+    fs::remove_dir_all(m.cache.join("flat")).unwrap();
+    m.mount();
+    fs::metadata(m.path("ns/cold")).unwrap(); // looked up while the server answers
+    fs::write(m.path("ns/local"), b"local bytes").unwrap();
+    server.pause();
+    let bound = Duration::from_secs(15);
+    let t = Instant::now();
+    let err = fs::read(m.path("ns/cold")).unwrap_err();
+    eprintln!("cold read failed after {:?}: {err}", t.elapsed());
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(t.elapsed() < bound, "bounded: {:?}", t.elapsed());
+    // what is local goes on
+    assert_eq!(fs::read(m.path("ns/local")).unwrap(), b"local bytes");
+    assert!(fs::metadata(m.path("ns/never-there")).is_err());
+    fs::create_dir(m.path("ns/newdir")).unwrap();
+    // a sync close needs the store: EIO in time, the written bytes stay staged
+    let t = Instant::now();
+    let mut f = File::create(m.path("ns/during")).unwrap();
+    f.write_all(b"written during the freeze").unwrap();
+    let err = f.sync_all().unwrap_err();
+    eprintln!("sync close failed after {:?}: {err}", t.elapsed());
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(t.elapsed() < bound, "bounded: {:?}", t.elapsed());
+    server.resume();
+    f.sync_all().unwrap();
+    drop(f);
+    assert!(fs::read(m.path("ns/cold")).unwrap() == cold, "read again after the thaw");
+    assert_eq!(fs::read(m.path("ns/during")).unwrap(), b"written during the freeze");
+    let stats = std::process::Command::new("getfattr").args(["--only-values", "-n", "user.wombatfs.stats"]).arg(m.path("ns")).output().unwrap();
+    eprintln!("{}", String::from_utf8_lossy(&stats.stdout));
+    m.unmount();
+}

@@ -97,7 +97,7 @@ fn open_store(s: &Settings, objects: &Arc<dyn ObjectStore>, rt: &tokio::runtime:
     let t = &s.tiers;
     let cap = |p: &Path| crate::sys::capacity(p).unwrap_or(0);
     let flat = t.flat_size.unwrap_or_else(|| defaults::flat_size(cap(&s.cache_dir)));
-    let mut opts = StoreOptions { sync_uploads: s.sync_uploads, foyer: None };
+    let mut opts = StoreOptions { sync_uploads: s.sync_uploads, foyer: None, store_timeout: Some(s.store_timeout) };
     let mut foyer = (0, 0);
     if !objects.is_local() {
         let mem = t.foyer_memory.unwrap_or(defaults::FOYER_MEMORY);

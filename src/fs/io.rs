@@ -348,7 +348,7 @@ impl FsCore {
     /// `fsync` returns, so the file survives the loss of this node.
     fn publish_if_sync(&self) -> FsResult<()> {
         if self.store.sync_uploads() {
-            self.wait_published(std::time::Duration::from_secs(30))?;
+            self.wait_published(self.store.wait_limit())?;
         }
         Ok(())
     }

@@ -50,12 +50,13 @@ impl FsCore {
         let flat = self.store.flat();
         let up = self.store.upload_stats();
         let mut s = format!(
-            "flat_bytes={}\nflat_limit={}\nflat_blobs={}\nflat_evictions={}\nobject_store_gets={}\nuploads_pending={}\nuploads_done={}\n",
+            "flat_bytes={}\nflat_limit={}\nflat_blobs={}\nflat_evictions={}\nobject_store_gets={}\nobject_store_timeouts={}\nuploads_pending={}\nuploads_done={}\n",
             flat.bytes(),
             flat.limit(),
             flat.len(),
             self.store.eviction().evictions.load(std::sync::atomic::Ordering::Relaxed),
             self.store.read_path().object_gets.load(std::sync::atomic::Ordering::Relaxed),
+            self.store.read_path().store_timeouts.load(std::sync::atomic::Ordering::Relaxed),
             up.pending.load(std::sync::atomic::Ordering::Relaxed),
             up.uploaded.load(std::sync::atomic::Ordering::Relaxed),
         );

@@ -59,6 +59,10 @@ pub struct StoreOptions {
     pub sync_uploads: bool,
     /// the foyer tier between the flat tier and the object store
     pub foyer: Option<Arc<FoyerTier>>,
+    /// the longest wait for the object store: a reader without progress for this long, and a
+    /// `sync` close waiting for its change journal, fail (`--store-timeout`); `None`: 30 s for
+    /// the journal, readers unbounded
+    pub store_timeout: Option<Duration>,
 }
 
 /// Flat tier + object store + upload queue.
@@ -72,6 +76,7 @@ pub struct BlobStore {
     sync_uploads: bool,
     read: Arc<ReadPath>,
     eviction: Arc<Eviction>,
+    wait_limit: Duration,
 }
 
 impl BlobStore {
@@ -93,11 +98,12 @@ impl BlobStore {
             stats: Arc::new(UploadStats::default()),
             queued: Default::default(),
         });
-        let read = Arc::new(ReadPath::new(flat.clone(), opts.foyer.clone(), objects.clone(), staging.clone(), rt.clone()));
+        let read = Arc::new(ReadPath::new(flat.clone(), opts.foyer.clone(), objects.clone(), staging.clone(), rt.clone(), opts.store_timeout));
         let eviction = Arc::new(Eviction::new(flat.clone(), opts.foyer, ctx.clone(), rt.clone()));
         let (jobs, rx) = mpsc::unbounded_channel();
         rt.spawn(upload::run(ctx.clone(), rx));
-        Ok(BlobStore { flat, staging, objects, rt: rt.clone(), jobs, ctx, sync_uploads: opts.sync_uploads, read, eviction })
+        let wait_limit = opts.store_timeout.unwrap_or(Duration::from_secs(30));
+        Ok(BlobStore { flat, staging, objects, rt: rt.clone(), jobs, ctx, sync_uploads: opts.sync_uploads, read, eviction, wait_limit })
     }
 
     /// Set the function called when a blob became durable in the object store. A store has
@@ -208,6 +214,11 @@ impl BlobStore {
             Some(res) => res,
             None => Ok(()),
         }
+    }
+
+    /// The longest a writer waits for the object store (`--store-timeout`).
+    pub fn wait_limit(&self) -> Duration {
+        self.wait_limit
     }
 
     /// Whether seals wait for the object store (`--upload sync`).

@@ -15,13 +15,14 @@
 use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use dashmap::DashMap;
 use tracing::Instrument;
 
 use crate::blob::BlobId;
 use crate::store::staging::Staging;
-use crate::tiers::fetch::Fetch;
+use crate::tiers::fetch::{Fetch, StallLimit};
 use crate::tiers::flat::FlatTier;
 use crate::tiers::foyer::FoyerTier;
 use crate::tiers::{ObjectStore, StoreError};
@@ -90,11 +91,16 @@ pub struct ReadPath {
     fetches: DashMap<BlobId, Weak<Fetch>>,
     /// flat-tier misses served by the object store (GETs of blobs)
     pub object_gets: AtomicU64,
+    /// how long a reader waits for the object store without progress
+    stall_limit: Option<Duration>,
+    /// reads that gave up waiting for the object store (`--store-timeout`)
+    pub store_timeouts: Arc<AtomicU64>,
 }
 
 impl ReadPath {
-    pub(crate) fn new(flat: Arc<FlatTier>, foyer: Option<Arc<FoyerTier>>, objects: Arc<dyn ObjectStore>, staging: Arc<Staging>, rt: tokio::runtime::Handle) -> Self {
-        ReadPath { flat, foyer, objects, staging, rt, fetches: DashMap::new(), object_gets: AtomicU64::new(0) }
+    pub(crate) fn new(flat: Arc<FlatTier>, foyer: Option<Arc<FoyerTier>>, objects: Arc<dyn ObjectStore>, staging: Arc<Staging>, rt: tokio::runtime::Handle, stall_limit: Option<Duration>) -> Self {
+        let (object_gets, store_timeouts) = (AtomicU64::new(0), Arc::new(AtomicU64::new(0)));
+        ReadPath { flat, foyer, objects, staging, rt, fetches: DashMap::new(), object_gets, stall_limit, store_timeouts }
     }
 
     /// The foyer tier, if configured.
@@ -130,6 +136,9 @@ impl ReadPath {
         self.object_gets.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.rt.block_on(self.objects.get_blob(id, &tmp)) {
             let _ = std::fs::remove_file(&tmp);
+            if matches!(e, StoreError::Timeout { .. }) {
+                self.store_timeouts.fetch_add(1, Ordering::Relaxed);
+            }
             return Err(e);
         }
         self.flat.adopt(&tmp, id)?;
@@ -157,7 +166,8 @@ impl ReadPath {
             return Ok(BlobReader::Fetching(f));
         }
         let (file, tmp) = self.staging.create()?;
-        let fetch = Fetch::create(*id, len, file, tmp)?;
+        let limit = self.stall_limit.map(|limit| StallLimit { limit, timeouts: self.store_timeouts.clone() });
+        let fetch = Fetch::create(*id, len, file, tmp, limit)?;
         self.fetches.insert(*id, Arc::downgrade(&fetch));
         // the download logs under the request that started it
         let (me, job, id) = (self.clone(), fetch.clone(), *id);

@@ -4,10 +4,20 @@
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crate::blob::BlobId;
 use crate::proof::CHUNK;
 use crate::tiers::StoreError;
+
+/// How long readers of a download wait without progress, and the count of those who gave up.
+#[derive(Clone, Debug)]
+pub struct StallLimit {
+    /// the longest wait without a new chunk
+    pub limit: Duration,
+    /// readers that gave up
+    pub timeouts: Arc<std::sync::atomic::AtomicU64>,
+}
 
 struct State {
     ready: Vec<bool>,
@@ -24,13 +34,16 @@ pub struct Fetch {
     pub path: PathBuf,
     /// that file, open for reading and writing
     pub file: Arc<File>,
+    /// how long a reader waits while no chunk arrives (`--store-timeout`); `None`: no bound
+    stall_limit: Option<StallLimit>,
     st: Mutex<State>,
     cv: Condvar,
 }
 
 impl Fetch {
-    /// A fetch of `len` bytes into `file` (new, empty, read-write) at `path`.
-    pub fn create(id: BlobId, len: u64, file: File, path: PathBuf) -> Result<Arc<Self>, StoreError> {
+    /// A fetch of `len` bytes into `file` (new, empty, read-write) at `path`; readers give up
+    /// after `stall_limit` without a new chunk.
+    pub fn create(id: BlobId, len: u64, file: File, path: PathBuf, stall_limit: Option<StallLimit>) -> Result<Arc<Self>, StoreError> {
         file.set_len(len).map_err(|e| StoreError::io("size fetch file", e))?;
         let n = crate::proof::chunks(len).max(1) as usize;
         Ok(Arc::new(Fetch {
@@ -38,6 +51,7 @@ impl Fetch {
             len,
             path,
             file: Arc::new(file),
+            stall_limit,
             st: Mutex::new(State { ready: vec![false; n], failed: None }),
             cv: Condvar::new(),
         }))
@@ -86,7 +100,9 @@ impl Fetch {
         self.lock().ready[first..=last].iter().all(|r| *r)
     }
 
-    /// Block until bytes `[offset, offset + len)` are readable.
+    /// Block until bytes `[offset, offset + len)` are readable. While the download makes
+    /// progress the reader keeps waiting; when no chunk arrived for the stall limit it fails
+    /// with [`StoreError::Timeout`] (the download itself goes on for later readers).
     pub fn wait(&self, offset: u64, len: u64) -> Result<(), StoreError> {
         if len == 0 || offset >= self.len {
             return Ok(());
@@ -94,6 +110,8 @@ impl Fetch {
         let first = (offset / CHUNK) as usize;
         let last = ((offset + len).min(self.len) - 1) / CHUNK;
         let mut st = self.lock();
+        let arrived = |st: &State| st.ready.iter().filter(|r| **r).count();
+        let (mut seen, mut since) = (arrived(&st), Instant::now());
         loop {
             // verified chunks stay readable even when another part of the download failed
             if st.ready[first..=last as usize].iter().all(|r| *r) {
@@ -102,7 +120,20 @@ impl Fetch {
             if let Some(msg) = &st.failed {
                 return Err(StoreError::io(format!("fetch of blob {}", self.id), std::io::Error::other(msg.clone())));
             }
-            st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+            let Some(StallLimit { limit, timeouts }) = &self.stall_limit else {
+                st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+                continue;
+            };
+            let now = arrived(&st);
+            if now > seen {
+                (seen, since) = (now, Instant::now());
+            }
+            let left = limit.saturating_sub(since.elapsed());
+            if left.is_zero() {
+                timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(StoreError::Timeout { what: format!("read of blob {} (no new data for {limit:?})", self.id) });
+            }
+            st = self.cv.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
         }
     }
 }
@@ -115,7 +146,7 @@ mod tests {
     fn readers_wait_for_their_chunks_and_see_failures() {
         let dir = tempfile::tempdir().unwrap();
         let new = |name: &str| std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(dir.path().join(name)).unwrap();
-        let f = Fetch::create(BlobId::of(b"x"), 3 * CHUNK, new("f"), dir.path().join("f")).unwrap();
+        let f = Fetch::create(BlobId::of(b"x"), 3 * CHUNK, new("f"), dir.path().join("f"), None).unwrap();
         f.mark(0);
         f.wait(0, 10).unwrap();
         let f2 = f.clone();
@@ -126,8 +157,32 @@ mod tests {
         f.mark(2);
         t.join().unwrap().unwrap();
         assert!(f.complete());
-        let g = Fetch::create(BlobId::of(b"y"), CHUNK, new("g"), dir.path().join("g")).unwrap();
+        let g = Fetch::create(BlobId::of(b"y"), CHUNK, new("g"), dir.path().join("g"), None).unwrap();
         g.fail("server gone".into());
         assert!(g.wait(0, 1).is_err());
+    }
+
+    #[test]
+    fn a_stalled_download_fails_its_readers_after_the_limit_but_progress_keeps_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let new = |name: &str| std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(dir.path().join(name)).unwrap();
+        let limit = StallLimit { limit: Duration::from_millis(300), timeouts: Default::default() };
+        let f = Fetch::create(BlobId::of(b"z"), 4 * CHUNK, new("z"), dir.path().join("z"), Some(limit.clone())).unwrap();
+        // chunks arriving every 200 ms (under the limit) keep a reader of the last one waiting
+        let f2 = f.clone();
+        let feeder = std::thread::spawn(move || {
+            for i in 0..3 {
+                std::thread::sleep(Duration::from_millis(200));
+                f2.mark(i);
+            }
+        });
+        let t0 = Instant::now();
+        let err = f.wait(3 * CHUNK, 1).unwrap_err();
+        feeder.join().unwrap();
+        assert!(matches!(err, StoreError::Timeout { .. }), "{err}");
+        let waited = t0.elapsed();
+        assert!(waited >= Duration::from_millis(800), "progress extended the wait: {waited:?}");
+        assert!(f.wait(0, 3 * CHUNK).is_ok(), "what arrived stays readable");
+        assert_eq!(limit.timeouts.load(std::sync::atomic::Ordering::Relaxed), 1, "counted");
     }
 }

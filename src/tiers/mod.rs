@@ -44,6 +44,12 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// The object store did not answer within the store timeout (`--store-timeout`).
+    #[error("{what}: the object store did not answer in time (--store-timeout)")]
+    Timeout {
+        /// what was waiting
+        what: String,
+    },
     /// The store URL or configuration is unusable.
     #[error("bad store configuration: {0}")]
     Config(String),

@@ -62,6 +62,8 @@ pub struct S3Config {
     pub profile: Option<String>,
     /// compression of envelopes
     pub compression: Option<Compression>,
+    /// longest wait for one request (default 60 s)
+    pub request_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for S3Config {
@@ -87,6 +89,11 @@ pub struct S3Store {
 }
 
 fn request_error(what: String, e: S3Error) -> StoreError {
+    if let S3Error::Reqwest(r) = &e {
+        if r.is_timeout() {
+            return StoreError::Timeout { what };
+        }
+    }
     let status = match &e {
         S3Error::HttpFailWithBody(code, body) => format!("HTTP {code}: {}", body.chars().take(200).collect::<String>()),
         other => other.to_string(),
@@ -117,7 +124,7 @@ impl S3Store {
         if cfg.path_style {
             bucket = bucket.with_path_style();
         }
-        bucket.set_request_timeout(Some(Duration::from_secs(60)));
+        bucket.set_request_timeout(Some(cfg.request_timeout.unwrap_or(Duration::from_secs(60))));
         let prefix = cfg.prefix.trim_matches('/').to_string();
         let describe = format!(
             "s3://{}/{}{}",

@@ -124,6 +124,16 @@ struct Inner {
     rt: tokio::runtime::Handle,
 }
 
+/// SlateDB's settings for an index on the local filesystem. `LocalFileSystem` has no
+/// conditional overwrite (`If-Match`), so the garbage collector's boundary files are off, as
+/// SlateDB documents for such stores (with them on it fails and logs an ERROR at each pass).
+/// The hazard boundary files guard against — a second, stalled writer resuming after the GC's
+/// `min_age` — cannot arise: one daemon holds the cache dir's lock.
+fn settings() -> slatedb::Settings {
+    let gc = slatedb::config::GarbageCollectorOptions { boundary_files_enabled: false, ..Default::default() };
+    slatedb::Settings { garbage_collector_options: Some(gc), ..Default::default() }
+}
+
 /// Every key-value pair in the index, in key order.
 pub type Records = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -136,13 +146,13 @@ impl Index {
         IntentLog::adopt_legacy(dir, &log_dir).map_err(io("adopt the intent log under its old name"))?;
         std::fs::create_dir_all(&db_dir).map_err(io("create index dir"))?;
         std::fs::create_dir_all(&log_dir).map_err(io("create intent log dir"))?;
-        let (db, snapshot, next_gen) = rt.block_on(async {
+        let (db, records, next_gen) = rt.block_on(async {
             let store = LocalFileSystem::new_with_prefix(&db_dir).map_err(|e| IndexError::Io {
                 what: "open index directory",
                 source: std::io::Error::other(e.to_string()),
             })?;
             let db = Db::builder("index", Arc::new(store))
-                .with_settings(slatedb::Settings::default())
+                .with_settings(settings())
                 .build()
                 .await
                 .map_err(|e| db_err(e, dir))?;
@@ -161,12 +171,12 @@ impl Index {
                     IntentLog::remove_gen(&log_dir, gen).map_err(io("remove intent log"))?;
                 }
             }
-            let mut snapshot = Vec::new();
+            let mut records = Vec::new();
             let mut it = db.scan::<std::ops::RangeFull>(..).await.map_err(|e| db_err(e, dir))?;
             while let Some(kv) = it.next().await.map_err(|e| db_err(e, dir))? {
-                snapshot.push((kv.key.to_vec(), kv.value.to_vec()));
+                records.push((kv.key.to_vec(), kv.value.to_vec()));
             }
-            Ok::<_, IndexError>((db, snapshot, gens.last().map_or(1, |g| g + 1)))
+            Ok::<_, IndexError>((db, records, gens.last().map_or(1, |g| g + 1)))
         })?;
         let log = IntentLog::create(&log_dir, next_gen).map_err(io("create intent log"))?;
         let queue = Arc::new(Queue::default());
@@ -179,7 +189,7 @@ impl Index {
             rt: rt.clone(),
         });
         rt.spawn(apply_loop(db, queue, log_dir, dir.to_path_buf()));
-        Ok((Index { inner }, snapshot))
+        Ok((Index { inner }, records))
     }
 
     /// Commit a batch: durable against a daemon crash when this returns.

@@ -266,10 +266,41 @@ fn statfs_and_large_directory() {
     f.mkdir("ns").unwrap();
     let ns = f.resolve("ns").unwrap();
     for i in 0..20_000 {
-        f.core().mknod(CALLER, ns, format!("block-{i:06}.bin").as_bytes(), libc::S_IFREG | 0o644, 0).unwrap();
+        f.core().mknod(CALLER, ns, format!("block-{i:06}.bin").as_bytes(), libc::S_IFREG | 0o644, 0, 0).unwrap();
     }
     let names = f.list("ns").unwrap();
     assert_eq!(names.len(), 20_000);
     assert_eq!(names[0].0, "block-000000.bin");
-    assert_eq!(f.core().mknod(CALLER, ns, b"fifo", libc::S_IFIFO | 0o644, 0).unwrap_err().errno(), libc::EPERM);
+    assert_eq!(f.core().mknod(CALLER, ns, b"odd", 0o170000 | 0o644, 0, 0).unwrap_err().errno(), libc::EINVAL, "not a file type");
+}
+
+/// FIFOs, sockets and device nodes are metadata-only inodes: created, listed, renamed,
+/// linked and removed like files, kept across a remount and a crash, never opened here.
+#[test]
+fn special_files_are_metadata_only_inodes() {
+    let mut f = Fixture::new();
+    f.mkdir("ns").unwrap();
+    let ns = f.resolve("ns").unwrap();
+    let dev = (8 << 8) | 1;
+    for (name, mode, rdev) in [("fifo", libc::S_IFIFO, 0), ("sock", libc::S_IFSOCK, 0), ("chr", libc::S_IFCHR, dev), ("blk", libc::S_IFBLK, dev)] {
+        let a = f.core().mknod(CALLER, ns, name.as_bytes(), mode | 0o640, 0o022, rdev).unwrap();
+        assert_eq!((a.size, a.perm, a.rdev), (0, 0o640, rdev), "{name}");
+    }
+    let kinds = |f: &Fixture| ["fifo", "sock", "chr", "blk"].map(|n| f.stat(&format!("ns/{n}")).map(|a| (a.kind, a.rdev)));
+    let want = [Ok((Kind::Fifo, 0)), Ok((Kind::Socket, 0)), Ok((Kind::CharDevice, (8 << 8) | 1)), Ok((Kind::BlockDevice, (8 << 8) | 1))];
+    assert_eq!(kinds(&f), want);
+    assert_eq!(f.core().open(f.resolve("ns/fifo").unwrap(), libc::O_RDONLY).unwrap_err().errno(), libc::EPERM, "the kernel serves FIFOs itself");
+    f.rename("ns/fifo", "ns/pipe", 0).unwrap();
+    f.link("ns/sock", "ns/sock2").unwrap();
+    assert_eq!(f.stat("ns/sock").unwrap().nlink, 2);
+    f.rename("ns/pipe", "ns/fifo", 0).unwrap();
+    f.remount();
+    assert_eq!(kinds(&f), want, "kept across a remount");
+    f.crash();
+    assert_eq!(kinds(&f), want, "kept across a crash");
+    f.unlink("ns/sock2").unwrap();
+    for n in ["fifo", "sock", "chr", "blk"] {
+        f.unlink(&format!("ns/{n}")).unwrap();
+    }
+    assert!(f.list("ns").unwrap().is_empty());
 }

@@ -70,7 +70,7 @@ fn file_attr(a: &Attr) -> FileAttr {
         nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev: a.rdev,
         blksize: BLOCK_SIZE,
         flags: 0,
     }
@@ -81,6 +81,10 @@ fn file_type(k: Kind) -> FileType {
         Kind::Dir => FileType::Directory,
         Kind::File => FileType::RegularFile,
         Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::CharDevice => FileType::CharDevice,
+        Kind::BlockDevice => FileType::BlockDevice,
     }
 }
 
@@ -238,6 +242,7 @@ impl Filesystem for WombatFuse {
                     nlink: 0,
                     uid: 0,
                     gid: 0,
+                    rdev: 0,
                 });
                 neg.ino = INodeNo(0);
                 reply.entry(&self.ttl, &neg, Generation(0))
@@ -289,9 +294,9 @@ impl Filesystem for WombatFuse {
         }
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _rdev: u32, reply: ReplyEntry) {
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
         let _req = begin(req, "mknod", parent.0);
-        self.entry(reply, "mknod", self.core.mknod(caller(req), parent.0, name.as_bytes(), mode, umask));
+        self.entry(reply, "mknod", self.core.mknod(caller(req), parent.0, name.as_bytes(), mode, umask, rdev));
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {

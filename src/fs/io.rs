@@ -30,6 +30,8 @@ impl FsCore {
             InodeKind::File { blob } => (blob, rec.size),
             InodeKind::Dir { .. } => return Err(FsError::IsDir),
             InodeKind::Symlink { .. } => return Err(FsError::Invalid("cannot open a symlink")),
+            // the kernel opens FIFOs and sockets itself, and devices not at all (nodev)
+            InodeKind::Special { .. } => return Err(FsError::NotPermitted("a special file has no contents here")),
         };
         let entry = t.open.entry(ino).or_insert_with(|| OpenEntry { count: 0, file: Arc::new(OpenInode::new(ino, blob, size)) });
         entry.count += 1;
@@ -96,7 +98,7 @@ impl FsCore {
 
     /// Create and open a regular file.
     pub fn create(&self, caller: Caller, parent: u64, name: &[u8], mode: u32, umask: u32, flags: i32) -> FsResult<(Attr, Opened)> {
-        let attr = self.mknod(caller, parent, name, libc::S_IFREG | (mode & 0o7777), umask)?;
+        let attr = self.mknod(caller, parent, name, libc::S_IFREG | (mode & 0o7777), umask, 0)?;
         let acc = flags & libc::O_ACCMODE;
         let (fh, file) = self.register(attr.ino, acc != libc::O_RDONLY)?;
         self.budgets.note_use(attr.ino);

@@ -28,6 +28,27 @@ pub enum Kind {
     File,
     /// symbolic link
     Symlink,
+    /// named pipe
+    Fifo,
+    /// unix socket
+    Socket,
+    /// character device
+    CharDevice,
+    /// block device
+    BlockDevice,
+}
+
+impl Kind {
+    /// The kind of a special file with the mode's file type bits, if it is one.
+    pub fn special(format: u32) -> Option<Kind> {
+        match format {
+            libc::S_IFIFO => Some(Kind::Fifo),
+            libc::S_IFSOCK => Some(Kind::Socket),
+            libc::S_IFCHR => Some(Kind::CharDevice),
+            libc::S_IFBLK => Some(Kind::BlockDevice),
+            _ => None,
+        }
+    }
 }
 
 /// Attributes reported by `stat`.
@@ -55,6 +76,8 @@ pub struct Attr {
     pub uid: u32,
     /// group
     pub gid: u32,
+    /// device number of a device node
+    pub rdev: u32,
 }
 
 /// Who is calling.

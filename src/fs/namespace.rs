@@ -28,10 +28,11 @@ pub struct Namespace {
 }
 
 pub(super) fn attr_of(rec: &InodeRecord) -> Attr {
-    let kind = match rec.kind {
-        InodeKind::Dir { .. } => Kind::Dir,
-        InodeKind::File { .. } => Kind::File,
-        InodeKind::Symlink { .. } => Kind::Symlink,
+    let (kind, rdev) = match rec.kind {
+        InodeKind::Dir { .. } => (Kind::Dir, 0),
+        InodeKind::File { .. } => (Kind::File, 0),
+        InodeKind::Symlink { .. } => (Kind::Symlink, 0),
+        InodeKind::Special { format, rdev } => (Kind::special(format).unwrap_or(Kind::Fifo), rdev),
     };
     Attr {
         ino: rec.ino,
@@ -45,6 +46,7 @@ pub(super) fn attr_of(rec: &InodeRecord) -> Attr {
         nlink: rec.nlink,
         uid: rec.uid,
         gid: rec.gid,
+        rdev,
     }
 }
 
@@ -183,10 +185,21 @@ impl Namespace {
         self.insert(&mut t, tx, parent, name, rec)
     }
 
-    /// Create an empty regular file (`mknod` with `S_IFREG`; other node types are refused).
-    pub fn mknod(&self, caller: Caller, parent: u64, name: &[u8], mode: u32, umask: u32) -> FsResult<Attr> {
-        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
-            return Err(FsError::NotPermitted("only regular files, directories and symlinks are supported"));
+    /// Create an empty regular file (`S_IFREG`), or a FIFO, socket or device node (metadata
+    /// only; `rdev` is a device node's number).
+    pub fn mknod(&self, caller: Caller, parent: u64, name: &[u8], mode: u32, umask: u32, rdev: u32) -> FsResult<Attr> {
+        let format = mode & libc::S_IFMT;
+        let perm = (mode & !umask & 0o7777) as u16;
+        if Kind::special(format).is_some() {
+            let mut t = self.write_tree();
+            Self::check_new_entry(&t, parent, name, false)?;
+            let mut tx = Tx::default();
+            let rdev = if matches!(format, libc::S_IFCHR | libc::S_IFBLK) { rdev } else { 0 };
+            let rec = self.new_inode(&mut t, &mut tx, caller, parent, InodeKind::Special { format, rdev }, perm)?;
+            return self.insert(&mut t, tx, parent, name, rec);
+        }
+        if format != libc::S_IFREG && format != 0 {
+            return Err(FsError::Invalid("unknown file type"));
         }
         let mut t = self.write_tree();
         Self::check_new_entry(&t, parent, name, false)?;

@@ -165,6 +165,7 @@ impl Target for TreeTarget<'_> {
         Ok(match &self.t.get(ino)?.kind {
             InodeKind::File { blob } => Found::File(*blob),
             InodeKind::Symlink { target } => Found::Symlink(target.clone()),
+            InodeKind::Special { .. } => Found::Special,
             InodeKind::Dir { .. } => Found::Dir { empty: self.t.children(ino)?.is_empty() },
         })
     }

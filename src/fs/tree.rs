@@ -165,6 +165,7 @@ impl Tree {
     }
 
     /// The change that publishes the current state of `ino` under `path`.
+    /// FIFOs, sockets and device nodes are this node's own: they are not published.
     pub fn state_change(&self, ino: u64, path: Vec<u8>) -> Option<Change> {
         let rec = self.inodes.get(&ino)?;
         let attrs = Attrs { perm: rec.perm, uid: rec.uid, gid: rec.gid, mtime: rec.mtime };
@@ -172,6 +173,7 @@ impl Tree {
             InodeKind::File { blob } => Change::File { path, blob: *blob, size: rec.size, attrs },
             InodeKind::Symlink { target } => Change::Symlink { path, target: target.clone(), attrs },
             InodeKind::Dir { .. } => Change::Dir { path, attrs },
+            InodeKind::Special { .. } => return None,
         })
     }
 

@@ -66,6 +66,14 @@ pub enum InodeKind {
         /// target bytes
         target: Vec<u8>,
     },
+    /// A FIFO, socket or device node: metadata only (the kernel serves FIFOs and sockets
+    /// itself; devices are never opened on a `nodev` mount).
+    Special {
+        /// the file type bits of the mode (`S_IFIFO`, `S_IFSOCK`, `S_IFCHR`, `S_IFBLK`)
+        format: u32,
+        /// the device number of a device node
+        rdev: u32,
+    },
 }
 
 /// One inode, as persisted and as held in memory.

@@ -30,6 +30,9 @@ pub enum Found {
         /// without entries
         empty: bool,
     },
+    /// a FIFO, socket or device node of this node's own (never published; a file change
+    /// replaces it like any non-directory)
+    Special,
 }
 
 /// What happened to a change.
@@ -85,7 +88,7 @@ pub fn apply<T: Target>(t: &mut T, c: &Change) -> Result<Outcome, T::Error> {
             }
         }
         Change::Dir { path, attrs } => match t.find(path)? {
-            Found::File(_) | Found::Symlink(_) => skip("a file has this name here"),
+            Found::File(_) | Found::Symlink(_) | Found::Special => skip("a file has this name here"),
             _ => t.make_dir(path, attrs).map(|()| Outcome::Applied),
         },
         Change::Remove { path, blob } => match t.find(path)? {
@@ -107,7 +110,7 @@ pub fn apply<T: Target>(t: &mut T, c: &Change) -> Result<Outcome, T::Error> {
                 (Found::Nothing, _) => Ok(Outcome::Applied), // nothing to move here: a no-op, like removing a missing name
                 _ if is_dir && is_within(to, from) => skip("a directory cannot move into itself"),
                 (_, Found::Dir { .. }) if !is_dir => skip("a directory has the target name here"),
-                (_, Found::File(_) | Found::Symlink(_)) if is_dir => skip("a file has the target name here"),
+                (_, Found::File(_) | Found::Symlink(_) | Found::Special) if is_dir => skip("a file has the target name here"),
                 (_, Found::Dir { empty: false }) => skip("the target directory here is not empty"),
                 _ if change::components(to).is_some_and(|p| p.len() < 2) && !is_dir => skip("files live in namespaces, not at the root"),
                 _ => t.rename(from, to).map(|()| Outcome::Applied),

@@ -95,6 +95,7 @@ impl NameTable {
                 let e = match &r.kind {
                     InodeKind::File { blob } => Entry::File { blob: *blob, size: r.size, attrs: attrs_of(r) },
                     InodeKind::Symlink { target } => Entry::Symlink { target: target.clone(), attrs: attrs_of(r) },
+                    InodeKind::Special { .. } => continue, // a node's own, never published
                     InodeKind::Dir { .. } => {
                         stack.push((*ino, p.clone()));
                         Entry::Dir { attrs: attrs_of(r) }

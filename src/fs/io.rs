@@ -320,7 +320,7 @@ impl FsCore {
         rec.size = size;
         tx.put_inode(rec);
         t.note_state(&mut tx, file.ino);
-        t.decref(&mut tx, &self.store, old);
+        t.decref(&mut tx, old);
         t.kernel_cached.remove(&file.ino);
         t.commit(tx, &self.index, &self.store)?;
         drop(t);
@@ -391,7 +391,7 @@ impl FsCore {
             t.open.remove(&ino);
             if t.orphans.contains(&ino) {
                 let mut tx = Tx::default();
-                t.forget_inode(&mut tx, &self.store, ino);
+                t.forget_inode(&mut tx, ino);
                 if let Err(e) = t.commit(tx, &self.index, &self.store) {
                     tracing::error!(ino, error = %e, "could not record the removal of an unlinked file");
                 }

@@ -284,7 +284,7 @@ impl Namespace {
         }
         let now = Ts::now();
         t.unlink_entry(tx, parent, name);
-        t.drop_link(tx, &self.store, ino, now)?;
+        t.drop_link(tx, ino, now)?;
         t.touch_dir(tx, parent, now);
         Ok(())
     }
@@ -394,7 +394,7 @@ impl Namespace {
                     t.remove_dir(tx, dst);
                     t.get_mut(newparent)?.nlink -= 1;
                 } else {
-                    t.drop_link(tx, &self.store, dst, now)?;
+                    t.drop_link(tx, dst, now)?;
                 }
             }
             t.unlink_entry(tx, parent, name);

@@ -40,6 +40,8 @@ pub struct Tx {
     ops: Vec<Op>,
     uploads: Vec<BlobId>,
     changes: Vec<Change>,
+    /// blobs no name refers to any more: removed once the commit that says so is written
+    reclaims: Vec<(BlobId, u64)>,
 }
 
 impl Tx {
@@ -255,9 +257,10 @@ impl Tree {
         e.refs += 1;
     }
 
-    /// Drop a reference; the last one reclaims the blob everywhere (under the tree lock, so no
-    /// concurrent seal can re-adopt the same blob between the decision and the removal).
-    pub fn decref(&mut self, tx: &mut Tx, store: &BlobStore, id: BlobId) {
+    /// Drop a reference; the last one reclaims the blob everywhere — after the transaction's
+    /// commit (a destructive step only once the record that justifies it is written) and still
+    /// under the tree lock, so no concurrent seal can re-adopt the same blob in between.
+    pub fn decref(&mut self, tx: &mut Tx, id: BlobId) {
         let Some(e) = self.blobs.get_mut(&id) else { return };
         e.refs = e.refs.saturating_sub(1);
         // the empty blob is pinned: every new file starts bound to it
@@ -266,15 +269,13 @@ impl Tree {
             self.blobs.remove(&id);
             tx.ops.push(Op::Delete(keys::blob(&id)));
             tx.ops.push(Op::Delete(keys::upload(&id)));
-            if let Err(e) = store.reclaim(id, size) {
-                tracing::warn!(%id, error = %e, "could not remove an unreferenced blob");
-            }
+            tx.reclaims.push((id, size));
         }
     }
 
     /// Drop one hard link of a non-directory inode; frees it (and its blob reference) once no
     /// link and no open handle remains.
-    pub fn drop_link(&mut self, tx: &mut Tx, store: &BlobStore, ino: u64, now: Ts) -> FsResult<()> {
+    pub fn drop_link(&mut self, tx: &mut Tx, ino: u64, now: Ts) -> FsResult<()> {
         let rec = self.get_mut(ino)?;
         rec.nlink = rec.nlink.saturating_sub(1);
         rec.ctime = now;
@@ -286,18 +287,18 @@ impl Tree {
         if self.open.contains_key(&ino) {
             self.orphans.insert(ino);
         } else {
-            self.forget_inode(tx, store, ino);
+            self.forget_inode(tx, ino);
         }
         Ok(())
     }
 
     /// Remove an inode that has no links and no handles.
-    pub fn forget_inode(&mut self, tx: &mut Tx, store: &BlobStore, ino: u64) {
+    pub fn forget_inode(&mut self, tx: &mut Tx, ino: u64) {
         self.orphans.remove(&ino);
         self.kernel_cached.remove(&ino);
         if let Some(rec) = self.inodes.remove(&ino) {
             if let InodeKind::File { blob } = rec.kind {
-                self.decref(tx, store, blob);
+                self.decref(tx, blob);
             }
         }
     }
@@ -323,8 +324,14 @@ impl Tree {
     }
 
     /// Commit a transaction to the index and start its uploads. Called with the lock held.
+    /// A failed commit deletes nothing: a blob it would have reclaimed stays (a stray flat
+    /// file the next mount removes if no record names it).
     pub fn commit(&mut self, mut tx: Tx, index: &Index, store: &BlobStore) -> FsResult<()> {
         let staged = self.outbox.stage(&mut tx.ops, std::mem::take(&mut tx.changes));
+        fail::fail_point!("tree-commit", |_| {
+            self.outbox.abort();
+            Err(FsError::Io(std::io::Error::other("failpoint tree-commit")))
+        });
         if let Err(e) = index.commit(tx.ops) {
             self.outbox.abort();
             return Err(e.into());
@@ -333,6 +340,11 @@ impl Tree {
         self.changes += 1;
         for id in tx.uploads {
             store.enqueue_upload(id);
+        }
+        for (id, size) in tx.reclaims {
+            if let Err(e) = store.reclaim(id, size) {
+                tracing::warn!(%id, error = %e, "could not remove an unreferenced blob");
+            }
         }
         Ok(())
     }

@@ -21,12 +21,14 @@ use wombatfs::tiers::ObjectStore;
 pub const ROOT: u64 = 1;
 pub const CALLER: Caller = Caller { uid: 0, gid: 0 };
 
+/// Fields drop in order: the core, then its runtime (background index work ends), then the
+/// temp dir, so nothing writes into the dir after it was removed.
 pub struct Fixture {
-    pub dir: tempfile::TempDir,
-    rt: Option<tokio::runtime::Runtime>,
     core: Option<Arc<FsCore>>,
+    rt: Option<tokio::runtime::Runtime>,
     /// a shared object store (several fixtures = several nodes); the local store otherwise
     shared: Option<Arc<dyn ObjectStore>>,
+    pub dir: tempfile::TempDir,
 }
 
 pub type R<T> = Result<T, i32>;

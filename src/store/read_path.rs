@@ -136,9 +136,7 @@ impl ReadPath {
         self.object_gets.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.rt.block_on(self.objects.get_blob(id, &tmp)) {
             let _ = std::fs::remove_file(&tmp);
-            if matches!(e, StoreError::Timeout { .. }) {
-                self.store_timeouts.fetch_add(1, Ordering::Relaxed);
-            }
+            self.note_timeout(&e);
             return Err(e);
         }
         self.flat.adopt(&tmp, id)?;
@@ -191,6 +189,7 @@ impl ReadPath {
                 },
                 Err(e) => {
                     tracing::warn!(%id, error = %e, "fetching a blob from the object store failed");
+                    me.note_timeout(&e);
                     job.fail(e.to_string());
                     let _ = std::fs::remove_file(&job.path);
                 }
@@ -198,6 +197,14 @@ impl ReadPath {
             me.fetches.remove_if(&id, |_, w| w.as_ptr() == Arc::as_ptr(&job));
         }.instrument(tracing::Span::current()));
         Ok(BlobReader::Fetching(fetch))
+    }
+
+    /// Count a request the object store did not answer in time (readers that gave up on a
+    /// stalled download are counted by the download itself).
+    fn note_timeout(&self, e: &StoreError) {
+        if matches!(e, StoreError::Timeout { .. }) {
+            self.store_timeouts.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Admit a blob now in the flat tier into foyer, in the background.

@@ -98,9 +98,7 @@ pub fn apply<T: Target>(t: &mut T, c: &Change) -> Result<Outcome, T::Error> {
             _ => t.remove(path).map(|()| Outcome::Applied),
         },
         Change::Rename { from, to } => {
-            if change::components(to).is_none() {
-                return skip("not a valid path");
-            }
+            let Some(to_depth) = change::components(to).map(|p| p.len()) else { return skip("not a valid path") };
             if from == to {
                 return Ok(Outcome::Applied);
             }
@@ -112,7 +110,7 @@ pub fn apply<T: Target>(t: &mut T, c: &Change) -> Result<Outcome, T::Error> {
                 (_, Found::Dir { .. }) if !is_dir => skip("a directory has the target name here"),
                 (_, Found::File(_) | Found::Symlink(_) | Found::Special) if is_dir => skip("a file has the target name here"),
                 (_, Found::Dir { empty: false }) => skip("the target directory here is not empty"),
-                _ if change::components(to).is_some_and(|p| p.len() < 2) && !is_dir => skip("files live in namespaces, not at the root"),
+                _ if to_depth < 2 && !is_dir => skip("files live in namespaces, not at the root"),
                 _ => t.rename(from, to).map(|()| Outcome::Applied),
             }
         }

@@ -259,3 +259,35 @@ fn a_fresh_node_reads_and_rewrites_in_place_what_another_node_wrote() {
         assert!(writer.read_file(&path).unwrap() == want, "{name}: rewritten bytes");
     }
 }
+
+/// Errors keep their kind from the real server: a refusal (SeaweedFS answers a PUT into a
+/// bucket that does not exist with 403 AccessDenied) is not retried; a connection failure
+/// is, a bounded number of times.
+#[test]
+fn refusals_are_not_retried_and_network_failures_are() {
+    use std::sync::atomic::Ordering;
+    use wombatfs::tiers::RemoteKind;
+    let Some(ep) = endpoint() else { return };
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("blob");
+    let data = common::random_bytes(100 << 10, 9);
+    std::fs::write(&src, &data).unwrap();
+    let id = wombatfs::blob::BlobId::of(&data);
+    let mut cfg = config(&ep, "kinds");
+    cfg.bucket = "no-such-bucket-wombat".into();
+    let missing = S3Store::new(&cfg).unwrap();
+    let err = rt.block_on(missing.put_blob(&id, &src)).unwrap_err();
+    assert_eq!(err.remote_kind(), Some(RemoteKind::Auth), "{err}");
+    assert!(!err.is_transient());
+    assert_eq!(missing.puts.load(Ordering::Relaxed), 1, "not retried: {err}");
+    let dead = S3Store::new(&config("http://127.0.0.1:9", "kinds")).unwrap();
+    let err = rt.block_on(dead.put_meta("x", b"y".to_vec())).unwrap_err();
+    assert_eq!(err.remote_kind(), Some(RemoteKind::Network), "{err}");
+    assert!(err.is_transient());
+    assert_eq!(dead.puts.load(Ordering::Relaxed), 4, "retried: {err}");
+    // a missing object is not-found, from every read call
+    let good = store(&ep, &unique_prefix("kinds"));
+    assert!(rt.block_on(good.get_blob(&id, &dir.path().join("out"))).unwrap_err().is_missing());
+    assert!(rt.block_on(good.get_meta("nodes/none")).unwrap_err().is_missing());
+}

@@ -322,6 +322,8 @@ impl FsCore {
         t.note_state(&mut tx, file.ino);
         t.decref(&mut tx, old);
         t.kernel_cached.remove(&file.ino);
+        // crash window: the new blob is in the flat tier, nothing records it yet
+        fail::fail_point!("seal-before-commit");
         t.commit(tx, &self.index, &self.store)?;
         drop(t);
         // the staging path now names the flat file: forget it without deleting

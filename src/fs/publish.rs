@@ -277,6 +277,8 @@ impl Namespace {
                 published.set(None, true);
                 return Err(e);
             }
+            // crash window: the batch is in the bucket, the outbox still holds it
+            fail::fail_point!("publish-after-put");
             self.mark_published(batch.last_seq()).map_err(|e| StoreError::Config(format!("recording a published batch: {e}")))?;
             sent += batch.changes.len();
         }

@@ -341,6 +341,8 @@ impl Tree {
         for id in tx.uploads {
             store.enqueue_upload(id);
         }
+        // crash window: committed, the blobs it unreferenced not reclaimed yet
+        fail::fail_point!("reclaim-after-commit");
         for (id, size) in tx.reclaims {
             if let Err(e) = store.reclaim(id, size) {
                 tracing::warn!(%id, error = %e, "could not remove an unreferenced blob");

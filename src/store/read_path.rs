@@ -160,7 +160,7 @@ impl ReadPath {
             promoted();
             return Ok(BlobReader::Local(Arc::new(f)));
         }
-        if let Some(f) = self.fetches.get(id).and_then(|w| w.upgrade()).filter(|f| !f.failed()) {
+        if let Some(f) = self.fetches.get(id).and_then(|w| w.upgrade()).filter(|f| !f.failed() && !f.stalled()) {
             return Ok(BlobReader::Fetching(f));
         }
         let (file, tmp) = self.staging.create()?;

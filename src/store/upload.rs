@@ -65,6 +65,8 @@ pub(crate) async fn run(ctx: Arc<UploadCtx>, mut rx: mpsc::UnboundedReceiver<Job
                 loop {
                     match ctx.objects.put_blob(&id, &(ctx.flat_path)(&id)).await {
                         Ok(()) => {
+                            // crash window: in the bucket, not yet recorded as uploaded
+                            fail::fail_point!("upload-after-put");
                             ctx.stats.uploaded.fetch_add(1, Ordering::Relaxed);
                             if let Some(hook) = ctx.hook.get() {
                                 hook(id);
@@ -82,7 +84,13 @@ pub(crate) async fn run(ctx: Arc<UploadCtx>, mut rx: mpsc::UnboundedReceiver<Job
                         Err(e) => {
                             ctx.stats.failures.fetch_add(1, Ordering::Relaxed);
                             let retry_in = backoff.next_delay();
-                            tracing::warn!(%id, error = %e, ?retry_in, "upload failed; will retry");
+                            if e.is_transient() {
+                                tracing::warn!(%id, error = %e, ?retry_in, "upload failed; will retry");
+                            } else {
+                                // refused (credentials, permissions, a missing bucket): the blob
+                                // stays queued and local until the cause is fixed
+                                tracing::error!(%id, error = %e, ?retry_in, "upload refused by the object store; kept queued, will retry");
+                            }
                             tokio::time::sleep(retry_in).await;
                         }
                     }

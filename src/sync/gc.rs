@@ -144,7 +144,10 @@ pub async fn collect(objects: &dyn ObjectStore, grace: Duration, dry_run: bool) 
     }
     let mut pending: BTreeMap<BlobId, u64> = match objects.get_meta(PENDING).await {
         Ok(env) => codec::open_meta(&env).ok().and_then(|b| bincode::deserialize(&b).ok()).unwrap_or_default(),
-        Err(_) => BTreeMap::new(),
+        // first run: nothing pending yet
+        Err(e) if e.is_missing() => BTreeMap::new(),
+        // any other failure ends the run (it would restart every grace period)
+        Err(e) => return Err(e),
     };
     let now = now_secs();
     let mut report = GcReport { nodes, blobs: blobs.len(), referenced: refs.len(), ..Default::default() };

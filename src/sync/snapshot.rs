@@ -26,6 +26,8 @@ pub async fn put(objects: &dyn ObjectStore, node: &str, kv: &Records) -> Result<
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let name = format!("{DIR}/{:012}-{:09}-{node}", now.as_secs(), now.subsec_nanos());
     objects.put_meta(&name, env).await?;
+    // crash window: the new snapshot is in the bucket, the older ones not yet deleted
+    fail::fail_point!("snapshot-after-put");
     let mine: Vec<String> = objects.list_meta(DIR).await?.into_iter().filter(|n| n.ends_with(&format!("-{node}"))).collect();
     for old in mine.iter().take(mine.len().saturating_sub(KEEP)) {
         objects.delete_meta(old).await?;

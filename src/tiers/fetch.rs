@@ -22,6 +22,8 @@ pub struct StallLimit {
 struct State {
     ready: Vec<bool>,
     failed: Option<String>,
+    /// when the download started or last made progress
+    progress: Instant,
 }
 
 /// A download in progress.
@@ -52,7 +54,7 @@ impl Fetch {
             path,
             file: Arc::new(file),
             stall_limit,
-            st: Mutex::new(State { ready: vec![false; n], failed: None }),
+            st: Mutex::new(State { ready: vec![false; n], failed: None, progress: Instant::now() }),
             cv: Condvar::new(),
         }))
     }
@@ -63,16 +65,31 @@ impl Fetch {
 
     /// Chunk `i` was written and verified.
     pub fn mark(&self, i: usize) {
-        if let Some(r) = self.lock().ready.get_mut(i) {
+        let mut st = self.lock();
+        if let Some(r) = st.ready.get_mut(i) {
             *r = true;
         }
+        st.progress = Instant::now();
+        drop(st);
         self.cv.notify_all();
     }
 
     /// Every chunk was written and the whole blob verified.
     pub fn mark_all(&self) {
-        self.lock().ready.iter_mut().for_each(|r| *r = true);
+        let mut st = self.lock();
+        st.ready.iter_mut().for_each(|r| *r = true);
+        st.progress = Instant::now();
+        drop(st);
         self.cv.notify_all();
+    }
+
+    /// Whether the download made no progress for its stall limit: a new reader then starts
+    /// another download instead of joining this one (which may still finish; the first to
+    /// complete is adopted).
+    pub fn stalled(&self) -> bool {
+        let Some(StallLimit { limit, .. }) = &self.stall_limit else { return false };
+        let st = self.lock();
+        !st.ready.iter().all(|r| *r) && st.progress.elapsed() >= *limit
     }
 
     /// The download failed: waiting and later readers get the error.

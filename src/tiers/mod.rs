@@ -5,6 +5,7 @@
 //! same trait.
 
 pub mod chunk_sink;
+pub mod faulty;
 pub mod fetch;
 pub mod flat;
 pub mod foyer;
@@ -53,12 +54,82 @@ pub enum StoreError {
     /// The store URL or configuration is unusable.
     #[error("bad store configuration: {0}")]
     Config(String),
+    /// The object store refused or failed a request; `kind` says whether to retry.
+    #[error("{what}: {detail} ({kind:?})")]
+    Remote {
+        /// the request
+        what: String,
+        /// what went wrong, for the caller's retry decision
+        kind: RemoteKind,
+        /// the server's status and message, or the transport's error
+        detail: String,
+    },
+}
+
+/// What kind of failure an object-store request met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RemoteKind {
+    /// credentials refused or missing permission (401, 403): retrying will not help
+    Auth,
+    /// no such object or bucket (404)
+    NotFound,
+    /// the server asked to slow down (429, 503 SlowDown)
+    Throttled,
+    /// the server failed (500, 502, 504…)
+    Server,
+    /// the connection failed or broke, or the request timed out at the server (408)
+    Network,
+    /// the server rejected the request as malformed (other 4xx): a bug or a misconfiguration
+    Client,
+}
+
+impl RemoteKind {
+    /// The kind of an HTTP error status.
+    pub fn of_status(status: u16) -> Self {
+        match status {
+            401 | 403 => RemoteKind::Auth,
+            404 => RemoteKind::NotFound,
+            429 | 503 => RemoteKind::Throttled,
+            408 => RemoteKind::Network,
+            500..=599 => RemoteKind::Server,
+            _ => RemoteKind::Client,
+        }
+    }
 }
 
 impl StoreError {
     /// Wrap an I/O error with context.
     pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
         StoreError::Io { what: what.into(), source }
+    }
+
+    /// Whether trying the same request again may succeed: timeouts, throttling, server and
+    /// network failures. Auth, not-found, corrupt objects, local I/O and configuration errors
+    /// are not retried (the upload queue still keeps its work: it never drops a blob).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Timeout { .. } => true,
+            StoreError::Remote { kind, .. } => matches!(kind, RemoteKind::Throttled | RemoteKind::Server | RemoteKind::Network),
+            _ => false,
+        }
+    }
+
+    /// Whether the object or blob does not exist (in any store's way of saying so).
+    pub fn is_missing(&self) -> bool {
+        match self {
+            StoreError::NotFound(_) | StoreError::Remote { kind: RemoteKind::NotFound, .. } => true,
+            StoreError::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+            _ => false,
+        }
+    }
+
+    /// The remote failure kind, if this is one.
+    pub fn remote_kind(&self) -> Option<RemoteKind> {
+        match self {
+            StoreError::Remote { kind, .. } => Some(*kind),
+            StoreError::NotFound(_) => Some(RemoteKind::NotFound),
+            _ => None,
+        }
     }
 }
 

@@ -11,6 +11,7 @@
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,7 +27,7 @@ use crate::codec::{self, Compression, HEADER_LEN};
 use crate::proof;
 use crate::tiers::fetch::Fetch;
 use crate::tiers::chunk_sink::{store_chunks, ChunkSink};
-use crate::tiers::{ObjectStore, StoreError};
+use crate::tiers::{ObjectStore, RemoteKind, StoreError};
 
 /// Objects larger than this are uploaded with multipart.
 const MULTIPART_ABOVE: usize = 16 << 20;
@@ -86,19 +87,19 @@ pub struct S3Store {
     prefix: String,
     compression: Compression,
     describe: String,
+    /// PUT attempts made (each retry counts)
+    pub puts: AtomicU64,
 }
 
+/// The one place an S3 client error becomes a `StoreError` with its kind.
 fn request_error(what: String, e: S3Error) -> StoreError {
-    if let S3Error::Reqwest(r) = &e {
-        if r.is_timeout() {
-            return StoreError::Timeout { what };
-        }
-    }
-    let status = match &e {
-        S3Error::HttpFailWithBody(code, body) => format!("HTTP {code}: {}", body.chars().take(200).collect::<String>()),
-        other => other.to_string(),
+    let (kind, detail) = match &e {
+        S3Error::Reqwest(r) if r.is_timeout() => return StoreError::Timeout { what },
+        S3Error::HttpFailWithBody(code, body) => (RemoteKind::of_status(*code), format!("HTTP {code}: {}", body.chars().take(200).collect::<String>())),
+        // transport failures (connect, reset, TLS, a broken body)
+        other => (RemoteKind::Network, other.to_string()),
     };
-    StoreError::io(what, std::io::Error::other(status))
+    StoreError::Remote { what, kind, detail }
 }
 
 fn is_404(e: &S3Error) -> bool {
@@ -132,7 +133,7 @@ impl S3Store {
             prefix,
             cfg.endpoint.as_ref().map(|e| format!(" at {e}")).unwrap_or_default()
         );
-        Ok(S3Store { bucket, prefix, compression: cfg.compression.unwrap_or(Compression::Auto(1)), describe })
+        Ok(S3Store { bucket, prefix, compression: cfg.compression.unwrap_or(Compression::Auto(1)), describe, puts: AtomicU64::new(0) })
     }
 
     fn root(&self) -> String {
@@ -151,22 +152,28 @@ impl S3Store {
 
     async fn put_envelope(&self, key: &str, env: &[u8]) -> Result<(), StoreError> {
         let mut delay = Duration::from_millis(100);
-        let mut last = None;
-        for _ in 0..ATTEMPTS {
+        let mut attempt = 1;
+        loop {
+            self.puts.fetch_add(1, Ordering::Relaxed);
             let res = if env.len() > MULTIPART_ABOVE {
                 let mut reader = std::io::Cursor::new(env);
                 self.bucket.put_object_stream(&mut reader, key).await.map(|_| ())
             } else {
                 self.bucket.put_object(key, env).await.map(|_| ())
             };
-            match res {
+            let err = match res {
                 Ok(()) => return Ok(()),
-                Err(e) => last = Some(e),
+                Err(e) => request_error(format!("PUT {key}"), e),
+            };
+            // only what may succeed next time is tried again (never a refused credential)
+            if !err.is_transient() || attempt >= ATTEMPTS {
+                return Err(err);
             }
+            tracing::warn!(key, attempt, error = %err, ?delay, "object store PUT failed; retrying");
             tokio::time::sleep(delay).await;
             delay *= 2;
+            attempt += 1;
         }
-        Err(request_error(format!("PUT {key}"), last.unwrap_or(S3Error::HttpFail)))
     }
 
     async fn object_len(&self, key: &str) -> Result<Option<u64>, StoreError> {

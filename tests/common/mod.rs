@@ -14,7 +14,7 @@ use wombatfs::fs::core::{CoreOptions, FsCore};
 use wombatfs::fs::error::FsError;
 use wombatfs::fs::{Attr, Caller, Kind};
 use wombatfs::index::Index;
-use wombatfs::store::BlobStore;
+use wombatfs::store::{BlobStore, StoreOptions};
 use wombatfs::tiers::local::LocalStore;
 use wombatfs::tiers::ObjectStore;
 
@@ -28,6 +28,7 @@ pub struct Fixture {
     rt: Option<tokio::runtime::Runtime>,
     /// a shared object store (several fixtures = several nodes); the local store otherwise
     shared: Option<Arc<dyn ObjectStore>>,
+    opts: StoreOptions,
     pub dir: tempfile::TempDir,
 }
 
@@ -40,15 +41,20 @@ pub fn e(err: FsError) -> i32 {
 impl Fixture {
     pub fn new() -> Self {
         let dir = tempfile::Builder::new().prefix("wombat-core-").tempdir().unwrap();
-        let mut f = Fixture { dir, rt: None, core: None, shared: None };
+        let mut f = Fixture { dir, rt: None, core: None, shared: None, opts: StoreOptions::default() };
         f.open();
         f
     }
 
     /// A node on its own cache dir over a shared (non-local) object store.
     pub fn node(objects: Arc<dyn ObjectStore>) -> Self {
+        Self::node_with(objects, StoreOptions::default())
+    }
+
+    /// A node with store options (`--upload sync`, `--store-timeout`).
+    pub fn node_with(objects: Arc<dyn ObjectStore>, opts: StoreOptions) -> Self {
         let dir = tempfile::Builder::new().prefix("wombat-node-").tempdir().unwrap();
-        let mut f = Fixture { dir, rt: None, core: None, shared: Some(objects) };
+        let mut f = Fixture { dir, rt: None, core: None, shared: Some(objects), opts };
         f.open();
         f.block_on(async { assert!(f.core().start_publishing(&Default::default()).await) });
         f
@@ -81,7 +87,7 @@ impl Fixture {
             Some(r) => r.clone(),
             None => Arc::new(LocalStore::open(&cache.join("objects"), Compression::Auto(1)).unwrap()),
         };
-        let store = Arc::new(BlobStore::open(&cache, objects, rt.handle()).unwrap());
+        let store = Arc::new(BlobStore::open_with(&cache, objects, rt.handle(), self.opts.clone()).unwrap());
         let (index, mut snap) = Index::open(&cache.join("index"), rt.handle()).unwrap();
         if let (true, Some(r)) = (snap.is_empty(), &self.shared) {
             snap = rt.block_on(wombatfs::sync::snapshot::restore(r.as_ref(), &index)).unwrap();
@@ -202,6 +208,22 @@ impl Fixture {
             }
             out.extend_from_slice(&chunk);
         }
+    }
+
+    /// Like `read_file`, with a failed read as its errno.
+    pub fn try_read_file(&self, path: &str) -> R<Vec<u8>> {
+        let ino = self.resolve(path)?;
+        let fh = self.core().open(ino, libc::O_RDONLY).map_err(e)?.fh;
+        let mut out = Vec::new();
+        let res = loop {
+            match self.core().read(fh, out.len() as u64, 1 << 20) {
+                Ok(chunk) if chunk.is_empty() => break Ok(out),
+                Ok(chunk) => out.extend_from_slice(&chunk),
+                Err(err) => break Err(e(err)),
+            }
+        };
+        self.core().release(fh);
+        res
     }
 
     pub fn read_file(&self, path: &str) -> R<Vec<u8>> {

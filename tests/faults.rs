@@ -1,0 +1,187 @@
+//! Every object-store call under injected faults (`tiers::faulty::FaultyStore`): errors of each
+//! kind, hangs, slow answers and truncated bodies, through the nodes' real code paths. Random
+//! (incompressible) and compressible data both.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{compressible_bytes, random_bytes, Fixture};
+use wombatfs::store::StoreOptions;
+use wombatfs::tiers::faulty::{Fault, FaultyStore, Op};
+use wombatfs::tiers::memory::MemoryStore;
+use wombatfs::tiers::{ObjectStore, RemoteKind};
+
+fn faulty() -> (Arc<MemoryStore>, Arc<FaultyStore>) {
+    let mem = Arc::new(MemoryStore::new());
+    let f = Arc::new(FaultyStore::new(mem.clone() as Arc<dyn ObjectStore>));
+    (mem, f)
+}
+
+fn bounded(secs: u64) -> StoreOptions {
+    StoreOptions { store_timeout: Some(Duration::from_secs(secs)), ..Default::default() }
+}
+
+#[test]
+fn transient_upload_failures_are_retried_until_the_blob_lands() {
+    let (mem, s) = faulty();
+    let a = Fixture::node(s.clone());
+    a.mkdir_p("ns");
+    s.set(Op::PutBlob, Fault::Fail(RemoteKind::Server), Some(3));
+    let data = random_bytes(3 << 20, 1);
+    a.write_file("ns/f", &data).unwrap(); // async: the close does not wait for the store
+    a.publish();
+    // the queue holds the created (empty) blob, then the written one: the first one fails
+    // three times and is retried, then both are stored
+    assert_eq!(s.calls(Op::PutBlob), 5, "three failures, the retry that stored it, the next blob");
+    assert_eq!(mem.len(), 2);
+    let b = Fixture::node(s.clone());
+    b.poll();
+    assert!(b.read_file("ns/f").unwrap() == data);
+}
+
+#[test]
+fn a_refused_sync_upload_fails_the_close_at_once_and_keeps_the_bytes() {
+    let (mem, s) = faulty();
+    let a = Fixture::node_with(s.clone(), StoreOptions { sync_uploads: true, ..bounded(5) });
+    // a sync close waits for its change in the journal: run the publisher as the daemon does
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    a.block_on(async {
+        tokio::spawn(a.core().namespace().clone().publish_loop(stop.clone()));
+    });
+    a.mkdir_p("ns");
+    s.set(Op::PutBlob, Fault::Fail(RemoteKind::Auth), None);
+    let data = compressible_bytes(1 << 20, 2);
+    let fh = a.open_write("ns/f", true).unwrap();
+    a.core().write(fh, 0, &data).unwrap();
+    let t = Instant::now();
+    assert_eq!(a.core().flush(fh).map_err(common::e), Err(libc::EIO));
+    assert!(t.elapsed() < Duration::from_secs(2), "a refusal is not waited out: {:?}", t.elapsed());
+    assert_eq!(mem.len(), 0);
+    // credentials fixed: the same close succeeds from the kept staging file
+    s.clear(Op::PutBlob);
+    a.core().flush(fh).unwrap();
+    a.core().release(fh);
+    assert!(!mem.is_empty());
+    assert!(a.read_file("ns/f").unwrap() == data);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// A cold read whose download never answers fails with EIO within the store timeout and is
+/// counted; local files, lookups and creates go on; after the fault clears the read works.
+#[test]
+fn a_hung_download_fails_the_read_in_time_and_local_work_goes_on() {
+    let (_mem, s) = faulty();
+    let a = Fixture::node(s.clone());
+    a.mkdir_p("ns");
+    let cold = random_bytes(5 << 20, 3);
+    a.write_file("ns/cold", &cold).unwrap();
+    a.publish();
+    let b = Fixture::node_with(s.clone(), bounded(1));
+    b.poll();
+    b.write_file("ns/local", b"local").unwrap();
+    s.set(Op::FetchInto, Fault::Hang, None);
+    let t = Instant::now();
+    assert_eq!(b.try_read_file("ns/cold").err(), Some(libc::EIO));
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(8), "bounded: {took:?}");
+    assert_eq!(b.read_file("ns/local").unwrap(), b"local");
+    b.write_file("ns/new", b"created during the outage").unwrap();
+    assert!(b.core().store().read_path().store_timeouts.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    s.clear(Op::FetchInto);
+    assert!(b.read_file("ns/cold").unwrap() == cold);
+}
+
+#[test]
+fn slow_answers_are_waited_for_not_failed() {
+    let (_mem, s) = faulty();
+    let a = Fixture::node(s.clone());
+    a.mkdir_p("ns");
+    let data = random_bytes(2 << 20, 4);
+    a.write_file("ns/f", &data).unwrap();
+    a.publish();
+    let b = Fixture::node_with(s.clone(), bounded(2));
+    s.set(Op::ListMeta, Fault::Slow(Duration::from_millis(300)), None);
+    s.set(Op::GetMeta, Fault::Slow(Duration::from_millis(300)), None);
+    b.poll();
+    s.set(Op::FetchInto, Fault::Slow(Duration::from_millis(500)), None);
+    assert!(b.read_file("ns/f").unwrap() == data);
+}
+
+/// A corrupt or short body is never served: the read fails, nothing lands in the flat tier,
+/// and the next read (body good again) succeeds.
+#[test]
+fn a_truncated_body_is_an_error_never_data() {
+    let (_mem, s) = faulty();
+    let a = Fixture::node(s.clone());
+    a.mkdir_p("ns");
+    let big = random_bytes(3 << 20, 5);
+    let small = compressible_bytes(100 << 10, 5);
+    a.write_file("ns/big", &big).unwrap();
+    a.write_file("ns/small", &small).unwrap();
+    a.publish();
+    let b = Fixture::node_with(s.clone(), bounded(2));
+    b.poll();
+    s.set(Op::FetchInto, Fault::Truncate(1000), Some(2));
+    assert_eq!(b.try_read_file("ns/big").err(), Some(libc::EIO));
+    assert_eq!(b.try_read_file("ns/small").err(), Some(libc::EIO));
+    assert_eq!(b.flat_count(), 0, "nothing half-fetched was adopted");
+    assert!(b.read_file("ns/big").unwrap() == big);
+    assert!(b.read_file("ns/small").unwrap() == small);
+    // copy-on-write (whole-blob GET) the same way
+    let c = Fixture::node_with(s.clone(), bounded(2));
+    c.poll();
+    s.set(Op::GetBlob, Fault::Truncate(10), Some(1));
+    assert_eq!(c.pwrite("ns/big", 10, b"x").err(), Some(libc::EIO));
+    c.pwrite("ns/big", 10, b"x").unwrap();
+    let mut want = big.clone();
+    want[10] = b'x';
+    assert!(c.read_file("ns/big").unwrap() == want);
+}
+
+/// A truncated or failing change-journal read applies nothing; the next poll applies it all.
+#[test]
+fn a_damaged_journal_read_applies_nothing_and_is_retried() {
+    let (_mem, s) = faulty();
+    let a = Fixture::node(s.clone());
+    let b = Fixture::node(s.clone());
+    a.mkdir_p("ns");
+    a.write_file("ns/f", b"first").unwrap();
+    a.write_file("ns/g", b"second").unwrap();
+    a.publish();
+    s.set(Op::GetMeta, Fault::Truncate(20), None);
+    assert!(b.block_on(b.core().poll_once()).is_err(), "a short batch is rejected");
+    assert!(b.stat("ns/f").is_err() && b.stat("ns/g").is_err(), "nothing half-applied");
+    s.set(Op::GetMeta, Fault::Fail(RemoteKind::Network), Some(1));
+    assert!(b.block_on(b.core().poll_once()).is_err());
+    s.clear(Op::GetMeta);
+    b.poll();
+    assert_eq!(b.read_file("ns/f").unwrap(), b"first");
+    assert_eq!(b.read_file("ns/g").unwrap(), b"second");
+}
+
+/// The collector never deletes on partial knowledge: a failed listing or a failed read of
+/// its own state ends the run with an error and deletes nothing.
+#[test]
+fn gc_with_a_failing_store_deletes_nothing() {
+    let (mem, s) = faulty();
+    let a = Fixture::node(s.clone());
+    a.mkdir_p("ns");
+    a.write_file("ns/f", b"kept").unwrap();
+    a.write_file("ns/g", b"dropped").unwrap();
+    a.publish();
+    a.unlink("ns/g").unwrap();
+    a.publish();
+    let before = mem.len();
+    for op in [Op::ListBlobs, Op::ListMeta, Op::GetMeta] {
+        s.set(op, Fault::Fail(RemoteKind::Server), None);
+        let r = a.block_on(wombatfs::sync::gc::collect(s.as_ref(), Duration::ZERO, false));
+        assert!(r.is_err(), "{op:?} failing must fail the run");
+        s.clear(op);
+        assert_eq!(mem.len(), before, "{op:?}: nothing deleted");
+    }
+    let r = a.block_on(wombatfs::sync::gc::collect(s.as_ref(), Duration::ZERO, false)).unwrap();
+    assert_eq!(r.deleted.len(), 1, "{r:?}");
+    assert_eq!(a.read_file("ns/f").unwrap(), b"kept");
+}

@@ -1,5 +1,6 @@
 //! The operating-system calls more than one part needs, each wrapped once: the space of a
-//! filesystem (`statvfs`) and the mount table (`/proc/self/mountinfo`).
+//! filesystem (`statvfs`), the mount table (`/proc/self/mountinfo`) and the C allocator's
+//! retention (`mallopt`).
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +17,26 @@ pub struct Space {
     pub files: u64,
     /// free inodes
     pub ffree: u64,
+}
+
+/// Keep the C allocator from holding on to freed memory; call before any thread starts.
+///
+/// glibc's defaults made a daemon that had written 96 × 16 MiB keep 650–760 MiB of anonymous
+/// memory with 64 MiB of foyer RAM configured (`scripts/bench-memory`): freeing a large
+/// buffer raises the mmap threshold (up to 32 MiB), so the next 1–16 MiB buffers (upload
+/// envelopes, ranged GET bodies, foyer pieces) come from per-thread heap arenas (up to 8 per
+/// core) that fragment and are never returned. A fixed 256 KiB threshold sends every large
+/// buffer to `mmap` (returned on free) and two arenas bound the rest. `GLIBC_TUNABLES` with
+/// malloc settings, when set, wins (an operator's choice).
+pub fn bound_allocator() {
+    if std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("malloc")) {
+        return;
+    }
+    // SAFETY: mallopt only sets allocator parameters; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }
 
 /// The space of the filesystem holding `path`.

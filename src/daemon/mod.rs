@@ -20,6 +20,7 @@ use serve::serve;
 /// Mount and serve until unmounted. Without `foreground`, returns in the parent once the mount
 /// is live (or fails with the child's error).
 pub fn mount(s: Settings, log: &str) -> Result<()> {
+    crate::sys::bound_allocator();
     preflight(&s)?;
     let lock = lock_cache_dir(&s.cache_dir)?;
     if s.foreground {

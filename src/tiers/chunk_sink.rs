@@ -125,3 +125,39 @@ impl tokio::io::AsyncWrite for ChunkSink<'_> {
         Poll::Ready(Ok(()))
     }
 }
+
+/// An `AsyncWrite` that writes a body at its offset in a file, `pwrite` by `pwrite`, counting
+/// the bytes: a ranged GET streams through it without holding its body in memory.
+pub struct AtOffset<'a> {
+    file: &'a std::fs::File,
+    /// next file offset
+    pub offset: u64,
+    /// bytes written so far
+    pub written: u64,
+}
+
+impl<'a> AtOffset<'a> {
+    /// Write from `offset` on.
+    pub fn new(file: &'a std::fs::File, offset: u64) -> Self {
+        AtOffset { file, offset, written: 0 }
+    }
+}
+
+impl tokio::io::AsyncWrite for AtOffset<'_> {
+    fn poll_write(mut self: Pin<&mut Self>, _cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        use std::os::unix::fs::FileExt;
+        let at = self.offset;
+        self.file.write_all_at(data, at)?;
+        self.offset += data.len() as u64;
+        self.written += data.len() as u64;
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}

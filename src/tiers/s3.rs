@@ -26,7 +26,7 @@ use crate::blob::BlobId;
 use crate::codec::{self, Compression, HEADER_LEN};
 use crate::proof;
 use crate::tiers::fetch::Fetch;
-use crate::tiers::chunk_sink::{store_chunks, ChunkSink};
+use crate::tiers::chunk_sink::{store_chunks, AtOffset, ChunkSink};
 use crate::tiers::{ObjectStore, RemoteKind, StoreError};
 
 /// Objects larger than this are uploaded with multipart.
@@ -306,8 +306,15 @@ impl ObjectStore for S3Store {
         stream::iter(ranges.into_iter().map(move |(a, b)| {
             let (file, key) = (file_ref, key_ref);
             async move {
-                let data = self.range(key, a, b).await?;
-                file.write_all_at(&data, a - p).map_err(|e| StoreError::io("write fetched blob", e))
+                // streamed to its offset: no range body is held in memory
+                let what = || format!("GET {key} [{a}..={b}]");
+                let mut sink = AtOffset::new(file, a - p);
+                let res = self.bucket.get_object_range_to_writer(key, a, Some(b), &mut sink).await;
+                match res {
+                    Ok(200 | 206) if sink.written == b - a + 1 => Ok(()),
+                    Ok(code) => Err(StoreError::io(what(), std::io::Error::other(format!("status {code}, {} of {} bytes", sink.written, b - a + 1)))),
+                    Err(e) => Err(request_error(what(), e)),
+                }
             }
         }))
         .buffer_unordered(PARALLEL_GETS)

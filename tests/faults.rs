@@ -185,3 +185,30 @@ fn gc_with_a_failing_store_deletes_nothing() {
     assert_eq!(r.deleted.len(), 1, "{r:?}");
     assert_eq!(a.read_file("ns/f").unwrap(), b"kept");
 }
+
+/// A blob a change still to be published names must reach the bucket even when no local name
+/// refers to it any more: block replaced twice (temporary name renamed over it, as engines
+/// do) while uploads are failing. Before, the replaced version's flat file was reclaimed at
+/// once, its queued upload skipped, and the journal then published "f = v1" with v1 missing
+/// from the bucket: a node applying the journal up to there read EIO (found by scripts/soak).
+#[test]
+fn a_replaced_block_still_named_by_the_journal_reaches_the_bucket() {
+    let (mem, s) = faulty();
+    let a = Fixture::node(s.clone());
+    a.mkdir_p("ns");
+    a.publish();
+    let (v1, v2) = (random_bytes(1 << 20, 61), compressible_bytes(1 << 20, 62));
+    // the upload queue stalls on its first blob for a few retries
+    s.set(Op::PutBlob, Fault::Fail(RemoteKind::Server), Some(4));
+    for v in [&v1, &v2] {
+        a.write_file("ns/f.tmp", v).unwrap();
+        a.rename("ns/f.tmp", "ns/f", 0).unwrap();
+    }
+    a.publish();
+    let v1_id = wombatfs::blob::BlobId::of(&v1);
+    assert!(a.block_on(mem.has_blob(&v1_id)).unwrap(), "the replaced version is in the bucket");
+    assert!(!a.core().store().flat().contains(&v1_id), "and no longer in the flat tier");
+    let b = Fixture::node(s.clone());
+    b.poll();
+    assert!(b.read_file("ns/f").unwrap() == v2);
+}

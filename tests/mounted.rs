@@ -377,8 +377,11 @@ fn fio_verify_survives_remount() {
     let mut m = Mount::start();
     fs::create_dir(m.path("fio")).unwrap();
     let dir = m.path("fio");
+    // fio writes its verify state files into its working directory: a temp dir, not the repo
+    let state = tempfile::Builder::new().prefix("wombat-fio-").tempdir().unwrap();
     let job = |extra: &[&str]| {
         let mut cmd = Command::new("fio");
+        cmd.current_dir(state.path());
         cmd.args([
             "--name=kv",
             "--rw=randwrite",

@@ -268,7 +268,8 @@ impl Tree {
             let size = e.size;
             self.blobs.remove(&id);
             tx.ops.push(Op::Delete(keys::blob(&id)));
-            tx.ops.push(Op::Delete(keys::upload(&id)));
+            // the upload intent stays until the upload is done (its hook deletes it): after a
+            // crash the upload resumes, and changes naming the blob can still be published
             tx.reclaims.push((id, size));
         }
     }
@@ -373,14 +374,16 @@ impl Tree {
         t.derive_counts(&links, &mut tx);
         let unreferenced = t.reconcile_blobs(&found.blobs, &mut tx);
         index.commit(tx.ops)?;
+        // pending uploads resume first — also of blobs no name refers to any more: an
+        // unpublished change may still name them (their reclaim then waits for the upload)
+        for id in found.pending.iter().filter(|id| t.blobs.contains_key(*id) || store.flat().contains(id)) {
+            store.enqueue_upload(*id);
+        }
         // destructive steps only after the commit that records them
         for (id, size) in unreferenced {
             store.reclaim(id, size)?;
         }
         t.remove_stray_flat_files(store)?;
-        for id in found.pending.into_iter().filter(|id| t.blobs.contains_key(id)) {
-            store.enqueue_upload(id);
-        }
         Ok(t)
     }
 
@@ -489,7 +492,6 @@ impl Tree {
         let mut gone = Vec::new();
         for (id, r) in recs.iter().filter(|(id, _)| !self.blobs.contains_key(*id)) {
             tx.ops.push(Op::Delete(keys::blob(id)));
-            tx.ops.push(Op::Delete(keys::upload(id)));
             gone.push((*id, r.size));
         }
         gone
@@ -499,7 +501,7 @@ impl Tree {
     fn remove_stray_flat_files(&self, store: &BlobStore) -> FsResult<()> {
         for (id, path) in store.flat().scan()? {
             match id {
-                Some(id) if self.blobs.contains_key(&id) => {}
+                Some(id) if self.blobs.contains_key(&id) || store.upload_pending(&id) => {}
                 Some(id) => {
                     tracing::debug!(%id, "removing stray flat file");
                     store.flat().remove(&id)?;

@@ -90,13 +90,13 @@ impl BlobStore {
     pub fn open_with(cache: &Path, objects: Arc<dyn ObjectStore>, rt: &tokio::runtime::Handle, opts: StoreOptions) -> Result<Self, StoreError> {
         let flat = Arc::new(FlatTier::open(&cache.join("flat"))?);
         let staging = Arc::new(Staging::open(&cache.join("staging"))?);
-        let flat2 = flat.clone();
         let ctx = Arc::new(UploadCtx {
             objects: objects.clone(),
-            flat_path: Box::new(move |id| flat2.path(id)),
+            flat: flat.clone(),
             hook: std::sync::OnceLock::new(),
             stats: Arc::new(UploadStats::default()),
             queued: Default::default(),
+            deferred: Default::default(),
         });
         let read = Arc::new(ReadPath::new(flat.clone(), opts.foyer.clone(), objects.clone(), staging.clone(), rt.clone(), opts.store_timeout));
         let eviction = Arc::new(Eviction::new(flat.clone(), opts.foyer, ctx.clone(), rt.clone()));
@@ -142,6 +142,8 @@ impl BlobStore {
     /// lives: hold it until the blob is recorded and its upload queued.
     pub fn adopt(&self, staging: &Path, id: &BlobId) -> Result<Pinned<'_>, StoreError> {
         self.pin(id);
+        // the same content may be waiting to be reclaimed after its upload: it is wanted again
+        self.ctx.cancel_reclaim(id);
         let guard = Pinned { store: self, id: *id };
         self.flat.adopt(staging, id)?;
         Ok(guard)
@@ -205,7 +207,14 @@ impl BlobStore {
     /// deleted too when the store is this node's private local directory; a remote bucket may
     /// be shared with other nodes whose names still refer to the blob, so its objects are left
     /// for a cross-node collector with a grace period (never deleted on one node's say-so).
+    ///
+    /// A blob whose upload is still queued keeps its flat file until the upload is done: a
+    /// change not yet published may name it, and the nodes applying the journal up to that
+    /// change must find it in the bucket.
     pub fn reclaim(&self, id: BlobId, size: u64) -> Result<(), StoreError> {
+        if self.ctx.defer_reclaim(&id) {
+            return Ok(());
+        }
         self.flat.remove(&id)?;
         if let Some(f) = self.foyer() {
             f.remove(&id, size);

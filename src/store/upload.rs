@@ -3,7 +3,7 @@
 //! index's `u/` keys), so a crash or an outage loses nothing: pending ids are re-enqueued at
 //! mount.
 
-use std::path::PathBuf;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::backoff::Backoff;
 use crate::blob::BlobId;
+use crate::tiers::flat::FlatTier;
 use crate::tiers::{ObjectStore, StoreError};
 
 /// Called with each blob once it is durable in the object store.
@@ -35,11 +36,15 @@ pub struct UploadStats {
 
 pub struct UploadCtx {
     pub objects: Arc<dyn ObjectStore>,
-    pub flat_path: Box<dyn Fn(&BlobId) -> PathBuf + Send + Sync>,
+    pub flat: Arc<FlatTier>,
     pub hook: std::sync::OnceLock<UploadedHook>,
     pub stats: Arc<UploadStats>,
     /// blobs queued or in flight (a blob may be queued more than once)
     pub queued: dashmap::DashMap<BlobId, u32>,
+    /// blobs no local name refers to any more whose upload is still queued: a change not yet
+    /// published may name them (another node applying the journal up to that change reads
+    /// them), so their flat file goes only once they are in the bucket
+    pub deferred: std::sync::Mutex<std::collections::HashSet<BlobId>>,
 }
 
 impl UploadCtx {
@@ -48,12 +53,36 @@ impl UploadCtx {
         *self.queued.entry(id).or_insert(0) += 1;
     }
 
+    /// One upload of `id` finished (stored, or skipped); a deferred reclaim runs once the
+    /// last queued upload of the blob is done.
     fn done(&self, id: &BlobId) {
+        let mut deferred = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
         self.queued.remove_if_mut(id, |_, n| {
             *n -= 1;
             *n == 0
         });
         self.stats.pending.fetch_sub(1, Ordering::Relaxed);
+        if !self.queued.contains_key(id) && deferred.remove(id) {
+            if let Err(e) = self.flat.remove(id) {
+                tracing::warn!(%id, error = %e, "could not remove an unreferenced blob after its upload");
+            }
+        }
+    }
+
+    /// Reclaim `id` after its upload if one is queued; false when none is (reclaim now).
+    pub fn defer_reclaim(&self, id: &BlobId) -> bool {
+        let mut deferred = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
+        if self.queued.contains_key(id) {
+            deferred.insert(*id);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The blob is wanted again (a seal adopts the same content): keep its flat file.
+    pub fn cancel_reclaim(&self, id: &BlobId) {
+        self.deferred.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
 }
 
@@ -63,7 +92,7 @@ pub(crate) async fn run(ctx: Arc<UploadCtx>, mut rx: mpsc::UnboundedReceiver<Job
             Job::Upload(id) => {
                 let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(30));
                 loop {
-                    match ctx.objects.put_blob(&id, &(ctx.flat_path)(&id)).await {
+                    match ctx.objects.put_blob(&id, &ctx.flat.path(&id)).await {
                         Ok(()) => {
                             // crash window: in the bucket, not yet recorded as uploaded
                             fail::fail_point!("upload-after-put");

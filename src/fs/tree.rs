@@ -373,11 +373,16 @@ impl Tree {
         let links = t.link_entries(found.dirents, &mut tx);
         t.derive_counts(&links, &mut tx);
         let unreferenced = t.reconcile_blobs(&found.blobs, &mut tx);
+        // pending uploads resume — also of blobs no name refers to any more: an unpublished
+        // change may still name them (their reclaim then waits for the upload); an intent
+        // whose blob is neither referenced nor local has nothing left to upload
+        let (resume, dropped): (Vec<BlobId>, Vec<BlobId>) = found.pending.into_iter().partition(|id| t.blobs.contains_key(id) || store.flat().contains(id));
+        for id in &dropped {
+            tx.ops.push(Op::Delete(keys::upload(id)));
+        }
         index.commit(tx.ops)?;
-        // pending uploads resume first — also of blobs no name refers to any more: an
-        // unpublished change may still name them (their reclaim then waits for the upload)
-        for id in found.pending.iter().filter(|id| t.blobs.contains_key(*id) || store.flat().contains(id)) {
-            store.enqueue_upload(*id);
+        for id in resume {
+            store.enqueue_upload(id);
         }
         // destructive steps only after the commit that records them
         for (id, size) in unreferenced {

@@ -212,13 +212,13 @@ impl BlobStore {
     /// change not yet published may name it, and the nodes applying the journal up to that
     /// change must find it in the bucket.
     pub fn reclaim(&self, id: BlobId, size: u64) -> Result<(), StoreError> {
+        if let Some(f) = self.foyer() {
+            f.remove(&id, size);
+        }
         if self.ctx.defer_reclaim(&id) {
             return Ok(());
         }
         self.flat.remove(&id)?;
-        if let Some(f) = self.foyer() {
-            f.remove(&id, size);
-        }
         match self.objects.delete_blob_now(&id) {
             Some(res) => res,
             None => Ok(()),

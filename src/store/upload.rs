@@ -3,7 +3,6 @@
 //! index's `u/` keys), so a crash or an outage loses nothing: pending ids are re-enqueued at
 //! mount.
 
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

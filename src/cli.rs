@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use crate::config::{defaults, parse_compression, FileSettings, Settings, StoreUrl};
+use crate::config::{defaults, parse_compression, parse_metrics_addr, FileSettings, Settings, StoreUrl};
 
 /// wombatfs: a tiered, content-addressed, restart-proof FUSE filesystem for KV caches.
 #[derive(Parser, Debug)]
@@ -18,6 +18,9 @@ pub struct Cli {
     /// Log filter (e.g. `info`, `wombatfs=debug`).
     #[arg(long, global = true, env = "WOMBATFS_LOG", default_value = "info")]
     pub log: String,
+    /// Log line format: `text`, or `json` (one object per line, for log shippers).
+    #[arg(long, global = true, env = "WOMBATFS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
 }
 
 /// Subcommands.
@@ -28,6 +31,11 @@ pub enum Command {
     /// Delete blobs no node's names refer to any more from a shared bucket, once they have
     /// stayed unreferenced for the grace period (run it periodically, e.g. from cron).
     Gc(GcArgs),
+    /// Show a mount's activity live: ops, bytes and hit ratio per tier, object-store requests
+    /// and latency, upload queue, evictions (from its /metrics).
+    Stats(crate::admin::stats::StatsArgs),
+    /// Bring files into the local tiers ahead of use, with a progress bar.
+    Warm(crate::admin::warm::WarmArgs),
 }
 
 /// How to reach an `s3://` store (shared by the subcommands).
@@ -151,6 +159,10 @@ pub struct MountArgs {
     /// [default: 1024].
     #[arg(long)]
     pub readahead_kb: Option<u32>,
+    /// Serve Prometheus metrics at http://ADDR/metrics; `off` to disable; port 0 picks a
+    /// free port (`wombatfs stats` finds it) [default: 127.0.0.1:9581].
+    #[arg(long, env = "WOMBATFS_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
     /// How to reach S3.
     #[command(flatten)]
     pub s3: S3Args,
@@ -211,6 +223,7 @@ impl MountArgs {
             store_timeout,
             tiers,
             s3: crate::tiers::s3::S3Config { request_timeout: Some(store_timeout), ..self.s3.config(compression, &file) },
+            metrics_addr: parse_metrics_addr(self.metrics_addr.as_deref().or(file.metrics_addr.as_deref()).unwrap_or(defaults::METRICS_ADDR))?,
         };
         s.validate()?;
         Ok(s)

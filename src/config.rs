@@ -31,6 +31,8 @@ pub mod defaults {
     pub const S3_REGION: &str = "us-east-1";
     /// the longest wait for one object-store request, a stalled cold read or a `sync` close
     pub const STORE_TIMEOUT_SECS: u64 = 30;
+    /// where a mount serves `/metrics` (loopback only)
+    pub const METRICS_ADDR: &str = "127.0.0.1:9581";
     /// foyer RAM
     pub const FOYER_MEMORY: u64 = 64 << 20;
     /// seconds a blob stays unreferenced before `wombatfs gc` deletes it
@@ -147,6 +149,8 @@ pub struct FileSettings {
     pub s3_path_style: Option<bool>,
     /// seconds before a wait for the object store fails with EIO
     pub store_timeout_secs: Option<u64>,
+    /// `HOST:PORT` of the Prometheus endpoint, or `off`
+    pub metrics_addr: Option<String>,
 }
 
 impl FileSettings {
@@ -192,6 +196,16 @@ pub struct Settings {
     pub tiers: TierSettings,
     /// how to reach S3 when the store is `s3://`
     pub s3: crate::tiers::s3::S3Config,
+    /// where `/metrics` is served (`None`: off); port 0 picks a free port
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+/// Parse `--metrics-addr`: `HOST:PORT`, or `off`.
+pub fn parse_metrics_addr(v: &str) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    if v == "off" {
+        return Ok(None);
+    }
+    v.parse().map(Some).map_err(|_| ConfigError::Invalid(format!("metrics_addr = {v:?}: use IP:PORT (e.g. {}) or off", defaults::METRICS_ADDR)))
 }
 
 /// Bounds of the local tiers (see docs/configuration.md). `None` sizes are derived from the

@@ -8,6 +8,7 @@
 
 pub mod backoff;
 pub mod blob;
+pub mod metrics;
 pub mod name;
 pub mod size;
 pub mod sys;
@@ -21,3 +22,4 @@ pub mod fs;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod admin;

@@ -5,9 +5,12 @@ use wombatfs::cli::{Cli, Command};
 
 fn main() {
     let cli = Cli::parse();
+    let log = wombatfs::daemon::LogSpec { filter: cli.log.clone(), json: cli.log_format == "json" };
     let res = match &cli.command {
-        Command::Mount(args) => args.settings().and_then(|s| wombatfs::daemon::mount(s, &cli.log)),
-        Command::Gc(args) => wombatfs::daemon::gc(args, &cli.log),
+        Command::Mount(args) => args.settings().and_then(|s| wombatfs::daemon::mount(s, &log)),
+        Command::Gc(args) => wombatfs::daemon::gc(args, &log),
+        Command::Stats(args) => wombatfs::admin::stats::run(args),
+        Command::Warm(args) => wombatfs::admin::warm::run(args),
     };
     if let Err(e) = res {
         eprintln!("wombatfs: {e:#}");

@@ -70,6 +70,8 @@ pub struct Mount {
     pub point: PathBuf,
     /// filesystem type, e.g. `fuse.wombatfs`
     pub fstype: String,
+    /// what is mounted, e.g. `wombatfs:/var/lib/wombatfs` (octal escapes undone)
+    pub source: String,
 }
 
 /// This process's mount table, oldest mount first.
@@ -83,7 +85,12 @@ pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
         .filter_map(|l| {
             let f: Vec<&str> = l.split(' ').collect();
             let sep = f.iter().position(|x| *x == "-")?;
-            Some(Mount { dev: f.get(2)?.to_string(), point: PathBuf::from(unescape(f.get(4)?)), fstype: f.get(sep + 1)?.to_string() })
+            Some(Mount {
+                dev: f.get(2)?.to_string(),
+                point: PathBuf::from(unescape(f.get(4)?)),
+                fstype: f.get(sep + 1)?.to_string(),
+                source: unescape(f.get(sep + 2)?),
+            })
         })
         .collect()
 }
@@ -105,6 +112,26 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// This process's resident memory (`VmRSS`), in bytes.
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Bytes of the files under `dir` (not following links); unreadable entries count as empty.
+pub fn du(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => du(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,7 +142,7 @@ mod tests {
                  90 22 0:52 / /tmp/kv\\040cache rw,nosuid - fuse.wombatfs wombatfs:/c rw,user_id=0\n";
         let m = parse_mountinfo(t);
         assert_eq!(m.len(), 2);
-        assert_eq!(m[1], Mount { dev: "0:52".into(), point: "/tmp/kv cache".into(), fstype: "fuse.wombatfs".into() });
+        assert_eq!(m[1], Mount { dev: "0:52".into(), point: "/tmp/kv cache".into(), fstype: "fuse.wombatfs".into(), source: "wombatfs:/c".into() });
         assert_eq!(m[0].fstype, "ext4");
     }
 

@@ -278,7 +278,7 @@ fn background_mode_returns_once_mounted() {
     let mnt = dir.path().join("mnt");
     let cache = dir.path().join("cache");
     fs::create_dir(&mnt).unwrap();
-    let out = Command::new(bin()).arg("mount").arg(&mnt).arg("--cache-dir").arg(&cache).output().unwrap();
+    let out = Command::new(bin()).env("WOMBATFS_METRICS_ADDR", "127.0.0.1:0").arg("mount").arg(&mnt).arg("--cache-dir").arg(&cache).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let guard = scopeguard(&mnt);
     assert!(is_mounted(&mnt), "mounted when the command returns");
@@ -287,7 +287,7 @@ fn background_mode_returns_once_mounted() {
     // a second daemon on the same cache dir is refused with the holder's pid
     let other = dir.path().join("mnt2");
     fs::create_dir(&other).unwrap();
-    let out = Command::new(bin()).arg("mount").arg(&other).arg("--cache-dir").arg(&cache).output().unwrap();
+    let out = Command::new(bin()).env("WOMBATFS_METRICS_ADDR", "127.0.0.1:0").arg("mount").arg(&other).arg("--cache-dir").arg(&cache).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("in use by another wombatfs (pid"), "{err}");
@@ -299,7 +299,7 @@ fn background_mode_returns_once_mounted() {
         assert!(t.elapsed().as_secs() < 30, "daemon did not exit after unmount");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let out = Command::new(bin()).arg("mount").arg(&mnt).arg("--cache-dir").arg(&cache).output().unwrap();
+    let out = Command::new(bin()).env("WOMBATFS_METRICS_ADDR", "127.0.0.1:0").arg("mount").arg(&mnt).arg("--cache-dir").arg(&cache).output().unwrap();
     assert!(out.status.success());
     assert_eq!(fs::read(mnt.join("ns/f")).unwrap(), b"bg");
     assert!(fs::read_to_string(cache.join("wombatfs.log")).unwrap().contains("clean shutdown"));
@@ -341,6 +341,7 @@ fn bad_startup_input_gives_one_clear_error_and_mounts_nothing() {
     fs::write(dir.path().join("file"), b"").unwrap();
     for (args, want) in cases {
         let mut cmd = Command::new(bin());
+        cmd.env("WOMBATFS_METRICS_ADDR", "127.0.0.1:0");
         cmd.arg("mount").args(&args);
         if !args.iter().any(|a| a == "--cache-dir") {
             cmd.arg("--cache-dir").arg(&cache);
@@ -435,7 +436,7 @@ fn disk_full_is_enospc_and_loses_nothing() {
     let _tmpfs = Unmount(small.clone());
     let mnt = dir.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
-    let mut child = Command::new(bin())
+    let mut child = Command::new(bin()).env("WOMBATFS_METRICS_ADDR", "127.0.0.1:0")
         .arg("mount")
         .arg(&mnt)
         .arg("--cache-dir")

@@ -26,7 +26,7 @@ fn xattr(p: &Path, name: &str) -> String {
 }
 
 fn stats(m: &Mount) -> HashMap<String, u64> {
-    xattr(&m.mnt, "user.wombatfs.stats").lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.parse().unwrap())).collect()
+    xattr(&m.mnt, "user.wombatfs.stats").split_whitespace().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.parse().unwrap())).collect()
 }
 
 fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {

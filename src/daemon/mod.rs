@@ -1,6 +1,7 @@
 //! Running a mount: preflight checks, daemonizing, building the layers, serving until an
 //! unmount or a signal, and a clean shutdown; and the `gc` command.
 
+pub mod metrics_http;
 mod preflight;
 mod serve;
 
@@ -19,13 +20,14 @@ use serve::serve;
 
 /// Mount and serve until unmounted. Without `foreground`, returns in the parent once the mount
 /// is live (or fails with the child's error).
-pub fn mount(s: Settings, log: &str) -> Result<()> {
+pub fn mount(s: Settings, log: &LogSpec) -> Result<()> {
     crate::sys::bound_allocator();
     preflight(&s)?;
     let lock = lock_cache_dir(&s.cache_dir)?;
+    let metrics = s.metrics_addr.map(metrics_http::bind).transpose()?;
     if s.foreground {
         init_logging(log, None);
-        return serve(&s, None, lock);
+        return serve(&s, None, lock, metrics);
     }
     let (rfd, wfd) = pipe()?;
     // SAFETY: no threads exist yet (no runtime, no logging thread), so fork is sound.
@@ -39,7 +41,7 @@ pub fn mount(s: Settings, log: &str) -> Result<()> {
             let log_file = OpenOptions::new().create(true).append(true).open(s.cache_dir.join("wombatfs.log")).ok();
             init_logging(log, log_file);
             let mut report = wfd;
-            let res = serve(&s, Some(&mut report), lock);
+            let res = serve(&s, Some(&mut report), lock, metrics);
             if let Err(e) = &res {
                 tracing::error!(error = %format!("{e:#}"), "wombatfs stopped");
                 let _ = report.write_all(format!("{e:#}").as_bytes());
@@ -90,18 +92,30 @@ fn redirect_stdio() {
     }
 }
 
-fn init_logging(filter: &str, file: Option<File>) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = match file {
-        Some(f) => builder.with_ansi(false).with_writer(std::sync::Mutex::new(f)).try_init(),
+/// How the daemon logs: a filter (`info`, `wombatfs=debug`) and the line format.
+#[derive(Debug, Clone)]
+pub struct LogSpec {
+    /// an `EnvFilter` directive
+    pub filter: String,
+    /// one JSON object per line instead of text
+    pub json: bool,
+}
+
+fn init_logging(log: &LogSpec, file: Option<File>) {
+    let filter = || tracing_subscriber::EnvFilter::try_new(&log.filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter());
+    let _ = match (file, log.json) {
+        (Some(f), false) => builder.with_ansi(false).with_writer(std::sync::Mutex::new(f)).try_init(),
         // colours only for a person at a terminal, never into a redirected log
-        None => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_writer(std::io::stderr).try_init(),
+        (None, false) => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_writer(std::io::stderr).try_init(),
+        // JSON: the span fields (request id, op, inode) go with each event
+        (Some(f), true) => tracing_subscriber::fmt().json().with_current_span(true).with_span_list(false).with_env_filter(filter()).with_writer(std::sync::Mutex::new(f)).try_init(),
+        (None, true) => tracing_subscriber::fmt().json().with_current_span(true).with_span_list(false).with_env_filter(filter()).with_writer(std::io::stderr).try_init(),
     };
 }
 
 /// `wombatfs gc`: collect unreferenced blobs of a shared bucket (see [`crate::sync::gc`]).
-pub fn gc(args: &crate::cli::GcArgs, log: &str) -> Result<()> {
+pub fn gc(args: &crate::cli::GcArgs, log: &LogSpec) -> Result<()> {
     init_logging(log, None);
     let StoreUrl::S3 { bucket, prefix } = StoreUrl::parse(&args.store)? else {
         anyhow::bail!("gc works on a shared s3:// bucket; a local store's node deletes unreferenced blobs itself");

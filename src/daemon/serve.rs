@@ -20,7 +20,7 @@ use crate::tiers::s3::{S3Config, S3Store};
 use crate::tiers::ObjectStore;
 
 /// Serve the mount until it is unmounted; `report` hears "OK" once it is live.
-pub(super) fn serve(s: &Settings, report: Option<&mut File>, mut lock: File) -> Result<()> {
+pub(super) fn serve(s: &Settings, report: Option<&mut File>, mut lock: File, metrics: Option<std::net::TcpListener>) -> Result<()> {
     write_pid(&mut lock);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -29,6 +29,9 @@ pub(super) fn serve(s: &Settings, report: Option<&mut File>, mut lock: File) -> 
         .build()
         .context("cannot start the async runtime")?;
     let (core, objects) = open_layers(s, &rt)?;
+    if let Some(l) = metrics {
+        super::metrics_http::serve(&rt, l, core.clone())?;
+    }
     // a remote store: slow operations leave the FUSE workers (see WombatFuse::new)
     let offload = matches!(s.store, StoreUrl::S3 { .. }).then(|| rt.handle().clone());
     let spec = crate::fs::mount::MountSpec {
@@ -54,6 +57,7 @@ pub(super) fn serve(s: &Settings, report: Option<&mut File>, mut lock: File) -> 
     tracing::info!("unmounted; flushing");
     core.shutdown(Duration::from_secs(30))?;
     bg.stop_publishing();
+    let _ = std::fs::remove_file(super::metrics_http::addr_file(&s.cache_dir));
     tracing::info!("clean shutdown");
     drop(lock);
     Ok(())
@@ -69,6 +73,8 @@ fn open_layers(s: &Settings, rt: &tokio::runtime::Runtime) -> Result<(Arc<FsCore
             Arc::new(S3Store::new(&cfg)?)
         }
     };
+    // every call counted in /metrics
+    let objects: Arc<dyn ObjectStore> = Arc::new(crate::tiers::metered::MeteredStore::new(objects));
     rt.block_on(objects.check()).with_context(|| format!("object store {} is not usable", objects.describe()))?;
     let store = open_store(s, &objects, rt)?;
     let (index, mut records) = Index::open(&s.cache_dir.join("index"), rt.handle())?;

@@ -165,6 +165,11 @@ impl FsCore {
         Ok(StatFs { blocks, bfree, bavail, files: s.files.max(t), ffree: s.ffree })
     }
 
+    /// The cache directory.
+    pub fn cache_dir(&self) -> &Path {
+        &self.cache_dir
+    }
+
     /// Bytes used by namespace `ns`.
     pub fn namespace_usage(&self, ns: u64) -> u64 {
         self.budgets.usage(&self.read_tree(), ns)
@@ -183,7 +188,9 @@ impl FsCore {
             }
         }
         for (ns, n) in &removed {
-            tracing::info!(ns, removed = n, "namespace over its budget: least recently used files removed");
+            let namespace = self.namespace_name(*ns);
+            tracing::info!(ns, namespace, removed = n, "namespace over its budget: least recently used files removed");
+            crate::metrics::get().budget_removals.get_or_create(&crate::metrics::NamespaceLabel { namespace }).inc_by(*n as u64);
         }
         removed.values().sum()
     }

@@ -6,7 +6,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::cell::Cell;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
@@ -45,7 +45,13 @@ impl WombatFuse {
         match &self.offload {
             Some(rt) => {
                 let core = self.core.clone();
-                let (info, span) = (CURRENT.with(|c| c.get()), tracing::Span::current());
+                // the thread that replies records the request's latency
+                let info = CURRENT.with(|c| {
+                    let info = c.get();
+                    c.set(info.map(|i| ReqInfo { handed_off: true, ..i }));
+                    info
+                });
+                let span = tracing::Span::current();
                 rt.spawn_blocking(move || {
                     let _req = info.map(|i| enter(i, span));
                     f(&core)
@@ -88,11 +94,15 @@ fn file_type(k: Kind) -> FileType {
     }
 }
 
-/// The FUSE request a thread is serving: its kernel-unique id and inode.
+/// The FUSE request a thread is serving: its kernel-unique id, op and inode, when it
+/// arrived, and whether another thread replies to it (that thread records its latency).
 #[derive(Clone, Copy)]
 struct ReqInfo {
     id: u64,
     ino: u64,
+    op: &'static str,
+    start: Instant,
+    handed_off: bool,
 }
 
 thread_local! {
@@ -109,7 +119,9 @@ struct InRequest {
 
 impl Drop for InRequest {
     fn drop(&mut self) {
-        CURRENT.with(|c| c.set(self.prev));
+        if let Some(r) = CURRENT.with(|c| c.replace(self.prev)).filter(|r| !r.handed_off) {
+            crate::metrics::get().fuse_request(r.op, r.start.elapsed());
+        }
     }
 }
 
@@ -120,12 +132,13 @@ fn enter(info: ReqInfo, span: tracing::Span) -> InRequest {
 
 fn begin(req: &Request, op: &'static str, ino: u64) -> InRequest {
     let id = req.unique().0;
-    enter(ReqInfo { id, ino }, tracing::debug_span!("req", id, op, ino))
+    enter(ReqInfo { id, ino, op, start: Instant::now(), handed_off: false }, tracing::debug_span!("req", id, op, ino))
 }
 
 fn errno(op: &'static str, e: &FsError) -> Errno {
     let (id, ino) = CURRENT.with(|c| c.get()).map_or((0, 0), |r| (r.id, r.ino));
     let errno = e.errno();
+    crate::metrics::get().fuse_error(op, errno);
     if e.is_fault() {
         tracing::warn!(req = id, op, ino, errno, error = %e, "request failed");
     } else {
@@ -367,13 +380,19 @@ impl Filesystem for WombatFuse {
             // answer inline whatever is local or already downloaded; only reads that must
             // wait for the object store go to a blocking thread
             match self.core.try_read(fh.0, offset, size) {
-                Ok(Some(buf)) => return reply.data(&buf),
+                Ok(Some(buf)) => {
+                    crate::metrics::get().fuse_read_bytes.inc_by(buf.len() as u64);
+                    return reply.data(&buf);
+                }
                 Ok(None) => {}
                 Err(e) => return reply.error(errno("read", &e)),
             }
         }
         self.run(move |core| match core.read(fh.0, offset, size) {
-            Ok(buf) => reply.data(&buf),
+            Ok(buf) => {
+                crate::metrics::get().fuse_read_bytes.inc_by(buf.len() as u64);
+                reply.data(&buf)
+            }
             Err(e) => reply.error(errno("read", &e)),
         });
     }
@@ -392,7 +411,10 @@ impl Filesystem for WombatFuse {
     ) {
         let _req = begin(req, "write", _ino.0);
         let write = move |core: &FsCore, data: &[u8]| match core.write(fh.0, offset, data) {
-            Ok(n) => reply.written(n),
+            Ok(n) => {
+                crate::metrics::get().fuse_write_bytes.inc_by(n as u64);
+                reply.written(n)
+            }
             Err(e) => reply.error(errno("write", &e)),
         };
         if self.offload.is_some() {
@@ -487,7 +509,9 @@ impl Filesystem for WombatFuse {
         reply: ReplyEmpty,
     ) {
         let _req = begin(req, "setxattr", ino.0);
-        Self::empty(reply, "setxattr", self.core.setxattr(ino.0, name.as_bytes(), value, flags));
+        // `user.wombatfs.warm` may wait for the object store: off the FUSE workers
+        let (name, value) = (name.as_bytes().to_vec(), value.to_vec());
+        self.run(move |core| Self::empty(reply, "setxattr", core.setxattr(ino.0, &name, &value, flags)));
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {

@@ -138,14 +138,20 @@ impl FsCore {
             return Ok(Some(Vec::new()));
         }
         let want = (size as u64).min(len - offset) as usize;
+        let mut from_flat = false;
         if let Some(r) = pending {
             if !wait && !r.ready(offset, want as u64) {
                 return Ok(None);
             }
             // a blob still downloading: wait (without the inode lock) for verified bytes
             r.wait(offset, want as u64)?;
+            from_flat = matches!(r, BlobReader::Local(_));
         }
-        Ok(Some(read_exact_at(&src, offset, want)?))
+        let bytes = read_exact_at(&src, offset, want)?;
+        if from_flat {
+            crate::metrics::get().tier_bytes("flat", bytes.len() as u64);
+        }
+        Ok(Some(bytes))
     }
 
     fn reader(&self, st: &mut FileState) -> FsResult<BlobReader> {

@@ -96,6 +96,8 @@ pub struct Outbox {
     pub published: Arc<Published>,
     /// queued changes a staged commit supersedes
     superseded: Vec<u64>,
+    /// when each queued change was committed (changes loaded at mount: the mount time)
+    since: BTreeMap<u64, std::time::Instant>,
 }
 
 impl Default for Outbox {
@@ -109,6 +111,7 @@ impl Default for Outbox {
             wake: Arc::new(Notify::new()),
             published: Arc::new(Published::default()),
             superseded: Vec::new(),
+            since: BTreeMap::new(),
         }
     }
 }
@@ -151,8 +154,13 @@ impl Outbox {
         if !self.superseded.is_empty() {
             let gone = std::mem::take(&mut self.superseded);
             self.queue.retain(|e| !gone.contains(&e.0));
+            for seq in gone {
+                self.since.remove(&seq);
+            }
         }
         if !staged.is_empty() {
+            let now = std::time::Instant::now();
+            self.since.extend(staged.iter().map(|(seq, _)| (*seq, now)));
             self.queue.extend(staged);
             self.wake.notify_one();
         }
@@ -168,7 +176,10 @@ impl Outbox {
     /// Load an `o/<seq>` record (keys come in ascending order).
     pub fn load_change(&mut self, k: &[u8], v: &[u8]) {
         match (keys::id_after_prefix(k), records::decode::<Change>(v)) {
-            (Some(seq), Some(c)) => self.queue.push_back((seq, c)),
+            (Some(seq), Some(c)) => {
+                self.since.insert(seq, std::time::Instant::now());
+                self.queue.push_back((seq, c))
+            }
             _ => tracing::error!(key = %hex::encode(k), "undecodable outbox record skipped"),
         }
     }
@@ -184,6 +195,12 @@ impl Outbox {
         if !enabled {
             self.queue.clear();
         }
+    }
+
+    /// Changes not yet published, and how long the oldest has waited.
+    pub fn lag(&self) -> (usize, std::time::Duration) {
+        let oldest = self.queue.front().and_then(|(seq, _)| self.since.get(seq)).map(|t| t.elapsed());
+        (self.queue.len(), oldest.unwrap_or_default())
     }
 
     /// The newest change recorded (published or not).
@@ -226,7 +243,7 @@ impl Namespace {
             }
             changes.push((*seq, c.clone()));
         }
-        (!changes.is_empty()).then(|| Batch { node: t.outbox.node.clone(), changes })
+        (!changes.is_empty()).then(|| Batch { node: t.outbox.node.clone(), changes, sealed_ms: None })
     }
 
     /// Record that the changes up to `last` are in the bucket.
@@ -236,6 +253,7 @@ impl Namespace {
         while t.outbox.queue.front().is_some_and(|c| c.0 <= last) {
             if let Some((seq, _)) = t.outbox.queue.pop_front() {
                 ops.push(Op::Delete(keys::outbox(seq)));
+                t.outbox.since.remove(&seq);
             }
         }
         let node = t.outbox.node.clone();
@@ -281,6 +299,7 @@ impl Namespace {
             fail::fail_point!("publish-after-put");
             self.mark_published(batch.last_seq()).map_err(|e| StoreError::Config(format!("recording a published batch: {e}")))?;
             sent += batch.changes.len();
+            crate::metrics::get().journal_published.inc_by(batch.changes.len() as u64);
         }
         Ok(sent)
     }

@@ -1,7 +1,8 @@
 //! Extended attributes: `user.*` persisted per inode, plus virtual attributes: on files
 //! `user.wombatfs.blake3` and `user.wombatfs.tier`; on a namespace directory the settable
 //! `user.wombatfs.budget` and the read-only `user.wombatfs.usage`; on the root
-//! `user.wombatfs.stats`. Other namespaces are not supported.
+//! `user.wombatfs.stats`; and the write-only `user.wombatfs.warm` on files (set it to bring
+//! the file's blob into the flat tier). Other namespaces are not supported.
 
 use crate::fs::core::FsCore;
 use crate::fs::error::{FsError, FsResult};
@@ -14,6 +15,9 @@ const VIRTUAL: &[u8] = b"user.wombatfs.";
 const BLAKE3: &[u8] = b"user.wombatfs.blake3";
 const TIER: &[u8] = b"user.wombatfs.tier";
 const STATS: &[u8] = b"user.wombatfs.stats";
+/// Setting it on a file brings its blob into the flat tier (from foyer or the object store)
+/// and returns once it is there: what `wombatfs warm` does per file.
+const WARM: &[u8] = b"user.wombatfs.warm";
 /// Largest value accepted (as ext4's 64 KiB limit).
 pub const MAX_VALUE: usize = 64 * 1024;
 /// Total xattr bytes per inode.
@@ -45,31 +49,33 @@ impl FsCore {
         }
     }
 
-    /// Counters of the tiers, as `key=value` lines (`getfattr -n user.wombatfs.stats /mnt`).
+    /// Counters of the tiers, as `key=value` pairs on one line (`getfattr -n
+    /// user.wombatfs.stats /mnt`); the full set is at `/metrics` and in `wombatfs stats`.
     pub fn stats_text(&self) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
         let flat = self.store.flat();
         let up = self.store.upload_stats();
-        let mut s = format!(
-            "flat_bytes={}\nflat_limit={}\nflat_blobs={}\nflat_evictions={}\nobject_store_gets={}\nobject_store_timeouts={}\nuploads_pending={}\nuploads_done={}\n",
-            flat.bytes(),
-            flat.limit(),
-            flat.len(),
-            self.store.eviction().evictions.load(std::sync::atomic::Ordering::Relaxed),
-            self.store.read_path().object_gets.load(std::sync::atomic::Ordering::Relaxed),
-            self.store.read_path().store_timeouts.load(std::sync::atomic::Ordering::Relaxed),
-            up.pending.load(std::sync::atomic::Ordering::Relaxed),
-            up.uploaded.load(std::sync::atomic::Ordering::Relaxed),
-        );
+        let mut pairs = vec![
+            ("flat_bytes", flat.bytes()),
+            ("flat_limit", flat.limit()),
+            ("flat_blobs", flat.len() as u64),
+            ("flat_evictions", self.store.eviction().evictions.load(Relaxed)),
+            ("object_store_gets", self.store.read_path().object_gets.load(Relaxed)),
+            ("object_store_timeouts", self.store.read_path().store_timeouts.load(Relaxed)),
+            ("uploads_pending", up.pending.load(Relaxed)),
+            ("uploads_done", up.uploaded.load(Relaxed)),
+        ];
         if let Some(f) = self.store.foyer() {
             let (mem, disk) = f.capacity();
-            s += &format!(
-                "foyer_memory={mem}\nfoyer_disk={disk}\nfoyer_hits={}\nfoyer_misses={}\nfoyer_inserts={}\n",
-                f.stats.hits.load(std::sync::atomic::Ordering::Relaxed),
-                f.stats.misses.load(std::sync::atomic::Ordering::Relaxed),
-                f.stats.inserts.load(std::sync::atomic::Ordering::Relaxed),
-            );
+            pairs.extend([
+                ("foyer_memory", mem),
+                ("foyer_disk", disk),
+                ("foyer_hits", f.stats.hits.load(Relaxed)),
+                ("foyer_misses", f.stats.misses.load(Relaxed)),
+                ("foyer_inserts", f.stats.inserts.load(Relaxed)),
+            ]);
         }
-        s
+        pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
     }
 
     /// `listxattr`: NUL-terminated names.
@@ -97,6 +103,9 @@ impl FsCore {
 
     /// `setxattr` with `XATTR_CREATE` / `XATTR_REPLACE` semantics.
     pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
+        if name == WARM {
+            return self.warm(ino);
+        }
         if name == BUDGET {
             crate::fs::budget::Budgets::check(&self.read_tree(), ino, value)?;
         } else {
@@ -126,6 +135,23 @@ impl FsCore {
         drop(t);
         if name == BUDGET {
             self.enforce_budgets();
+        }
+        Ok(())
+    }
+
+    /// Bring a file's blob into the flat tier; returns once it is there (verified). Waits on
+    /// the object store when the blob is only there: call off the FUSE workers.
+    pub fn warm(&self, ino: u64) -> FsResult<()> {
+        let (blob, size) = {
+            let t = self.read_tree();
+            let rec = t.get(ino)?;
+            match rec.kind {
+                InodeKind::File { blob } => (blob, rec.size),
+                _ => return Err(FsError::NotSupported("user.wombatfs.warm is set on files")),
+            }
+        };
+        if size > 0 {
+            self.store.open_blob(&blob)?;
         }
         Ok(())
     }

@@ -82,6 +82,7 @@ impl Eviction {
             }
         }
         self.evictions.fetch_add(n as u64, Ordering::Relaxed);
+        crate::metrics::get().flat_evictions.inc_by(n as u64);
         if n > 0 {
             tracing::debug!(evicted = n, flat_bytes = self.flat.bytes(), "flat tier evicted");
         }

@@ -97,6 +97,7 @@ impl BlobStore {
             stats: Arc::new(UploadStats::default()),
             queued: Default::default(),
             deferred: Default::default(),
+            waiting: Default::default(),
         });
         let read = Arc::new(ReadPath::new(flat.clone(), opts.foyer.clone(), objects.clone(), staging.clone(), rt.clone(), opts.store_timeout));
         let eviction = Arc::new(Eviction::new(flat.clone(), opts.foyer, ctx.clone(), rt.clone()));
@@ -130,6 +131,11 @@ impl BlobStore {
     /// Upload queue counters.
     pub fn upload_stats(&self) -> &UploadStats {
         &self.ctx.stats
+    }
+
+    /// The upload queue now: blobs, bytes, age of the oldest.
+    pub fn upload_queue(&self) -> upload::QueueState {
+        self.ctx.state()
     }
 
     /// Create a new, empty staging file.

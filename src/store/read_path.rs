@@ -122,7 +122,7 @@ impl ReadPath {
     /// Open a blob whole, waiting for foyer or the object store on a flat miss and promoting
     /// it. Must not be called from inside the runtime.
     pub fn open_blob(&self, id: &BlobId) -> Result<File, StoreError> {
-        match self.flat.open_blob(id) {
+        match self.open_flat(id) {
             Err(StoreError::NotFound(_)) => {}
             other => return other,
         }
@@ -134,10 +134,16 @@ impl ReadPath {
         drop(f);
         let _ = std::fs::remove_file(&tmp);
         self.object_gets.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.rt.block_on(self.objects.get_blob(id, &tmp)) {
-            let _ = std::fs::remove_file(&tmp);
-            self.note_timeout(&e);
-            return Err(e);
+        match self.rt.block_on(self.objects.get_blob(id, &tmp)) {
+            Ok(n) => {
+                crate::metrics::get().tier_hit("object_store");
+                crate::metrics::get().tier_bytes("object_store", n);
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                self.note_timeout(&e);
+                return Err(e);
+            }
         }
         self.flat.adopt(&tmp, id)?;
         self.admit(id);
@@ -149,7 +155,7 @@ impl ReadPath {
     /// they arrive verified; a complete download is adopted into the flat tier. `promoted` runs
     /// after a blob was adopted (the caller's bounds may need enforcing).
     pub fn open_reader(self: &Arc<Self>, id: &BlobId, len: u64, promoted: impl FnOnce() + Send + 'static) -> Result<BlobReader, StoreError> {
-        match self.flat.open_blob(id) {
+        match self.open_flat(id) {
             Ok(f) => return Ok(BlobReader::Local(Arc::new(f))),
             Err(StoreError::NotFound(_)) => {}
             Err(e) => return Err(e),
@@ -177,6 +183,10 @@ impl ReadPath {
                 me.object_gets.fetch_add(1, Ordering::Relaxed);
                 me.objects.fetch_into(&id, &job).await
             };
+            if res.is_ok() && !from_foyer {
+                crate::metrics::get().tier_hit("object_store");
+                crate::metrics::get().tier_bytes("object_store", job.len);
+            }
             match res {
                 Ok(()) => match me.flat.adopt(&job.path, &id) {
                     Ok(()) => {
@@ -199,6 +209,17 @@ impl ReadPath {
         Ok(BlobReader::Fetching(fetch))
     }
 
+    /// The flat tier's file of a blob, counted as a flat hit or miss.
+    fn open_flat(&self, id: &BlobId) -> Result<File, StoreError> {
+        let res = self.flat.open_blob(id);
+        match &res {
+            Ok(_) => crate::metrics::get().tier_hit("flat"),
+            Err(StoreError::NotFound(_)) => crate::metrics::get().tier_miss("flat"),
+            Err(_) => {}
+        }
+        res
+    }
+
     /// Count a request the object store did not answer in time (readers that gave up on a
     /// stalled download are counted by the download itself).
     fn note_timeout(&self, e: &StoreError) {
@@ -219,12 +240,16 @@ impl ReadPath {
     async fn read_foyer(&self, id: &BlobId, fetch: Option<&Fetch>, file: &File) -> bool {
         let Some(f) = self.foyer.as_ref() else { return false };
         if !f.contains(id) {
+            crate::metrics::get().tier_miss("foyer");
             return false;
         }
         let t0 = std::time::Instant::now();
-        let len = match f.read_into(id, file).await {
-            Ok(Some(len)) => len,
-            Ok(None) => return false,
+        let (len, tier) = match f.read_into(id, file).await {
+            Ok(Some(got)) => got,
+            Ok(None) => {
+                crate::metrics::get().tier_miss("foyer");
+                return false;
+            }
             Err(e) => {
                 tracing::warn!(%id, error = %e, "reading a blob from foyer failed");
                 return false;
@@ -235,6 +260,8 @@ impl ReadPath {
             return false;
         }
         f.stats.hits.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::get().tier_hit(tier);
+        crate::metrics::get().tier_bytes(tier, len);
         tracing::debug!(%id, len, took = ?t0.elapsed(), "served from foyer");
         if let Some(x) = fetch {
             x.mark_all();

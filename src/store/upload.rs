@@ -44,17 +44,40 @@ pub struct UploadCtx {
     /// published may name them (another node applying the journal up to that change reads
     /// them), so their flat file goes only once they are in the bucket
     pub deferred: std::sync::Mutex<std::collections::HashSet<BlobId>>,
+    /// enqueue time and bytes of each queued job, in queue order (the one task takes jobs
+    /// in order, so the front is the oldest waiting or in flight)
+    pub waiting: std::sync::Mutex<std::collections::VecDeque<(std::time::Instant, u64)>>,
+}
+
+/// The upload queue as an operator sees it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueueState {
+    /// blobs waiting or in flight
+    pub blobs: u64,
+    /// their bytes
+    pub bytes: u64,
+    /// how long the oldest has waited
+    pub oldest: std::time::Duration,
 }
 
 impl UploadCtx {
     pub fn queue(&self, id: BlobId) {
+        let len = std::fs::metadata(self.flat.path(&id)).map(|m| m.len()).unwrap_or(0);
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner()).push_back((std::time::Instant::now(), len));
         self.stats.pending.fetch_add(1, Ordering::Relaxed);
         *self.queued.entry(id).or_insert(0) += 1;
+    }
+
+    /// What is queued now.
+    pub fn state(&self) -> QueueState {
+        let w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        QueueState { blobs: w.len() as u64, bytes: w.iter().map(|e| e.1).sum(), oldest: w.front().map(|e| e.0.elapsed()).unwrap_or_default() }
     }
 
     /// One upload of `id` finished (stored, or skipped); a deferred reclaim runs once the
     /// last queued upload of the blob is done.
     fn done(&self, id: &BlobId) {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
         let mut deferred = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
         self.queued.remove_if_mut(id, |_, n| {
             *n -= 1;
@@ -96,6 +119,8 @@ pub(crate) async fn run(ctx: Arc<UploadCtx>, mut rx: mpsc::UnboundedReceiver<Job
                             // crash window: in the bucket, not yet recorded as uploaded
                             fail::fail_point!("upload-after-put");
                             ctx.stats.uploaded.fetch_add(1, Ordering::Relaxed);
+                            crate::metrics::get().uploads.inc();
+                            crate::metrics::get().upload_bytes.inc_by(std::fs::metadata(ctx.flat.path(&id)).map(|m| m.len()).unwrap_or(0));
                             if let Some(hook) = ctx.hook.get() {
                                 hook(id);
                             }
@@ -111,6 +136,7 @@ pub(crate) async fn run(ctx: Arc<UploadCtx>, mut rx: mpsc::UnboundedReceiver<Job
                         }
                         Err(e) => {
                             ctx.stats.failures.fetch_add(1, Ordering::Relaxed);
+                            crate::metrics::get().upload_failures.inc();
                             let retry_in = backoff.next_delay();
                             if e.is_transient() {
                                 tracing::warn!(%id, error = %e, ?retry_in, "upload failed; will retry");

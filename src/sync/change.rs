@@ -95,6 +95,11 @@ pub struct Batch {
     pub node: String,
     /// (sequence number, change), ascending
     pub changes: Vec<(u64, Change)>,
+    /// when the batch was sealed for publication, milliseconds since the epoch by its node's
+    /// clock (`None` from writers before this field): a trailer after the bincode body, which
+    /// older readers ignore
+    #[serde(skip)]
+    pub sealed_ms: Option<u64>,
 }
 
 impl Batch {
@@ -103,15 +108,21 @@ impl Batch {
         self.changes.last().map(|c| c.0).unwrap_or(0)
     }
 
-    /// Encode as a self-verifying envelope.
+    /// Encode as a self-verifying envelope, stamped with the time now.
     pub fn seal(&self) -> Vec<u8> {
-        codec::seal_meta(&bincode::serialize(self).expect("a batch always serializes"))
+        let mut body = bincode::serialize(self).expect("a batch always serializes");
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        body.extend_from_slice(&now.to_le_bytes());
+        codec::seal_meta(&body)
     }
 
     /// Decode and verify an envelope made by [`Batch::seal`].
     pub fn open(env: &[u8]) -> Result<Batch, String> {
         let body = codec::open_meta(env).map_err(|e| e.to_string())?;
-        bincode::deserialize(&body).map_err(|e| format!("undecodable change batch: {e}"))
+        let mut rest: &[u8] = &body;
+        let mut batch: Batch = bincode::deserialize_from(&mut rest).map_err(|e| format!("undecodable change batch: {e}"))?;
+        batch.sealed_ms = rest.try_into().ok().map(u64::from_le_bytes);
+        Ok(batch)
     }
 }
 
@@ -159,9 +170,16 @@ mod tests {
                 (7, Change::File { path: b"ns/a".to_vec(), blob: BlobId::of(b"x"), size: 1, attrs }),
                 (8, Change::Rename { from: b"ns/a".to_vec(), to: b"ns/b".to_vec() }),
             ],
+            sealed_ms: None,
         };
         let env = b.seal();
-        assert_eq!(Batch::open(&env).unwrap(), b);
+        let got = Batch::open(&env).unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        assert!(got.sealed_ms.is_some_and(|t| t <= now && t + 60_000 > now), "{:?}", got.sealed_ms);
+        assert_eq!(Batch { sealed_ms: None, ..got }, b);
+        // a batch from a writer before the time trailer
+        let old = codec::seal_meta(&bincode::serialize(&b).unwrap());
+        assert_eq!(Batch::open(&old).unwrap(), b);
         assert_eq!(b.last_seq(), 8);
         let mut bad = env.clone();
         let n = bad.len();

@@ -153,8 +153,9 @@ impl FoyerTier {
     /// Write the blob's pieces into `file` and verify them against the blob id (each 1 MiB
     /// piece is a blake3 chunk: its chaining value is computed as it arrives and the values
     /// are merged into the root). Its length, or `None` when a piece is missing or the bytes
-    /// do not hash to the id (then the blob is dropped from foyer).
-    pub async fn read_into(&self, id: &BlobId, file: &File) -> Result<Option<u64>, StoreError> {
+    /// do not hash to the id (then the blob is dropped from foyer); with it, where the pieces
+    /// came from: `foyer_memory`, or `foyer_disk` when any piece was read from the disk.
+    pub async fn read_into(&self, id: &BlobId, file: &File) -> Result<Option<(u64, &'static str)>, StoreError> {
         let len = match self.cache.get(&(id.0, LEN)).await {
             Ok(Some(e)) => e.value().as_ref().try_into().ok().map(u64::from_le_bytes),
             _ => None,
@@ -167,11 +168,15 @@ impl FoyerTier {
         let n = pieces(len);
         let mut cvs = vec![[0u8; 32]; n as usize];
         let mut single = None;
+        let mut from_disk = false;
         let gets = (0..n).map(|i| async move { (i, self.cache.get(&(id.0, i)).await) });
         let mut stream = futures::stream::iter(gets).buffer_unordered(8);
         while let Some((i, got)) = stream.next().await {
             let piece = match got {
-                Ok(Some(e)) => e.value().clone(),
+                Ok(Some(e)) => {
+                    from_disk |= e.source() == foyer::Source::Disk;
+                    e.value().clone()
+                }
                 Ok(None) => {
                     self.stats.misses.fetch_add(1, Ordering::Relaxed);
                     return Ok(None);
@@ -201,7 +206,7 @@ impl FoyerTier {
             self.remove(id, len);
             return Ok(None);
         }
-        Ok(Some(len))
+        Ok(Some((len, if from_disk { "foyer_disk" } else { "foyer_memory" })))
     }
 
     /// Drop a blob's pieces.
@@ -261,7 +266,7 @@ mod tests {
             let f = FoyerTier::open(&cache, 8 << 20, 64 << 20).await.unwrap();
             for (id, want) in [(id, &data), (sid, &small)] {
                 let out = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(dir.path().join("out2")).unwrap();
-                assert_eq!(f.read_into(&id, &out).await.unwrap(), Some(want.len() as u64));
+                assert_eq!(f.read_into(&id, &out).await.unwrap().map(|g| g.0), Some(want.len() as u64));
                 assert_eq!(&std::fs::read(dir.path().join("out2")).unwrap()[..want.len()], &want[..]);
             }
             f.remove(&id, data.len() as u64);
@@ -295,7 +300,7 @@ mod sizing {
         rt.block_on(async {
             let f = FoyerTier::open(&dir.path().join("c"), 8 << 20, 64 << 20).await.unwrap();
             let out = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(dir.path().join("o")).unwrap();
-            assert_eq!(f.read_into(&id, &out).await.unwrap(), Some(data.len() as u64), "flushed to disk before close");
+            assert_eq!(f.read_into(&id, &out).await.unwrap().map(|g| g.0), Some(data.len() as u64), "flushed to disk before close");
         });
     }
 }
@@ -348,7 +353,7 @@ mod admission {
             .enumerate()
             .filter(|(_, (id, _, len))| {
                 let out = tempfile::tempfile_in(dir.path()).unwrap();
-                rt.block_on(f.read_into(id, &out)).unwrap() != Some(*len)
+                rt.block_on(f.read_into(id, &out)).unwrap().map(|g| g.0) != Some(*len)
             })
             .map(|(i, _)| i)
             .collect();

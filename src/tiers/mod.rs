@@ -11,6 +11,7 @@ pub mod flat;
 pub mod foyer;
 pub mod local;
 pub mod memory;
+pub mod metered;
 pub mod s3;
 
 use std::path::Path;
@@ -120,6 +121,26 @@ impl StoreError {
             StoreError::NotFound(_) | StoreError::Remote { kind: RemoteKind::NotFound, .. } => true,
             StoreError::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
             _ => false,
+        }
+    }
+
+    /// A short name of the failure, for metrics: `timeout`, `corrupt`, `not_found`, `io`,
+    /// `config`, or the remote kind (`auth`, `throttled`, `server`, `network`, `client`).
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            StoreError::NotFound(_) => "not_found",
+            StoreError::Corrupt { .. } => "corrupt",
+            StoreError::Io { .. } => "io",
+            StoreError::Timeout { .. } => "timeout",
+            StoreError::Config(_) => "config",
+            StoreError::Remote { kind, .. } => match kind {
+                RemoteKind::Auth => "auth",
+                RemoteKind::NotFound => "not_found",
+                RemoteKind::Throttled => "throttled",
+                RemoteKind::Server => "server",
+                RemoteKind::Network => "network",
+                RemoteKind::Client => "client",
+            },
         }
     }
 

@@ -169,7 +169,8 @@ impl S3Store {
             if !err.is_transient() || attempt >= ATTEMPTS {
                 return Err(err);
             }
-            tracing::warn!(key, attempt, error = %err, ?delay, "object store PUT failed; retrying");
+            tracing::warn!(op = "PUT", key, attempt, error = %err, ?delay, "object store request failed; retrying");
+            crate::metrics::get().store_retries.get_or_create(&crate::metrics::OpLabel { op: "put" }).inc();
             tokio::time::sleep(delay).await;
             delay *= 2;
             attempt += 1;

@@ -62,6 +62,8 @@ impl Mount {
             .arg("--foreground")
             .args(&self.extra)
             .env("WOMBATFS_LOG", "info")
+            // tests mount several at once: each daemon's metrics on a free port
+            .env("WOMBATFS_METRICS_ADDR", "127.0.0.1:0")
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test-secret")
             .stdout(Stdio::null())

@@ -1,7 +1,7 @@
 //! Micro-benchmarks of the file operations KV engines perform, run against any directory
 //! (a wombatfs mount or a native directory on the same disk) by `scripts/bench`.
 //!
-//! Usage: `fsbench <write4m|small|stat|statmiss|seqread|mkfiles|readdir> PATH [N]`; prints
+//! Usage: `fsbench <write4m|small|stat|statmiss|seqread|mkfiles|readdir|vllmload> PATH [N]`; prints
 //! `<metric> <value> <unit>`.
 
 use std::fs::{self, File};
@@ -12,7 +12,7 @@ use std::time::Instant;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
-        eprintln!("usage: fsbench <write4m|small|stat|statmiss|seqread|mkfiles|readdir> PATH [N]");
+        eprintln!("usage: fsbench <write4m|small|stat|statmiss|seqread|mkfiles|readdir|vllmload> PATH [N]");
         std::process::exit(2);
     }
     let (cmd, path) = (args[1].as_str(), Path::new(&args[2]));
@@ -77,6 +77,41 @@ fn main() {
                 File::create(path.join(format!("entry-{i:07}.bin"))).unwrap();
             }
             println!("mkfiles {n} files");
+        }
+        "vllmload" => {
+            // vLLM's file tier loading blocks: every file of the directory opened
+            // O_RDONLY|O_DIRECT and read by preadv into aligned 2 MiB buffers, 4 threads
+            use std::os::unix::fs::{FileExt, OpenOptionsExt};
+            let mut files: Vec<_> = fs::read_dir(path).unwrap().map(|e| e.unwrap().path()).collect();
+            files.sort();
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            let total = std::sync::atomic::AtomicU64::new(0);
+            let t = Instant::now();
+            std::thread::scope(|s| {
+                for _ in 0..4 {
+                    s.spawn(|| {
+                        let mut raw = vec![0u8; (2 << 20) + 4096];
+                        let off = raw.as_ptr().align_offset(4096);
+                        let buf = &mut raw[off..off + (2 << 20)];
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(p) = files.get(i) else { break };
+                            let f = fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(p).unwrap();
+                            let mut pos = 0u64;
+                            loop {
+                                let k = f.read_at(buf, pos).unwrap();
+                                if k == 0 {
+                                    break;
+                                }
+                                pos += k as u64;
+                            }
+                            total.fetch_add(pos, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    });
+                }
+            });
+            let bytes = total.load(std::sync::atomic::Ordering::Relaxed) as f64;
+            println!("vllmload {:.1} MiB/s", bytes / (1 << 20) as f64 / t.elapsed().as_secs_f64());
         }
         _ => {
             eprintln!("unknown benchmark {cmd}");

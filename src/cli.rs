@@ -163,6 +163,11 @@ pub struct MountArgs {
     /// free port (`wombatfs stats` finds it) [default: 127.0.0.1:9581].
     #[arg(long, env = "WOMBATFS_METRICS_ADDR")]
     pub metrics_addr: Option<String>,
+    /// FUSE passthrough: read-only opens of files whose blob is in the flat tier are served by
+    /// the kernel from the flat file (needs root and Linux >= 6.9; falls back by itself)
+    /// [default: on].
+    #[arg(long, value_parser = ["on", "off"])]
+    pub passthrough: Option<String>,
     /// How to reach S3.
     #[command(flatten)]
     pub s3: S3Args,
@@ -223,6 +228,11 @@ impl MountArgs {
             store_timeout,
             tiers,
             s3: crate::tiers::s3::S3Config { request_timeout: Some(store_timeout), ..self.s3.config(compression, &file) },
+            passthrough: match self.passthrough.as_deref().or(file.passthrough.as_deref()).unwrap_or("on") {
+                "on" => true,
+                "off" => false,
+                other => anyhow::bail!("passthrough = {other:?}: use on or off"),
+            },
             metrics_addr: parse_metrics_addr(self.metrics_addr.as_deref().or(file.metrics_addr.as_deref()).unwrap_or(defaults::METRICS_ADDR))?,
         };
         s.validate()?;

@@ -151,6 +151,8 @@ pub struct FileSettings {
     pub store_timeout_secs: Option<u64>,
     /// `HOST:PORT` of the Prometheus endpoint, or `off`
     pub metrics_addr: Option<String>,
+    /// `on` or `off`: FUSE passthrough for local reads
+    pub passthrough: Option<String>,
 }
 
 impl FileSettings {
@@ -198,6 +200,8 @@ pub struct Settings {
     pub s3: crate::tiers::s3::S3Config,
     /// where `/metrics` is served (`None`: off); port 0 picks a free port
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// FUSE passthrough for read-only opens of local blobs (where the kernel allows it)
+    pub passthrough: bool,
 }
 
 /// Parse `--metrics-addr`: `HOST:PORT`, or `off`.

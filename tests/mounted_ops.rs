@@ -4,12 +4,12 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::process::Command;
 
 use common::mount::{bin, is_mounted, Mount};
 use common::s3::{endpoint, mount_args, PrivateServer};
+use common::scrape::{get, scrape};
 
 /// Incompressible bytes (xorshift), or compressible ones.
 fn data(seed: u64, len: usize, random: bool) -> Vec<u8> {
@@ -26,23 +26,6 @@ fn data(seed: u64, len: usize, random: bool) -> Vec<u8> {
             }
         })
         .collect()
-}
-
-/// One scrape of a mount's `/metrics`: sample (name with labels) → value.
-fn scrape(m: &Mount) -> BTreeMap<String, f64> {
-    let addr = fs::read_to_string(m.cache.join("metrics.addr")).expect("the daemon records its metrics address");
-    let text = ureq::get(&format!("http://{}/metrics", addr.trim())).call().unwrap().body_mut().read_to_string().unwrap();
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (k, v) = l.rsplit_once(' ').unwrap();
-            (k.to_string(), v.parse().unwrap())
-        })
-        .collect()
-}
-
-fn get(s: &BTreeMap<String, f64>, key: &str) -> f64 {
-    s.get(key).copied().unwrap_or(0.0)
 }
 
 fn args(v: &[String]) -> Vec<&str> {

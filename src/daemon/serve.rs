@@ -41,6 +41,7 @@ pub(super) fn serve(s: &Settings, report: Option<&mut File>, mut lock: File, met
         threads: s.threads,
         attr_ttl: s.attr_ttl,
         offload,
+        passthrough: s.passthrough,
     };
     let session = crate::fs::mount::mount(core.clone(), &spec).with_context(|| format!("cannot mount on {}", s.mountpoint.display()))?;
     set_readahead(&s.mountpoint, s.readahead_kb);

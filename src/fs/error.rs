@@ -20,6 +20,9 @@ pub enum FsError {
     /// EISDIR
     #[error("is a directory")]
     IsDir,
+    /// ETXTBSY: the file is held in a mode that excludes this open
+    #[error("text file busy: {0}")]
+    Busy(&'static str),
     /// ENOTEMPTY
     #[error("directory not empty")]
     NotEmpty,
@@ -81,6 +84,7 @@ impl FsError {
             FsError::Exists => libc::EEXIST,
             FsError::NotDir => libc::ENOTDIR,
             FsError::IsDir => libc::EISDIR,
+            FsError::Busy(_) => libc::ETXTBSY,
             FsError::NotEmpty => libc::ENOTEMPTY,
             FsError::Invalid(_) => libc::EINVAL,
             FsError::NameTooLong => libc::ENAMETOOLONG,

@@ -17,6 +17,7 @@ use fuser::{
 
 use crate::fs::core::FsCore;
 use crate::fs::error::FsError;
+use crate::fs::passthrough::{OpenError, Passthrough};
 use crate::fs::{Attr, Caller, Kind, Opened, SetAttr, SetTime, BLOCK_SIZE, NAME_MAX};
 
 /// The FUSE filesystem object handed to fuser.
@@ -25,6 +26,7 @@ pub struct WombatFuse {
     ttl: Duration,
     notifier: Arc<OnceLock<Notifier>>,
     offload: Option<tokio::runtime::Handle>,
+    passthrough: Passthrough,
 }
 
 impl WombatFuse {
@@ -35,8 +37,11 @@ impl WombatFuse {
     /// reads that miss the flat tier, seals that upload synchronously, copy-on-write of a
     /// cold blob — run on the runtime's blocking pool and reply from there, so FUSE workers
     /// never block on the network and keep serving other requests.
-    pub fn new(core: Arc<FsCore>, ttl: Duration, notifier: Arc<OnceLock<Notifier>>, offload: Option<tokio::runtime::Handle>) -> Self {
-        WombatFuse { core, ttl, notifier, offload }
+    ///
+    /// With `passthrough`, read-only opens of local sealed files are served by the kernel
+    /// from the flat tier where the kernel allows it (see [`crate::fs::passthrough`]).
+    pub fn new(core: Arc<FsCore>, ttl: Duration, notifier: Arc<OnceLock<Notifier>>, offload: Option<tokio::runtime::Handle>, passthrough: bool) -> Self {
+        WombatFuse { core, ttl, notifier, offload, passthrough: Passthrough::new(passthrough) }
     }
 
     /// Run `f` (which replies) on the blocking pool when offloading, inline otherwise; the
@@ -231,6 +236,7 @@ impl Filesystem for WombatFuse {
                 tracing::debug!(?cap, "kernel does not offer capability");
             }
         }
+        self.passthrough.init(config);
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
@@ -355,12 +361,10 @@ impl Filesystem for WombatFuse {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _req = begin(req, "open", ino.0);
-        match self.core.open(ino.0, flags.0) {
-            Ok(o) => {
-                reply.opened(FileHandle(o.fh), fopen_flags(&o));
-                self.after_open(ino.0, &o);
-            }
-            Err(e) => reply.error(errno("open", &e)),
+        match self.passthrough.open(&self.core, ino.0, flags.0, reply, fopen_flags) {
+            Ok(o) => self.after_open(ino.0, &o),
+            Err((reply, OpenError::Core(e))) => reply.error(errno("open", &e)),
+            Err((reply, OpenError::Busy)) => reply.error(errno("open", &FsError::Busy("open for passthrough reading"))),
         }
     }
 
@@ -441,6 +445,7 @@ impl Filesystem for WombatFuse {
         reply: ReplyEmpty,
     ) {
         let _req = begin(req, "release", _ino.0);
+        self.passthrough.released(fh.0);
         self.run(move |core| {
             core.release(fh.0);
             reply.ok();
@@ -532,7 +537,10 @@ impl Filesystem for WombatFuse {
     fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
         let _req = begin(req, "create", parent.0);
         match self.core.create(caller(req), parent.0, name.as_bytes(), mode, umask, flags) {
-            Ok((a, o)) => reply.created(&self.ttl, &file_attr(&a), Generation(0), FileHandle(o.fh), fopen_flags(&o)),
+            Ok((a, o)) => {
+                self.passthrough.created(a.ino, o.fh);
+                reply.created(&self.ttl, &file_attr(&a), Generation(0), FileHandle(o.fh), fopen_flags(&o))
+            }
             Err(e) => reply.error(errno("create", &e)),
         }
     }

@@ -105,6 +105,14 @@ impl FsCore {
         Ok((attr, self.open_reply(fh, &file, false, acc != libc::O_RDONLY, flags)))
     }
 
+    /// For FUSE passthrough: the blob a read-only handle reads when its inode is sealed (no
+    /// writer is staging it) and not empty; `None` otherwise.
+    pub fn sealed_blob(&self, fh: u64) -> Option<crate::blob::BlobId> {
+        let (file, write) = self.handles.file(fh)?;
+        let st = file.lock();
+        (!write && st.staging.is_none() && st.size > 0).then_some(st.blob)
+    }
+
     fn handle(&self, fh: u64) -> FsResult<(Arc<OpenInode>, bool)> {
         self.handles.file(fh).ok_or(FsError::BadHandle)
     }

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod mount;
 pub mod namespace;
 pub mod open;
+pub mod passthrough;
 pub mod publish;
 pub mod peers;
 pub mod seqhash;

@@ -24,6 +24,8 @@ pub struct MountSpec<'a> {
     /// with a remote object store: the runtime whose blocking pool runs requests that may wait
     /// on the network (see [`WombatFuse::new`])
     pub offload: Option<tokio::runtime::Handle>,
+    /// serve read-only opens of local blobs by FUSE passthrough where the kernel allows it
+    pub passthrough: bool,
 }
 
 /// A live mount, served by fuser's worker threads until it is unmounted.
@@ -46,7 +48,7 @@ impl Mounted {
 /// Mount `core` and serve it on fuser's threads; installs the core's kernel-cache invalidator.
 pub fn mount(core: Arc<FsCore>, spec: &MountSpec) -> std::io::Result<Mounted> {
     let notifier = Arc::new(OnceLock::new());
-    let fs = WombatFuse::new(core.clone(), spec.attr_ttl, notifier.clone(), spec.offload.clone());
+    let fs = WombatFuse::new(core.clone(), spec.attr_ttl, notifier.clone(), spec.offload.clone(), spec.passthrough);
     let session = fuser::Session::new(fs, spec.mountpoint, &config(spec))?;
     // the notifier exists only once the session does; the adapter and the core read it
     // through the same cell, set exactly once here

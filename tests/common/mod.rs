@@ -4,6 +4,7 @@
 
 pub mod mount;
 pub mod s3;
+pub mod scrape;
 
 use std::path::PathBuf;
 use std::sync::Arc;

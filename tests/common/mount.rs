@@ -99,9 +99,20 @@ impl Mount {
 
     /// Clean unmount through fusermount3 (falls back to umount); the daemon must exit 0.
     pub fn unmount(&mut self) {
-        let st = Command::new("fusermount3").arg("-u").arg(&self.mnt).status();
-        if !st.map(|s| s.success()).unwrap_or(false) {
-            assert!(Command::new("umount").arg(&self.mnt).status().unwrap().success(), "umount failed");
+        // a file closed a moment ago may still hold the mount busy (the kernel finishes the
+        // close asynchronously): retry for a while before calling it a failure
+        let t = Instant::now();
+        loop {
+            let st = Command::new("fusermount3").arg("-u").arg(&self.mnt).stderr(Stdio::null()).status();
+            if st.map(|s| s.success()).unwrap_or(false) {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(5) {
+                let out = Command::new("umount").arg(&self.mnt).output().unwrap();
+                assert!(out.status.success(), "umount failed: {}; log:\n{}", String::from_utf8_lossy(&out.stderr), self.log());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
         self.wait_exit(0);
     }

@@ -1,0 +1,209 @@
+//! FUSE passthrough (the tests run as root on a kernel that has it; a mount without it logs
+//! so and these tests say so and check the fallback instead): read-only opens of local blobs
+//! are served by the kernel from the flat file, and the per-inode mode switch never makes an
+//! open fail or a reader see bytes that were not sealed.
+
+mod common;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+
+use common::mount::Mount;
+use common::scrape::{get, scrape};
+
+const OPENS: &str = "wombatfs_passthrough_opens_total";
+const READ_BYTES: &str = "wombatfs_fuse_read_bytes_total";
+
+fn random(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn passthrough_on(m: &Mount) -> bool {
+    let log = m.log();
+    assert!(log.contains("passthrough: on") || log.contains("passthrough: off"), "the mount says which mode it runs in: {log}");
+    log.contains("passthrough: on")
+}
+
+/// Read the whole file with `O_DIRECT` and `preadv`-sized aligned 2 MiB requests, as vLLM's
+/// file tier does.
+fn read_direct(p: &std::path::Path, len: usize) -> Vec<u8> {
+    let f = OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(p).unwrap();
+    let mut raw = vec![0u8; (2 << 20) + 4096];
+    let off = raw.as_ptr().align_offset(4096);
+    let mut out = Vec::with_capacity(len);
+    let mut pos = 0u64;
+    loop {
+        let n = f.read_at(&mut raw[off..off + (2 << 20)], pos).unwrap();
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&raw[off..off + n]);
+        pos += n as u64;
+    }
+    out
+}
+
+/// Read `p` until one of the reads was a passthrough open: the kernel sends RELEASE after a
+/// close asynchronously, and until the daemon has it the inode still counts the closed open.
+fn reads_until_passthrough(m: &Mount, p: &std::path::Path, want: &[u8]) -> bool {
+    let start = get(&scrape(m), OPENS);
+    for _ in 0..100 {
+        assert!(fs::read(p).unwrap() == want);
+        if get(&scrape(m), OPENS) > start {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn local_reads_are_served_by_the_kernel_from_the_flat_file() {
+    let mut m = Mount::start();
+    let on = passthrough_on(&m);
+    fs::create_dir(m.path("ns")).unwrap();
+    let data = random(1, (6 << 20) + 12345);
+    fs::write(m.path("ns/block"), &data).unwrap();
+    let before = scrape(&m);
+    assert!(fs::read(m.path("ns/block")).unwrap() == data, "buffered read");
+    let direct = read_direct(&m.path("ns/block"), data.len());
+    assert!(direct == data, "O_DIRECT read");
+    {
+        let f = File::open(m.path("ns/block")).unwrap();
+        // SAFETY: a read-only private mapping of a file we keep open for its lifetime.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), data.len(), libc::PROT_READ, libc::MAP_SHARED, std::os::fd::AsRawFd::as_raw_fd(&f), 0) };
+        assert_ne!(p, libc::MAP_FAILED);
+        // SAFETY: the mapping is data.len() bytes long.
+        let view = unsafe { std::slice::from_raw_parts(p as *const u8, data.len()) };
+        assert!(view == &data[..], "mmap");
+        // SAFETY: unmapping what was mapped above.
+        unsafe { libc::munmap(p, data.len()) };
+    }
+    let after = scrape(&m);
+    let d = |k: &str| get(&after, k) - get(&before, k);
+    if on {
+        assert_eq!(d(OPENS), 3.0, "three read-only opens of a local blob");
+        assert_eq!(d(READ_BYTES), 0.0, "no READ reached the daemon");
+    } else {
+        eprintln!("passthrough is off on this machine: checked the fallback");
+        assert_eq!(d(OPENS), 0.0);
+        assert!(d(READ_BYTES) > 0.0);
+    }
+    // a remount serves the same bytes the same way
+    m.unmount();
+    m.mount();
+    assert!(fs::read(m.path("ns/block")).unwrap() == data);
+    m.unmount();
+}
+
+#[test]
+fn a_writer_waits_for_passthrough_readers_and_never_truncates_a_file_it_cannot_open() {
+    let m = Mount::start();
+    let on = passthrough_on(&m);
+    fs::create_dir(m.path("ns")).unwrap();
+    let v1 = random(2, 3 << 20);
+    fs::write(m.path("ns/f"), &v1).unwrap();
+    let mut v2 = v1.clone();
+    v2[1 << 20..(1 << 20) + 9].copy_from_slice(b"REWRITTEN");
+
+    // reader A holds the inode (passthrough); a writer's open waits for it, then goes on
+    let mut a = File::open(m.path("ns/f")).unwrap();
+    let mut head = vec![0u8; 4096];
+    a.read_exact(&mut head).unwrap();
+    assert!(head == v1[..4096]);
+    let path = m.path("ns/f");
+    let writer = std::thread::spawn(move || {
+        let mut w = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        w.seek(SeekFrom::Start(1 << 20)).unwrap();
+        w.write_all(b"REWRITTEN").unwrap();
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    if on {
+        assert!(!writer.is_finished(), "the writer waits while the passthrough reader is open");
+    }
+    let mut rest = Vec::new();
+    a.read_to_end(&mut rest).unwrap();
+    assert!([head, rest].concat() == v1, "the reader read the sealed blob it opened");
+    drop(a);
+    writer.join().unwrap();
+    assert!(fs::read(m.path("ns/f")).unwrap() == v2, "a reader after the writer's close sees its bytes");
+
+    // while a writer is open, readers take the daemon's path and see its bytes
+    let before = scrape(&m);
+    let mut w = OpenOptions::new().write(true).open(m.path("ns/f")).unwrap();
+    w.write_all(b"HEAD").unwrap();
+    let mut r = vec![0u8; 4];
+    File::open(m.path("ns/f")).unwrap().read_exact(&mut r).unwrap();
+    assert_eq!(&r, b"HEAD");
+    assert_eq!(get(&scrape(&m), OPENS), get(&before, OPENS), "no passthrough beside a writer");
+    drop(w);
+    let mut v3 = v2.clone();
+    v3[..4].copy_from_slice(b"HEAD");
+    if on {
+        assert!(reads_until_passthrough(&m, &m.path("ns/f"), &v3), "the new blob is served by passthrough");
+
+        // a reader that stays open past the wait: the writer gets ETXTBSY, and an O_TRUNC
+        // open that fails truncates nothing
+        let held = File::open(m.path("ns/f")).unwrap();
+        let t = std::time::Instant::now();
+        let err = OpenOptions::new().write(true).truncate(true).open(m.path("ns/f")).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ETXTBSY), "{err}");
+        assert!(t.elapsed() >= std::time::Duration::from_millis(1500), "it waited first");
+        drop(held);
+        assert!(fs::read(m.path("ns/f")).unwrap() == v3, "nothing was truncated");
+    }
+    assert_eq!(get(&scrape(&m), "wombatfs_fuse_errors_total{op=\"open\",errno=\"EIO\"}"), 0.0);
+}
+
+#[test]
+fn a_cached_open_keeps_later_opens_of_its_inode_off_passthrough_until_it_closes() {
+    let mut m = Mount::start();
+    let on = passthrough_on(&m);
+    fs::create_dir(m.path("ns")).unwrap();
+    let data = random(3, 2 << 20);
+    fs::write(m.path("ns/cold"), &data).unwrap();
+    // the flat tier loses the blob (the local store keeps it): the next open is not local
+    m.unmount();
+    fs::remove_dir_all(m.cache.join("flat")).unwrap();
+    m.mount();
+    let before = scrape(&m);
+    let mut x = File::open(m.path("ns/cold")).unwrap(); // cached: the blob is not in the flat tier
+    let mut first = vec![0u8; 4096];
+    x.read_exact(&mut first).unwrap(); // brings the blob back into the flat tier
+    // the blob is local now, but X is a cached open of the inode: Y must not be passthrough
+    let y = fs::read(m.path("ns/cold")).unwrap();
+    assert!(y == data);
+    let mid = scrape(&m);
+    assert_eq!(get(&mid, OPENS), get(&before, OPENS), "no passthrough open beside a cached one");
+    drop(x);
+    if on {
+        assert!(reads_until_passthrough(&m, &m.path("ns/cold"), &data), "once the cached opens are gone, passthrough");
+    } else {
+        assert!(fs::read(m.path("ns/cold")).unwrap() == data);
+    }
+    m.unmount();
+}
+
+#[test]
+fn passthrough_off_serves_reads_through_the_daemon() {
+    let mut m = Mount::start_with(&["--passthrough", "off"]);
+    assert!(m.log().contains("passthrough: off (--passthrough off)"), "{}", m.log());
+    fs::create_dir(m.path("ns")).unwrap();
+    let data = random(4, 1 << 20);
+    fs::write(m.path("ns/f"), &data).unwrap();
+    let before = scrape(&m);
+    assert!(read_direct(&m.path("ns/f"), data.len()) == data);
+    let after = scrape(&m);
+    assert_eq!(get(&after, OPENS), 0.0);
+    assert_eq!(get(&after, READ_BYTES) - get(&before, READ_BYTES), data.len() as f64);
+    m.unmount();
+}

@@ -11,7 +11,8 @@ use common::{compressible_bytes, random_bytes, Fixture};
 use wombatfs::store::StoreOptions;
 use wombatfs::tiers::faulty::{Fault, FaultyStore, Op};
 use wombatfs::tiers::memory::MemoryStore;
-use wombatfs::tiers::{ObjectStore, RemoteKind};
+use wombatfs::blob::BlobId;
+use wombatfs::tiers::{ObjectStore, RemoteKind, StoreError};
 
 fn faulty() -> (Arc<MemoryStore>, Arc<FaultyStore>) {
     let mem = Arc::new(MemoryStore::new());
@@ -211,4 +212,75 @@ fn a_replaced_block_still_named_by_the_journal_reaches_the_bucket() {
     let b = Fixture::node(s.clone());
     b.poll();
     assert!(b.read_file("ns/f").unwrap() == v2);
+}
+
+/// A store whose PUTs take 100 ms and that records how many ran at once.
+struct Overlap {
+    inner: Arc<dyn ObjectStore>,
+    now: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for Overlap {
+    fn describe(&self) -> String {
+        "overlap".into()
+    }
+    async fn check(&self) -> Result<(), StoreError> {
+        self.inner.check().await
+    }
+    async fn put_blob(&self, id: &BlobId, src: &std::path::Path) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let n = self.now.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(n, SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = self.inner.put_blob(id, src).await;
+        self.now.fetch_sub(1, SeqCst);
+        r
+    }
+    async fn get_blob(&self, id: &BlobId, dst: &std::path::Path) -> Result<u64, StoreError> {
+        self.inner.get_blob(id, dst).await
+    }
+    async fn has_blob(&self, id: &BlobId) -> Result<bool, StoreError> {
+        self.inner.has_blob(id).await
+    }
+    async fn delete_blob(&self, id: &BlobId) -> Result<(), StoreError> {
+        self.inner.delete_blob(id).await
+    }
+    async fn list_blobs(&self) -> Result<Vec<BlobId>, StoreError> {
+        self.inner.list_blobs().await
+    }
+    async fn put_meta(&self, name: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.inner.put_meta(name, bytes).await
+    }
+    async fn get_meta(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+        self.inner.get_meta(name).await
+    }
+    async fn delete_meta(&self, name: &str) -> Result<(), StoreError> {
+        self.inner.delete_meta(name).await
+    }
+    async fn list_meta(&self, dir: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.list_meta(dir).await
+    }
+}
+
+#[test]
+fn a_slow_store_gets_several_uploads_at_once_and_never_more_than_the_bound() {
+    let store = Arc::new(Overlap { inner: Arc::new(MemoryStore::new()), now: Default::default(), most: Default::default() });
+    let a = Fixture::node(store.clone());
+    a.mkdir_p("ns");
+    let files: Vec<Vec<u8>> = (0..24).map(|i| if i % 2 == 0 { random_bytes(64 << 10, i) } else { compressible_bytes(64 << 10, i) }).collect();
+    for (i, d) in files.iter().enumerate() {
+        a.write_file(&format!("ns/f{i}"), d).unwrap(); // async: closes do not wait
+    }
+    a.drain();
+    let most = store.most.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(most >= 2, "several uploads at once against a slow store (saw {most})");
+    assert!(most <= wombatfs::store::upload::PARALLEL, "at most the bound (saw {most})");
+    a.publish();
+    let b = Fixture::node(store.clone());
+    b.poll();
+    for (i, d) in files.iter().enumerate() {
+        assert!(b.read_file(&format!("ns/f{i}")).unwrap() == *d, "f{i} on another node");
+    }
 }

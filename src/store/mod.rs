@@ -98,6 +98,7 @@ impl BlobStore {
             queued: Default::default(),
             deferred: Default::default(),
             waiting: Default::default(),
+            next_job: Default::default(),
         });
         let read = Arc::new(ReadPath::new(flat.clone(), opts.foyer.clone(), objects.clone(), staging.clone(), rt.clone(), opts.store_timeout));
         let eviction = Arc::new(Eviction::new(flat.clone(), opts.foyer, ctx.clone(), rt.clone()));
@@ -170,8 +171,8 @@ impl BlobStore {
 
     /// Queue a blob for upload (the caller has persisted the intent).
     pub fn enqueue_upload(&self, id: BlobId) {
-        self.ctx.queue(id);
-        let _ = self.jobs.send(Job::Upload(id));
+        let seq = self.ctx.queue(id);
+        let _ = self.jobs.send(Job::Upload(id, seq));
     }
 
     /// The foyer tier, if configured.

@@ -1,7 +1,7 @@
-//! The upload queue: one tokio task that copies sealed blobs from the flat tier to the object
-//! store, in order, retrying with backoff. The queue itself is persisted by the caller (the
-//! index's `u/` keys), so a crash or an outage loses nothing: pending ids are re-enqueued at
-//! mount.
+//! The upload queue: one tokio task that takes sealed blobs in order and copies them from the
+//! flat tier to the object store, [`PARALLEL`] at a time, each retried with backoff. The queue
+//! itself is persisted by the caller (the index's `u/` keys), so a crash or an outage loses
+//! nothing: pending ids are re-enqueued at mount.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,7 +18,8 @@ use crate::tiers::{ObjectStore, StoreError};
 pub type UploadedHook = Arc<dyn Fn(BlobId) + Send + Sync>;
 
 pub(crate) enum Job {
-    Upload(BlobId),
+    /// a blob, and its place in the queue (see [`UploadCtx::queue`])
+    Upload(BlobId, u64),
     Drain(oneshot::Sender<()>),
 }
 
@@ -44,9 +45,10 @@ pub struct UploadCtx {
     /// published may name them (another node applying the journal up to that change reads
     /// them), so their flat file goes only once they are in the bucket
     pub deferred: std::sync::Mutex<std::collections::HashSet<BlobId>>,
-    /// enqueue time and bytes of each queued job, in queue order (the one task takes jobs
-    /// in order, so the front is the oldest waiting or in flight)
-    pub waiting: std::sync::Mutex<std::collections::VecDeque<(std::time::Instant, u64)>>,
+    /// enqueue time and bytes of each job waiting or in flight, by its place in the queue
+    pub waiting: std::sync::Mutex<std::collections::BTreeMap<u64, (std::time::Instant, u64)>>,
+    /// the next job's place in the queue
+    pub next_job: AtomicU64,
 }
 
 /// The upload queue as an operator sees it.
@@ -61,23 +63,26 @@ pub struct QueueState {
 }
 
 impl UploadCtx {
-    pub fn queue(&self, id: BlobId) {
+    /// Count a blob as queued; returns its job's place in the queue.
+    pub fn queue(&self, id: BlobId) -> u64 {
         let len = std::fs::metadata(self.flat.path(&id)).map(|m| m.len()).unwrap_or(0);
-        self.waiting.lock().unwrap_or_else(|p| p.into_inner()).push_back((std::time::Instant::now(), len));
+        let seq = self.next_job.fetch_add(1, Ordering::Relaxed);
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner()).insert(seq, (std::time::Instant::now(), len));
         self.stats.pending.fetch_add(1, Ordering::Relaxed);
         *self.queued.entry(id).or_insert(0) += 1;
+        seq
     }
 
     /// What is queued now.
     pub fn state(&self) -> QueueState {
         let w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        QueueState { blobs: w.len() as u64, bytes: w.iter().map(|e| e.1).sum(), oldest: w.front().map(|e| e.0.elapsed()).unwrap_or_default() }
+        QueueState { blobs: w.len() as u64, bytes: w.values().map(|e| e.1).sum(), oldest: w.first_key_value().map(|(_, e)| e.0.elapsed()).unwrap_or_default() }
     }
 
     /// One upload of `id` finished (stored, or skipped); a deferred reclaim runs once the
     /// last queued upload of the blob is done.
-    fn done(&self, id: &BlobId) {
-        self.waiting.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+    fn done(&self, id: &BlobId, seq: u64) {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(&seq);
         let mut deferred = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
         self.queued.remove_if_mut(id, |_, n| {
             *n -= 1;
@@ -108,51 +113,82 @@ impl UploadCtx {
     }
 }
 
+/// Uploads in flight at once: enough to hide a round trip per blob on a link with latency,
+/// few enough not to thrash a small node (each holds at most one multipart part in memory).
+pub const PARALLEL: usize = 8;
+
 pub(crate) async fn run(ctx: Arc<UploadCtx>, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let mut inflight = tokio::task::JoinSet::new();
     while let Some(job) = rx.recv().await {
         match job {
-            Job::Upload(id) => {
-                let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(30));
-                loop {
-                    match ctx.objects.put_blob(&id, &ctx.flat.path(&id)).await {
-                        Ok(()) => {
-                            // crash window: in the bucket, not yet recorded as uploaded
-                            fail::fail_point!("upload-after-put");
-                            ctx.stats.uploaded.fetch_add(1, Ordering::Relaxed);
-                            crate::metrics::get().uploads.inc();
-                            crate::metrics::get().upload_bytes.inc_by(std::fs::metadata(ctx.flat.path(&id)).map(|m| m.len()).unwrap_or(0));
-                            if let Some(hook) = ctx.hook.get() {
-                                hook(id);
-                            }
-                            break;
-                        }
-                        Err(StoreError::NotFound(_)) => {
-                            // the blob was reclaimed before it was uploaded: nothing to keep
-                            tracing::debug!(%id, "upload skipped: blob no longer local");
-                            if let Some(hook) = ctx.hook.get() {
-                                hook(id);
-                            }
-                            break;
-                        }
-                        Err(e) => {
-                            ctx.stats.failures.fetch_add(1, Ordering::Relaxed);
-                            crate::metrics::get().upload_failures.inc();
-                            let retry_in = backoff.next_delay();
-                            if e.is_transient() {
-                                tracing::warn!(%id, error = %e, ?retry_in, "upload failed; will retry");
-                            } else {
-                                // refused (credentials, permissions, a missing bucket): the blob
-                                // stays queued and local until the cause is fixed
-                                tracing::error!(%id, error = %e, ?retry_in, "upload refused by the object store; kept queued, will retry");
-                            }
-                            tokio::time::sleep(retry_in).await;
-                        }
-                    }
+            Job::Upload(id, seq) => {
+                while inflight.len() >= PARALLEL {
+                    reap(inflight.join_next().await);
                 }
-                ctx.done(&id);
+                let ctx = ctx.clone();
+                inflight.spawn(async move {
+                    upload_one(&ctx, id).await;
+                    ctx.done(&id, seq);
+                });
             }
             Job::Drain(done) => {
+                // everything queued before the drain is finished
+                while let Some(r) = inflight.join_next().await {
+                    reap(Some(r));
+                }
                 let _ = done.send(());
+            }
+        }
+    }
+    while let Some(r) = inflight.join_next().await {
+        reap(Some(r));
+    }
+}
+
+/// A finished upload task; one that panicked (a bug) left its blob queued until the next
+/// mount re-enqueues it from the index.
+fn reap(r: Option<Result<(), tokio::task::JoinError>>) {
+    if let Some(Err(e)) = r {
+        tracing::error!(error = %e, "an upload task failed; its blob stays queued until the next mount");
+    }
+}
+
+/// Store one blob, retrying with backoff until it is stored (or no longer local).
+async fn upload_one(ctx: &UploadCtx, id: BlobId) {
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(30));
+    loop {
+        match ctx.objects.put_blob(&id, &ctx.flat.path(&id)).await {
+            Ok(()) => {
+                // crash window: in the bucket, not yet recorded as uploaded
+                fail::fail_point!("upload-after-put");
+                ctx.stats.uploaded.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::get().uploads.inc();
+                crate::metrics::get().upload_bytes.inc_by(std::fs::metadata(ctx.flat.path(&id)).map(|m| m.len()).unwrap_or(0));
+                if let Some(hook) = ctx.hook.get() {
+                    hook(id);
+                }
+                break;
+            }
+            Err(StoreError::NotFound(_)) => {
+                // the blob was reclaimed before it was uploaded: nothing to keep
+                tracing::debug!(%id, "upload skipped: blob no longer local");
+                if let Some(hook) = ctx.hook.get() {
+                    hook(id);
+                }
+                break;
+            }
+            Err(e) => {
+                ctx.stats.failures.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::get().upload_failures.inc();
+                let retry_in = backoff.next_delay();
+                if e.is_transient() {
+                    tracing::warn!(%id, error = %e, ?retry_in, "upload failed; will retry");
+                } else {
+                    // refused (credentials, permissions, a missing bucket): the blob
+                    // stays queued and local until the cause is fixed
+                    tracing::error!(%id, error = %e, ?retry_in, "upload refused by the object store; kept queued, will retry");
+                }
+                tokio::time::sleep(retry_in).await;
             }
         }
     }

@@ -14,7 +14,7 @@ use dashmap::DashMap;
 
 use crate::fs::error::{FsError, FsResult};
 use crate::fs::tree::{Tree, ROOT};
-use crate::index::records::{InodeKind, Ts};
+use crate::index::records::{InodeKind, InodeRecord, Ts};
 
 /// The budget attribute of a namespace directory.
 pub const BUDGET: &[u8] = b"user.wombatfs.budget";
@@ -72,44 +72,40 @@ impl Budgets {
         self.config.get(std::str::from_utf8(name).ok()?).copied()
     }
 
-    /// Bytes used by the files below `ns` (each inode once), and its files by name.
-    fn scan(&self, t: &Tree, ns: u64) -> (u64, Vec<Candidate>) {
-        let mut used = 0;
-        let mut seen = HashSet::new();
-        let mut files = Vec::new();
-        let mut stack = vec![ns];
+    /// Every non-directory entry below `ns` as (directory, name, inode, record), and the bytes
+    /// they use (each inode once, however many names it has).
+    fn walk<'t>(t: &'t Tree, ns: u64, mut each: impl FnMut(u64, &'t Vec<u8>, u64, &'t InodeRecord)) -> u64 {
+        let (mut used, mut seen, mut stack) = (0, HashSet::new(), vec![ns]);
         while let Some(dir) = stack.pop() {
             for (name, &ino) in t.dirs.get(&dir).into_iter().flatten() {
                 let Some(rec) = t.inodes.get(&ino) else { continue };
-                match rec.kind {
-                    InodeKind::Dir { .. } => stack.push(ino),
-                    _ => {
-                        if seen.insert(ino) {
-                            used += rec.size;
-                        }
-                        let recent = self.recent.get(&ino).map(|r| *r).unwrap_or(0);
-                        files.push(Candidate { recency: (recent, rec.atime.max(rec.mtime)), parent: dir, name: name.clone(), ino, size: rec.size });
-                    }
+                if let InodeKind::Dir { .. } = rec.kind {
+                    stack.push(ino);
+                    continue;
                 }
-            }
-        }
-        (used, files)
-    }
-
-    /// Bytes used by namespace `ns`.
-    pub fn usage(&self, t: &Tree, ns: u64) -> u64 {
-        // the sum alone: no candidate list (this runs at every metrics scrape)
-        let (mut used, mut seen, mut stack) = (0, HashSet::new(), vec![ns]);
-        while let Some(dir) = stack.pop() {
-            for &ino in t.dirs.get(&dir).into_iter().flat_map(|d| d.values()) {
-                match t.inodes.get(&ino).map(|r| (&r.kind, r.size)) {
-                    Some((InodeKind::Dir { .. }, _)) => stack.push(ino),
-                    Some((_, size)) if seen.insert(ino) => used += size,
-                    _ => {}
+                if seen.insert(ino) {
+                    used += rec.size;
                 }
+                each(dir, name, ino, rec);
             }
         }
         used
+    }
+
+    /// Bytes used by the files below `ns` (each inode once), and its files by name.
+    fn scan(&self, t: &Tree, ns: u64) -> (u64, Vec<Candidate>) {
+        let mut files = Vec::new();
+        let used = Self::walk(t, ns, |dir, name, ino, rec| {
+            let recent = self.recent.get(&ino).map(|r| *r).unwrap_or(0);
+            files.push(Candidate { recency: (recent, rec.atime.max(rec.mtime)), parent: dir, name: name.clone(), ino, size: rec.size });
+        });
+        (used, files)
+    }
+
+    /// Bytes used by namespace `ns` (the sum alone, no candidate list: this runs at every
+    /// metrics scrape).
+    pub fn usage(&self, t: &Tree, ns: u64) -> u64 {
+        Self::walk(t, ns, |_, _, _, _| {})
     }
 
     /// The names to remove, least recently used first, so that every namespace over its

@@ -80,9 +80,9 @@ impl UploadCtx {
     }
 
     /// One upload of `id` finished (stored, or skipped); a deferred reclaim runs once the
-    /// last queued upload of the blob is done.
-    fn done(&self, id: &BlobId, seq: u64) {
-        self.waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(&seq);
+    /// last queued upload of the blob is done. Returns the bytes it was queued with.
+    fn done(&self, id: &BlobId, seq: u64) -> u64 {
+        let len = self.waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(&seq).map_or(0, |e| e.1);
         let mut deferred = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
         self.queued.remove_if_mut(id, |_, n| {
             *n -= 1;
@@ -94,6 +94,7 @@ impl UploadCtx {
                 tracing::warn!(%id, error = %e, "could not remove an unreferenced blob after its upload");
             }
         }
+        len
     }
 
     /// Reclaim `id` after its upload if one is queued; false when none is (reclaim now).
@@ -127,8 +128,12 @@ pub(crate) async fn run(ctx: Arc<UploadCtx>, mut rx: mpsc::UnboundedReceiver<Job
                 }
                 let ctx = ctx.clone();
                 inflight.spawn(async move {
-                    upload_one(&ctx, id).await;
-                    ctx.done(&id, seq);
+                    let stored = upload_one(&ctx, id).await;
+                    let len = ctx.done(&id, seq);
+                    if stored {
+                        crate::metrics::get().uploads.inc();
+                        crate::metrics::get().upload_bytes.inc_by(len);
+                    }
                 });
             }
             Job::Drain(done) => {
@@ -153,8 +158,8 @@ fn reap(r: Option<Result<(), tokio::task::JoinError>>) {
     }
 }
 
-/// Store one blob, retrying with backoff until it is stored (or no longer local).
-async fn upload_one(ctx: &UploadCtx, id: BlobId) {
+/// Store one blob, retrying with backoff until it is stored (true) or no longer local.
+async fn upload_one(ctx: &UploadCtx, id: BlobId) -> bool {
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(30));
     loop {
         match ctx.objects.put_blob(&id, &ctx.flat.path(&id)).await {
@@ -162,12 +167,10 @@ async fn upload_one(ctx: &UploadCtx, id: BlobId) {
                 // crash window: in the bucket, not yet recorded as uploaded
                 fail::fail_point!("upload-after-put");
                 ctx.stats.uploaded.fetch_add(1, Ordering::Relaxed);
-                crate::metrics::get().uploads.inc();
-                crate::metrics::get().upload_bytes.inc_by(std::fs::metadata(ctx.flat.path(&id)).map(|m| m.len()).unwrap_or(0));
                 if let Some(hook) = ctx.hook.get() {
                     hook(id);
                 }
-                break;
+                return true;
             }
             Err(StoreError::NotFound(_)) => {
                 // the blob was reclaimed before it was uploaded: nothing to keep
@@ -175,7 +178,7 @@ async fn upload_one(ctx: &UploadCtx, id: BlobId) {
                 if let Some(hook) = ctx.hook.get() {
                     hook(id);
                 }
-                break;
+                return false;
             }
             Err(e) => {
                 ctx.stats.failures.fetch_add(1, Ordering::Relaxed);

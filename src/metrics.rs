@@ -241,7 +241,13 @@ impl Metrics {
         }
     }
 
-    /// Count a blob open served by `tier` (and a miss in each tier above it).
+    /// Count a blob open `tier` served with the `n` bytes it brought up.
+    pub fn tier_served(&self, tier: &'static str, n: u64) {
+        self.tier_hit(tier);
+        self.tier_bytes(tier, n);
+    }
+
+    /// Count a blob open served by `tier`.
     pub fn tier_hit(&self, tier: &'static str) {
         self.tier_hits.get_or_create(&TierLabel { tier }).inc();
     }

@@ -136,8 +136,7 @@ impl ReadPath {
         self.object_gets.fetch_add(1, Ordering::Relaxed);
         match self.rt.block_on(self.objects.get_blob(id, &tmp)) {
             Ok(n) => {
-                crate::metrics::get().tier_hit("object_store");
-                crate::metrics::get().tier_bytes("object_store", n);
+                crate::metrics::get().tier_served("object_store", n);
             }
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
@@ -184,8 +183,7 @@ impl ReadPath {
                 me.objects.fetch_into(&id, &job).await
             };
             if res.is_ok() && !from_foyer {
-                crate::metrics::get().tier_hit("object_store");
-                crate::metrics::get().tier_bytes("object_store", job.len);
+                crate::metrics::get().tier_served("object_store", job.len);
             }
             match res {
                 Ok(()) => match me.flat.adopt(&job.path, &id) {
@@ -260,8 +258,7 @@ impl ReadPath {
             return false;
         }
         f.stats.hits.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::get().tier_hit(tier);
-        crate::metrics::get().tier_bytes(tier, len);
+        crate::metrics::get().tier_served(tier, len);
         tracing::debug!(%id, len, took = ?t0.elapsed(), "served from foyer");
         if let Some(x) = fetch {
             x.mark_all();

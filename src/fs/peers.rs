@@ -41,9 +41,8 @@ impl Namespace {
         let m = crate::metrics::get();
         m.journal_applied.inc_by(applied as u64);
         if let (Some(sealed), true) = (batch.sealed_ms, applied > 0) {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
             // another node's clock: a batch "from the future" counts as no delay
-            m.journal_apply_delay.observe(now.saturating_sub(sealed) as f64 / 1000.0);
+            m.journal_apply_delay.observe(change::now_ms().saturating_sub(sealed) as f64 / 1000.0);
         }
         Ok(applied)
     }

@@ -111,8 +111,7 @@ impl Batch {
     /// Encode as a self-verifying envelope, stamped with the time now.
     pub fn seal(&self) -> Vec<u8> {
         let mut body = bincode::serialize(self).expect("a batch always serializes");
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-        body.extend_from_slice(&now.to_le_bytes());
+        body.extend_from_slice(&now_ms().to_le_bytes());
         codec::seal_meta(&body)
     }
 
@@ -124,6 +123,12 @@ impl Batch {
         batch.sealed_ms = rest.try_into().ok().map(u64::from_le_bytes);
         Ok(batch)
     }
+}
+
+/// This node's clock in milliseconds since the epoch: the time a batch is sealed with, and
+/// what a reader measures its delay against.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
 
 /// The journal directory of a node.
@@ -174,7 +179,7 @@ mod tests {
         };
         let env = b.seal();
         let got = Batch::open(&env).unwrap();
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        let now = now_ms();
         assert!(got.sealed_ms.is_some_and(|t| t <= now && t + 60_000 > now), "{:?}", got.sealed_ms);
         assert_eq!(Batch { sealed_ms: None, ..got }, b);
         // a batch from a writer before the time trailer

@@ -194,6 +194,7 @@ impl Outbox {
         self.published.set(Some(published), false);
         if !enabled {
             self.queue.clear();
+            self.since.clear();
         }
     }
 

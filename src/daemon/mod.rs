@@ -102,15 +102,20 @@ pub struct LogSpec {
 }
 
 fn init_logging(log: &LogSpec, file: Option<File>) {
-    let filter = || tracing_subscriber::EnvFilter::try_new(&log.filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter());
-    let _ = match (file, log.json) {
-        (Some(f), false) => builder.with_ansi(false).with_writer(std::sync::Mutex::new(f)).try_init(),
-        // colours only for a person at a terminal, never into a redirected log
-        (None, false) => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_writer(std::io::stderr).try_init(),
-        // JSON: the span fields (request id, op, inode) go with each event
-        (Some(f), true) => tracing_subscriber::fmt().json().with_current_span(true).with_span_list(false).with_env_filter(filter()).with_writer(std::sync::Mutex::new(f)).try_init(),
-        (None, true) => tracing_subscriber::fmt().json().with_current_span(true).with_span_list(false).with_env_filter(filter()).with_writer(std::io::stderr).try_init(),
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    let filter = tracing_subscriber::EnvFilter::try_new(&log.filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // colours only for a person at a terminal, never into a redirected log
+    let ansi = file.is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let writer = match file {
+        Some(f) => BoxMakeWriter::new(std::sync::Mutex::new(f)),
+        None => BoxMakeWriter::new(std::io::stderr),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    let _ = if log.json {
+        // the span fields (request id, op, inode) go with each event
+        builder.json().with_current_span(true).with_span_list(false).try_init()
+    } else {
+        builder.with_ansi(ansi).try_init()
     };
 }
 

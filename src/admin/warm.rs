@@ -105,6 +105,11 @@ impl Sources {
         e.0 += 1;
         e.1 += bytes;
     }
+
+    /// Files and bytes warmed so far.
+    fn total(&self) -> (u64, u64) {
+        self.by.lock().unwrap_or_else(|p| p.into_inner()).values().fold((0, 0), |(f, b), e| (f + e.0, b + e.1))
+    }
 }
 
 /// Run `warm`.
@@ -152,7 +157,7 @@ pub fn run(args: &WarmArgs) -> Result<()> {
         libc::signal(libc::SIGTERM, on_interrupt as *const () as libc::sighandler_t);
     }
     let bar = progress(chosen.len() as u64, sum);
-    let (next, done_files, done_bytes, failed) = (AtomicUsize::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    let (next, failed) = (AtomicUsize::new(0), AtomicU64::new(0));
     let sources = Sources::default();
     let page_cache = args.tier == "page-cache";
     let t0 = Instant::now();
@@ -168,8 +173,6 @@ pub fn run(args: &WarmArgs) -> Result<()> {
                     match res {
                         Ok(()) => {
                             sources.add(&was, *size);
-                            done_files.fetch_add(1, Ordering::Relaxed);
-                            done_bytes.fetch_add(*size, Ordering::Relaxed);
                         }
                         Err(e) => {
                             failed.fetch_add(1, Ordering::Relaxed);
@@ -177,7 +180,7 @@ pub fn run(args: &WarmArgs) -> Result<()> {
                         }
                     }
                     bar.inc(*size);
-                    bar.set_message(format!("{}/{} files", done_files.load(Ordering::Relaxed), chosen.len()));
+                    bar.set_message(format!("{}/{} files", sources.total().0, chosen.len()));
                 }
             });
         }
@@ -188,14 +191,15 @@ pub fn run(args: &WarmArgs) -> Result<()> {
                 std::thread::sleep(Duration::from_millis(200));
                 if last.elapsed() >= Duration::from_secs(2) {
                     last = Instant::now();
-                    eprintln!("warm: {}/{} files, {} of {}", done_files.load(Ordering::Relaxed), chosen.len(), human(done_bytes.load(Ordering::Relaxed)), human(sum));
+                    let (nf, nb) = sources.total();
+                    eprintln!("warm: {nf}/{} files, {} of {}", chosen.len(), human(nb), human(sum));
                 }
             }
         }
     });
     bar.finish_and_clear();
     let took = t0.elapsed().as_secs_f64();
-    let (nf, nb) = (done_files.load(Ordering::Relaxed), done_bytes.load(Ordering::Relaxed));
+    let (nf, nb) = sources.total();
     let from: Vec<String> = sources
         .by
         .lock()

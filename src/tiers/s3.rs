@@ -4,7 +4,7 @@
 //! - Puts skip blobs the bucket already has (HEAD first: content addressing makes that
 //!   exact), compress off the async workers, use multipart above 16 MiB, and retry plain PUTs
 //!   (rust-s3 never retries them; a content-addressed PUT is idempotent).
-//! - Gets of large objects fetch 8 MiB ranges in parallel; raw payloads stream to the
+//! - Gets of large objects fetch 16 MiB ranges in parallel; raw payloads stream to the
 //!   destination file at their offsets. Every byte is verified against the blob id before
 //!   the destination is handed to the caller.
 //! - Errors carry the bucket, the key and the HTTP status, never credentials.
@@ -39,6 +39,11 @@ const PARALLEL_GETS: usize = 8;
 const RANGE_CHUNKS: u64 = RANGE / proof::CHUNK;
 /// Attempts for requests rust-s3 does not retry itself.
 const ATTEMPTS: u32 = 4;
+/// The slowest transfer rate a data request is allowed before it counts as stalled: a request
+/// carrying up to `RANGE` bytes gets the request timeout plus `RANGE / SLOWEST_RATE` seconds.
+/// rust-s3's deadline covers the whole transfer, so without this a 16 MiB range on a busy
+/// link would fail at the same deadline as a HEAD.
+const SLOWEST_RATE: u64 = 1 << 20;
 
 /// Where and how to reach the bucket. Secrets are only passed through to the signer.
 #[derive(Clone, Default)]
@@ -63,7 +68,8 @@ pub struct S3Config {
     pub profile: Option<String>,
     /// compression of envelopes
     pub compression: Option<Compression>,
-    /// longest wait for one request (default 60 s)
+    /// longest wait for one request without a body (default 60 s); requests carrying data
+    /// get this plus one second per MiB they may carry
     pub request_timeout: Option<Duration>,
 }
 
@@ -83,7 +89,10 @@ impl std::fmt::Debug for S3Config {
 
 /// An S3 bucket holding blobs.
 pub struct S3Store {
+    /// for requests without a body (HEAD, LIST, DELETE, small metadata)
     bucket: Box<Bucket>,
+    /// for ranged GETs and PUTs of up to `RANGE` bytes: a longer deadline (`SLOWEST_RATE`)
+    data: Box<Bucket>,
     prefix: String,
     compression: Compression,
     describe: String,
@@ -125,7 +134,11 @@ impl S3Store {
         if cfg.path_style {
             bucket = bucket.with_path_style();
         }
-        bucket.set_request_timeout(Some(cfg.request_timeout.unwrap_or(Duration::from_secs(60))));
+        let timeout = cfg.request_timeout.unwrap_or(Duration::from_secs(60));
+        bucket.set_request_timeout(Some(timeout));
+        let data = bucket
+            .with_request_timeout(timeout + Duration::from_secs(RANGE.max(MULTIPART_ABOVE as u64) / SLOWEST_RATE))
+            .map_err(|e| StoreError::Config(format!("S3 bucket {:?}: {e}", cfg.bucket)))?;
         let prefix = cfg.prefix.trim_matches('/').to_string();
         let describe = format!(
             "s3://{}/{}{}",
@@ -133,7 +146,7 @@ impl S3Store {
             prefix,
             cfg.endpoint.as_ref().map(|e| format!(" at {e}")).unwrap_or_default()
         );
-        Ok(S3Store { bucket, prefix, compression: cfg.compression.unwrap_or(Compression::Auto(1)), describe, puts: AtomicU64::new(0) })
+        Ok(S3Store { bucket, data, prefix, compression: cfg.compression.unwrap_or(Compression::Auto(1)), describe, puts: AtomicU64::new(0) })
     }
 
     fn root(&self) -> String {
@@ -157,9 +170,9 @@ impl S3Store {
             self.puts.fetch_add(1, Ordering::Relaxed);
             let res = if env.len() > MULTIPART_ABOVE {
                 let mut reader = std::io::Cursor::new(env);
-                self.bucket.put_object_stream(&mut reader, key).await.map(|_| ())
+                self.data.put_object_stream(&mut reader, key).await.map(|_| ())
             } else {
-                self.bucket.put_object(key, env).await.map(|_| ())
+                self.data.put_object(key, env).await.map(|_| ())
             };
             let err = match res {
                 Ok(()) => return Ok(()),
@@ -214,7 +227,7 @@ impl S3Store {
     }
 
     async fn range(&self, key: &str, start: u64, end_incl: u64) -> Result<Vec<u8>, StoreError> {
-        let r = self.bucket.get_object_range(key, start, Some(end_incl)).await.map_err(|e| request_error(format!("GET {key} [{start}..={end_incl}]"), e))?;
+        let r = self.data.get_object_range(key, start, Some(end_incl)).await.map_err(|e| request_error(format!("GET {key} [{start}..={end_incl}]"), e))?;
         let data = r.to_vec();
         if data.len() as u64 != end_incl - start + 1 {
             return Err(StoreError::io(format!("GET {key}"), std::io::Error::other("short ranged read")));
@@ -310,7 +323,7 @@ impl ObjectStore for S3Store {
                 // streamed to its offset: no range body is held in memory
                 let what = || format!("GET {key} [{a}..={b}]");
                 let mut sink = AtOffset::new(file, a - p);
-                let res = self.bucket.get_object_range_to_writer(key, a, Some(b), &mut sink).await;
+                let res = self.data.get_object_range_to_writer(key, a, Some(b), &mut sink).await;
                 match res {
                     Ok(200 | 206) if sink.written == b - a + 1 => Ok(()),
                     Ok(code) => Err(StoreError::io(what(), std::io::Error::other(format!("status {code}, {} of {} bytes", sink.written, b - a + 1)))),
@@ -339,7 +352,7 @@ impl ObjectStore for S3Store {
         // one GET for the header, the whole proof table and the first chunk (sized from the
         // raw length the index knows; a shorter object just returns less)
         let want = HEADER_LEN as u64 + 4 + 32 * proof::chunks(fetch.len) + proof::CHUNK;
-        let first = match self.bucket.get_object_range(&key, 0, Some(want - 1)).await {
+        let first = match self.data.get_object_range(&key, 0, Some(want - 1)).await {
             Ok(r) => r.into_bytes(),
             Err(e) if is_404(&e) => return Err(StoreError::NotFound(*id)),
             Err(e) => return Err(request_error(format!("GET {key} [0..={}]", want - 1), e)),
@@ -370,7 +383,7 @@ impl ObjectStore for S3Store {
             let end = p + (c1 * proof::CHUNK).min(fetch.len) - 1;
             // the body streams through the sink: each chunk is verified and readable on arrival
             let mut sink = ChunkSink::new(fetch, table_ref, *id, c0 as usize, c1 as usize);
-            let res = self.bucket.get_object_range_to_writer(key_ref, start, Some(end), &mut sink).await;
+            let res = self.data.get_object_range_to_writer(key_ref, start, Some(end), &mut sink).await;
             if let Some(e) = sink.error.take() {
                 return Err(e);
             }
@@ -407,7 +420,7 @@ impl ObjectStore for S3Store {
 
     async fn get_meta(&self, name: &str) -> Result<Vec<u8>, StoreError> {
         let key = format!("{}{name}", self.root());
-        self.bucket.get_object(&key).await.map(|r| r.to_vec()).map_err(|e| request_error(format!("GET {key}"), e))
+        self.data.get_object(&key).await.map(|r| r.to_vec()).map_err(|e| request_error(format!("GET {key}"), e))
     }
 
     async fn delete_meta(&self, name: &str) -> Result<(), StoreError> {

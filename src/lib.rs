@@ -23,3 +23,4 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod admin;
+pub mod mount_helper;

@@ -73,6 +73,21 @@ pub fn mount(s: Settings, log: &LogSpec) -> Result<()> {
     }
 }
 
+/// Whether `s.mountpoint` is already served by a live daemon of `s.cache_dir`: `mount -a`
+/// calls the helper again for an fstab line that is mounted (the mount table's source is
+/// `wombatfs:<cache-dir>`, not the line's), and that call succeeds without a second mount.
+pub fn already_serving(s: &Settings) -> bool {
+    let want = std::fs::canonicalize(&s.mountpoint).unwrap_or_else(|_| s.mountpoint.clone());
+    let source = fsname(s);
+    // a dead daemon's mount answers ENOTCONN; the normal mount clears it
+    crate::sys::mounts().iter().any(|m| m.point == want && m.source == source) && std::fs::metadata(&s.mountpoint).is_ok()
+}
+
+/// The mount's source in the mount table; `wombatfs stats` and `warm` find the cache dir in it.
+fn fsname(s: &Settings) -> String {
+    format!("wombatfs:{}", s.cache_dir.display())
+}
+
 fn pipe() -> Result<(File, File)> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two descriptors into the array we own.

@@ -36,7 +36,7 @@ pub(super) fn serve(s: &Settings, report: Option<&mut File>, mut lock: File, met
     let offload = matches!(s.store, StoreUrl::S3 { .. }).then(|| rt.handle().clone());
     let spec = crate::fs::mount::MountSpec {
         mountpoint: &s.mountpoint,
-        fsname: format!("wombatfs:{}", s.cache_dir.display()),
+        fsname: super::fsname(s),
         options: &s.mount_options,
         threads: s.threads,
         attr_ttl: s.attr_ttl,

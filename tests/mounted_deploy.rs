@@ -1,0 +1,289 @@
+//! Deployment as an operator does it: `scripts/install`, an /etc/fstab line mounted by
+//! util-linux's real `mount` through the `mount.fuse.wombatfs` helper and taken down by
+//! `umount`, and the systemd unit's commands (start, stop, restart after `kill -9`).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::mount::{bin, is_mounted, lazy_unmount};
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    eprintln!("{cmd:?}: {} {}{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// The daemon of a cache dir (its pid is in the lock file) is gone: exited and not a zombie.
+fn wait_daemon_gone(cache: &Path) {
+    let pid = std::fs::read_to_string(cache.join("lock")).unwrap_or_default();
+    let pid = pid.trim();
+    if pid.is_empty() {
+        return;
+    }
+    let t = Instant::now();
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // `pid (comm) S …`: gone, or a zombie nobody reaped yet
+        if stat.rsplit(')').next().is_none_or(|rest| rest.trim_start().starts_with('Z')) || stat.is_empty() {
+            return;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "daemon {pid} did not exit; log:\n{}", log(cache));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn log(cache: &Path) -> String {
+    std::fs::read_to_string(cache.join("wombatfs.log")).unwrap_or_default()
+}
+
+/// `/sbin/mount.fuse.<type>` for a type unique to this test, removed on drop (with any mount
+/// left behind), so an installed wombatfs on the machine is never touched.
+struct Helper {
+    fstype: String,
+    link: PathBuf,
+    mnt: PathBuf,
+}
+
+impl Helper {
+    fn new(tag: &str, mnt: &Path) -> Self {
+        let fstype = format!("fuse.wombatfs-test-{tag}-{}", std::process::id());
+        let link = Path::new("/sbin").join(format!("mount.{fstype}"));
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(bin(), &link).unwrap();
+        Helper { fstype, link, mnt: mnt.to_path_buf() }
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        if is_mounted(&self.mnt) {
+            lazy_unmount(&self.mnt);
+        }
+        let _ = std::fs::remove_file(&self.link);
+    }
+}
+
+fn mounts_at(mnt: &Path) -> usize {
+    let want = mnt.to_string_lossy();
+    std::fs::read_to_string("/proc/self/mounts").unwrap().lines().filter(|l| l.split(' ').nth(1) == Some(&want)).count()
+}
+
+/// `umount` returns before the daemon finished its clean shutdown: wait for it.
+fn umount(mnt: &Path, cache: &Path) {
+    let t = Instant::now();
+    // a file closed a moment ago may hold the mount busy for a moment
+    while !run(Command::new("umount").arg(mnt)).status.success() {
+        assert!(t.elapsed() < Duration::from_secs(10), "umount kept failing");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_daemon_gone(cache);
+    assert!(!is_mounted(mnt));
+}
+
+fn fstab_mount(store: Option<(&str, &str)>) {
+    if !is_root() {
+        eprintln!("skipped: mount(8) helpers and /etc/fstab are root's");
+        return;
+    }
+    let dir = tempfile::Builder::new().prefix("wombat-fstab-").tempdir().unwrap();
+    let (mnt, cache) = (dir.path().join("kv"), dir.path().join("cache"));
+    std::fs::create_dir(&mnt).unwrap();
+    let helper = Helper::new(if store.is_some() { "s3" } else { "local" }, &mnt);
+    let (source, s3_opts) = match store {
+        Some((ep, prefix)) => (format!("s3://{}/{prefix}", common::s3::BUCKET), format!(",s3_endpoint={ep},s3_path_style,upload=sync")),
+        None => ("wombatfs".to_string(), String::new()),
+    };
+    let fstab = dir.path().join("fstab");
+    let line = |opts: &str| {
+        format!("# an operator's line\n{source}  {}  {}  cache_dir={}{s3_opts},metrics_addr=127.0.0.1:0,allow_other,_netdev,nofail,x-systemd.after=network-online.target{opts}  0 0\n", mnt.display(), helper.fstype, cache.display())
+    };
+    std::fs::write(&fstab, line("")).unwrap();
+    let mount = |args: &[&str]| {
+        run(Command::new("mount").arg("-T").arg(&fstab).args(args).env("AWS_ACCESS_KEY_ID", "test").env("AWS_SECRET_ACCESS_KEY", "test-secret"))
+    };
+    // mount -a mounts the line; a second mount -a finds it mounted and changes nothing
+    assert!(mount(&["-a"]).status.success(), "mount -a; log:\n{}", log(&cache));
+    assert!(is_mounted(&mnt));
+    assert!(mount(&["-a"]).status.success(), "mount -a again");
+    assert_eq!(mounts_at(&mnt), 1, "one mount after two mount -a");
+    std::fs::create_dir(mnt.join("llama")).unwrap();
+    let data = common::random_bytes(3 << 20, 7);
+    std::fs::write(mnt.join("llama/block-0"), &data).unwrap();
+    std::fs::write(mnt.join("llama/block-1"), b"small block").unwrap();
+    // umount(8) takes it down; the daemon shuts down cleanly
+    umount(&mnt, &cache);
+    assert!(log(&cache).contains("clean shutdown"), "{}", log(&cache));
+    // mount by mountpoint (as systemd's generated unit and `mount /var/cache/kv` do)
+    assert!(mount(&[mnt.to_str().unwrap()]).status.success(), "mount MOUNTPOINT; log:\n{}", log(&cache));
+    assert!(std::fs::read(mnt.join("llama/block-0")).unwrap() == data, "a block after the remount");
+    assert_eq!(std::fs::read(mnt.join("llama/block-1")).unwrap(), b"small block");
+    // `mount -f` pretends: nothing changes
+    assert!(mount(&["-f", mnt.to_str().unwrap()]).status.success());
+    assert_eq!(mounts_at(&mnt), 1);
+    umount(&mnt, &cache);
+    // a bad line fails with what is wrong and mounts nothing
+    std::fs::write(&fstab, line(",threads=many")).unwrap();
+    let out = mount(&[mnt.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("many"), "names the bad value");
+    assert!(!is_mounted(&mnt));
+    std::fs::write(&fstab, line(",aws_secret_access_key=s3cr3t")).unwrap();
+    let out = mount(&[mnt.to_str().unwrap()]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("world-readable"));
+    assert!(!is_mounted(&mnt));
+}
+
+#[test]
+fn an_fstab_line_mounts_with_mount_a_and_comes_down_with_umount() {
+    fstab_mount(None);
+}
+
+#[test]
+fn an_fstab_line_with_an_s3_source_mounts_the_bucket() {
+    let Some(ep) = common::s3::endpoint() else {
+        return;
+    };
+    fstab_mount(Some((&ep, &common::s3::unique_prefix("fstab"))));
+}
+
+#[test]
+fn scripts_install_stages_the_binary_the_helper_and_the_unit() {
+    let dest = tempfile::Builder::new().prefix("wombat-install-").tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install");
+    let out = run(Command::new(script).args(["--prefix", "/opt/wombat", "--binary", bin()]).arg("--destdir").arg(dest.path()));
+    assert!(out.status.success());
+    let d = dest.path();
+    let installed = d.join("opt/wombat/bin/wombatfs");
+    assert_eq!(std::fs::read(&installed).unwrap(), std::fs::read(bin()).unwrap());
+    assert_eq!(std::fs::read_link(d.join("sbin/mount.fuse.wombatfs")).unwrap(), Path::new("/opt/wombat/bin/wombatfs"));
+    let unit = std::fs::read_to_string(d.join("etc/systemd/system/wombatfs.service")).unwrap();
+    assert!(unit.contains("ExecStart=/opt/wombat/bin/wombatfs mount"), "{unit}");
+    // the installed binary answers as the helper: `-f` (fake) is a no-op that succeeds
+    let link = d.join("mount.fuse.wombatfs");
+    std::os::unix::fs::symlink(&installed, &link).unwrap();
+    assert!(run(Command::new(&link).args(["wombatfs", "/nonexistent", "-f"])).status.success());
+    let out = run(Command::new(&link).args(["http://nowhere", "/mnt"]));
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("s3://BUCKET"));
+    let out = run(Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install")).arg("--uninstall").arg("--destdir").arg(d).args(["--prefix", "/opt/wombat"]));
+    assert!(out.status.success() && !installed.exists() && !d.join("sbin/mount.fuse.wombatfs").exists());
+}
+
+/// The `[Service]` lines of mount/wombatfs.service with the machine paths replaced by a test's.
+struct Unit {
+    text: String,
+}
+
+impl Unit {
+    fn load(mnt: &Path, cache: &Path) -> Self {
+        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("mount/wombatfs.service")).unwrap();
+        let text = text
+            .replace("/usr/local/bin/wombatfs", bin())
+            .replace("/var/cache/kv", mnt.to_str().unwrap())
+            .replace("/var/lib/wombatfs", cache.to_str().unwrap());
+        Unit { text }
+    }
+
+    fn values(&self, key: &str) -> Vec<String> {
+        self.text.lines().filter_map(|l| l.strip_prefix(&format!("{key}="))).map(str::to_string).collect()
+    }
+
+    /// Run a command line as systemd does (a leading `-` ignores its failure).
+    fn command(line: &str) -> (Command, bool) {
+        let (line, may_fail) = match line.strip_prefix('-') {
+            Some(rest) => (rest, true),
+            None => (line, false),
+        };
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let mut c = Command::new(words[0]);
+        c.args(&words[1..]).env("WOMBATFS_METRICS_ADDR", "127.0.0.1:0");
+        (c, may_fail)
+    }
+
+    fn run_all(&self, key: &str) {
+        for line in self.values(key) {
+            let (mut c, may_fail) = Self::command(&line);
+            let ok = run(&mut c).status.success();
+            assert!(ok || may_fail, "{key}={line} failed");
+        }
+    }
+
+    /// `systemctl start`: ExecStartPre, then ExecStart as the main process (Type=simple).
+    fn start(&self, mnt: &Path, cache: &Path) -> std::process::Child {
+        self.run_all("ExecStartPre");
+        let (mut c, _) = Self::command(&self.values("ExecStart")[0]);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(cache.with_extension("journal")).unwrap();
+        let child = c.stdout(std::process::Stdio::null()).stderr(log).spawn().unwrap();
+        let t = Instant::now();
+        while !(is_mounted(mnt) && std::fs::metadata(mnt.join(".probe-unit")).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOENT)) {
+            assert!(t.elapsed() < Duration::from_secs(20), "the unit's mount did not appear");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    }
+}
+
+/// What systemd does with mount/wombatfs.service, step by step, on this machine (no systemd
+/// runs here as PID 1): start, stop with the unit's KillSignal, restart after a `kill -9`
+/// (Restart=on-failure; ExecStopPost clears the dead mount). Every closed file survives.
+#[test]
+fn the_systemd_unit_starts_stops_cleanly_and_restarts_after_kill_9() {
+    if !is_root() {
+        eprintln!("skipped: the unit runs as root");
+        return;
+    }
+    let dir = tempfile::Builder::new().prefix("wombat-unit-").tempdir().unwrap();
+    let (mnt, cache) = (dir.path().join("kv"), dir.path().join("lib"));
+    let unit = Unit::load(&mnt, &cache);
+    let _cleanup = Helper { fstype: String::new(), link: dir.path().join("no-link"), mnt: mnt.clone() };
+    assert_eq!(unit.values("KillSignal"), ["SIGTERM"]);
+    assert_eq!(unit.values("Restart"), ["on-failure"]);
+    let stop_timeout: u64 = unit.values("TimeoutStopSec")[0].parse().unwrap();
+    // systemd's own check of the unit file, where this machine has it
+    if Path::new("/usr/bin/systemd-analyze").exists() {
+        let f = dir.path().join("wombatfs.service");
+        std::fs::write(&f, &unit.text).unwrap();
+        let out = run(Command::new("systemd-analyze").arg("verify").arg(&f));
+        assert!(out.status.success(), "systemd-analyze verify: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut main = unit.start(&mnt, &cache);
+    std::fs::create_dir(mnt.join("sglang")).unwrap();
+    let data = common::random_bytes(2 << 20, 11);
+    std::fs::write(mnt.join("sglang/page-0"), &data).unwrap();
+    // systemctl stop: KillSignal to the main process, wait up to TimeoutStopSec, ExecStopPost
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(main.id() as i32, libc::SIGTERM) };
+    let t = Instant::now();
+    let status = loop {
+        if let Some(st) = main.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t.elapsed() < Duration::from_secs(stop_timeout), "stop took longer than TimeoutStopSec");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "a stop is a clean exit, not a failure: {status}");
+    unit.run_all("ExecStopPost");
+    assert!(!is_mounted(&mnt), "the stop unmounted");
+    // start, write, kill -9: the exit is a failure, so Restart=on-failure starts it again
+    let mut main = unit.start(&mnt, &cache);
+    std::fs::write(mnt.join("sglang/page-1"), b"written before the crash").unwrap();
+    main.kill().unwrap();
+    let status = main.wait().unwrap();
+    assert!(!status.success(), "kill -9 counts as a failure for Restart=on-failure");
+    unit.run_all("ExecStopPost");
+    let mut main = unit.start(&mnt, &cache);
+    assert!(std::fs::read(mnt.join("sglang/page-0")).unwrap() == data);
+    assert_eq!(std::fs::read(mnt.join("sglang/page-1")).unwrap(), b"written before the crash");
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(main.id() as i32, libc::SIGTERM) };
+    assert!(main.wait().unwrap().success());
+    unit.run_all("ExecStopPost");
+    assert!(!is_mounted(&mnt));
+}

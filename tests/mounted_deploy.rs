@@ -287,3 +287,167 @@ fn the_systemd_unit_starts_stops_cleanly_and_restarts_after_kill_9() {
     unit.run_all("ExecStopPost");
     assert!(!is_mounted(&mnt));
 }
+
+/// A process started in a new mount namespace (`unshare`, through `nsenter` into a parent
+/// one), killed on drop; `/proc/<pid>/root` resolves paths in its namespace.
+struct Ns {
+    child: std::process::Child,
+}
+
+impl Ns {
+    /// `unshare --mount --propagation <p> <cmd>`, inside `parent`'s namespace when given.
+    fn spawn(parent: Option<&Ns>, propagation: &str, cmd: &[&str], log: &Path) -> Ns {
+        let mut c = match parent {
+            Some(p) => {
+                let mut c = Command::new("nsenter");
+                c.arg("-t").arg(p.pid().to_string()).arg("-m").arg("unshare");
+                c
+            }
+            None => Command::new("unshare"),
+        };
+        c.args(["--mount", "--propagation", propagation]).args(cmd);
+        c.env("WOMBATFS_METRICS_ADDR", "127.0.0.1:0");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        Ns { child: c.stdout(std::process::Stdio::null()).stderr(log).spawn().unwrap() }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `path` as this namespace sees it.
+    fn path(&self, path: &Path) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root", self.pid())).join(path.strip_prefix("/").unwrap())
+    }
+
+    fn mounted(&self, point: &Path) -> bool {
+        let table = std::fs::read_to_string(format!("/proc/{}/mountinfo", self.pid())).unwrap_or_default();
+        wombatfs::sys::parse_mountinfo(&table).iter().any(|m| m.point == point)
+    }
+
+    /// Run a command in this namespace.
+    fn exec(&self, cmd: &[&str]) -> Output {
+        run(Command::new("nsenter").arg("-t").arg(self.pid().to_string()).arg("-m").args(cmd))
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for(what: &str, log: &Path, mut ok: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !ok() {
+        assert!(t.elapsed() < Duration::from_secs(20), "timed out waiting: {what}; log:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What the kubelet does with a pod of a wombatfs sidecar and an engine (mount/sidecar.yaml),
+/// with mount namespaces instead of containers: a "node" namespace holds the pod volume as an
+/// rshared bind mount; the sidecar (mountPropagation: Bidirectional) mounts in its own
+/// namespace of that peer group; the engine (HostToContainer) has an rslave copy and sees the
+/// mount appear. The sidecar is killed and restarted (the engine sees the new mount at the
+/// same path, every closed file intact); its preStop unmount leaves no mount in any namespace.
+#[test]
+fn a_sidecar_mount_reaches_the_engine_namespace_and_survives_a_sidecar_restart() {
+    if !is_root() {
+        eprintln!("skipped: mount namespaces need root");
+        return;
+    }
+    let dir = tempfile::Builder::new().prefix("wombat-pod-").tempdir().unwrap();
+    let (volume, cache, log) = (dir.path().join("volume"), dir.path().join("cache"), dir.path().join("ns.log"));
+    let kv = volume.join("kv");
+    std::fs::create_dir_all(&kv).unwrap();
+    let node = Ns::spawn(None, "private", &["sleep", "600"], &log);
+    wait_for("the node namespace", &log, || std::fs::read_link(format!("/proc/{}/exe", node.pid())).is_ok_and(|e| e.ends_with("sleep")));
+    let v = volume.to_str().unwrap();
+    assert!(node.exec(&["mount", "--bind", v, v]).status.success());
+    assert!(node.exec(&["mount", "--make-rshared", v]).status.success());
+    // the engine starts first, as pods do not order containers: it sees the mount appear
+    let engine = Ns::spawn(Some(&node), "slave", &["sleep", "600"], &log);
+    wait_for("the engine namespace", &log, || std::fs::read_link(format!("/proc/{}/exe", engine.pid())).is_ok_and(|e| e.ends_with("sleep")));
+    let sidecar_cmd = [bin(), "mount", kv.to_str().unwrap(), "--cache-dir", cache.to_str().unwrap(), "--foreground", "-o", "allow_other"];
+    let probes = std::sync::atomic::AtomicU32::new(0);
+    let live = |ns: &Ns| {
+        // a name never looked up before reaches the daemon (cached names do not)
+        let probe = ns.path(&kv).join(format!(".probe-{}", probes.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+        ns.mounted(&kv) && std::fs::metadata(probe).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOENT)
+    };
+    let mut sidecar = Ns::spawn(Some(&node), "unchanged", &sidecar_cmd, &log);
+    wait_for("the mount in the engine namespace", &log, || live(&engine));
+    assert!(node.mounted(&kv), "the pod volume (node namespace) holds the mount");
+    assert!(!is_mounted(&kv), "nothing leaks into the host namespace");
+    // the engine writes and reads blocks through its view
+    let ekv = engine.path(&kv);
+    std::fs::create_dir(ekv.join("vllm")).unwrap();
+    let data = common::random_bytes(4 << 20, 21);
+    std::fs::write(ekv.join("vllm/block-a"), &data).unwrap();
+    std::fs::write(ekv.join("vllm/block-b"), b"tiny").unwrap();
+    assert!(std::fs::read(ekv.join("vllm/block-a")).unwrap() == data);
+    // the sidecar crashes: its mount is dead for the engine, then the restarted sidecar
+    // clears it and mounts again at the same path
+    sidecar.child.kill().unwrap();
+    sidecar.child.wait().unwrap();
+    // (a name never looked up: the kernel still answers cached ones)
+    let dead = std::fs::metadata(ekv.join("never-looked-up")).err().and_then(|e| e.raw_os_error());
+    assert_eq!(dead, Some(libc::ENOTCONN), "a crashed sidecar's mount answers ENOTCONN");
+    sidecar = Ns::spawn(Some(&node), "unchanged", &sidecar_cmd, &log);
+    wait_for("the restarted mount in the engine namespace", &log, || live(&engine));
+    assert!(std::fs::read(ekv.join("vllm/block-a")).unwrap() == data, "closed files survive the sidecar restart");
+    assert_eq!(std::fs::read(ekv.join("vllm/block-b")).unwrap(), b"tiny");
+    let count = |ns: &Ns| {
+        let table = std::fs::read_to_string(format!("/proc/{}/mountinfo", ns.pid())).unwrap();
+        wombatfs::sys::parse_mountinfo(&table).iter().filter(|m| m.point == kv).count()
+    };
+    assert_eq!((count(&engine), count(&node)), (1, 1), "one mount at the path, the dead one cleared");
+    // preStop: fusermount3 -u in the sidecar; the daemon exits 0 and no namespace keeps a mount
+    assert!(sidecar.exec(&["fusermount3", "-u", kv.to_str().unwrap()]).status.success());
+    let t = Instant::now();
+    let status = loop {
+        if let Some(st) = sidecar.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "the sidecar did not exit after preStop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "the sidecar exits cleanly: {status}\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(!engine.mounted(&kv) && !node.mounted(&kv), "preStop left a mount behind");
+    assert!(!is_mounted(&kv));
+}
+
+/// The daemon command lines of the container files (Dockerfile CMD, the Kubernetes manifests)
+/// are ones the real command line accepts, and the manifests set the mount propagation the
+/// sidecar test above reproduces.
+#[test]
+fn the_container_files_run_a_command_line_wombatfs_accepts() {
+    use clap::Parser;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut checked = 0;
+    let mut check = |argv: Vec<String>, from: &str| {
+        let cli = wombatfs::cli::Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{from}: {argv:?}: {e}"));
+        assert!(matches!(cli.command, wombatfs::cli::Command::Mount(ref m) if m.foreground), "{from}: a container's daemon stays in the foreground");
+        checked += 1;
+    };
+    let docker = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let entry: Vec<String> = serde_json::from_str(docker.lines().find_map(|l| l.strip_prefix("ENTRYPOINT ")).unwrap()).unwrap();
+    let cmd: Vec<String> = serde_json::from_str(docker.lines().find_map(|l| l.strip_prefix("CMD ")).unwrap()).unwrap();
+    check([entry, cmd].concat(), "Dockerfile");
+    for f in ["mount/sidecar.yaml", "mount/daemonset.yaml"] {
+        let text = std::fs::read_to_string(root.join(f)).unwrap();
+        for line in text.lines().filter_map(|l| l.trim().strip_prefix("command: ")) {
+            let words: Vec<String> = serde_json::from_str(line).unwrap();
+            // ["sh", "-c", "mkdir -p … && exec wombatfs mount …"]
+            if let Some(script) = words.get(2).filter(|_| words[0] == "sh") {
+                let exec = script.split("exec ").nth(1).unwrap_or_else(|| panic!("{f}: the shell must exec the daemon: {script}"));
+                check(exec.split_whitespace().map(str::to_string).collect(), f);
+            }
+        }
+        assert!(text.contains("mountPropagation: Bidirectional") && text.contains("mountPropagation: HostToContainer"), "{f}");
+        assert!(text.contains(r#"command: ["fusermount3", "-u""#), "{f}: a preStop unmount");
+    }
+    assert_eq!(checked, 3);
+}

@@ -79,8 +79,8 @@ pub fn mount(s: Settings, log: &LogSpec) -> Result<()> {
 pub fn already_serving(s: &Settings) -> bool {
     let want = std::fs::canonicalize(&s.mountpoint).unwrap_or_else(|_| s.mountpoint.clone());
     let source = fsname(s);
-    // a dead daemon's mount answers ENOTCONN; the normal mount clears it
-    crate::sys::mounts().iter().any(|m| m.point == want && m.source == source) && std::fs::metadata(&s.mountpoint).is_ok()
+    // a dead daemon's mount answers statfs with ENOTCONN; the normal mount clears it
+    crate::sys::mounts().iter().any(|m| m.point == want && m.source == source) && crate::sys::space(&s.mountpoint).is_ok()
 }
 
 /// The mount's source in the mount table; `wombatfs stats` and `warm` find the cache dir in it.

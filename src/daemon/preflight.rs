@@ -15,7 +15,9 @@ use crate::config::Settings;
 pub(super) fn preflight(s: &Settings) -> Result<()> {
     let mp = &s.mountpoint;
     if let Some(fstype) = fuse_mount_at(mp) {
-        match std::fs::metadata(mp) {
+        // statfs always reaches the daemon; a stat of the root may be answered from the
+        // kernel's attribute cache of a dead mount
+        match crate::sys::space(mp) {
             Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
                 eprintln_stale(mp);
                 detach(mp)?;

@@ -240,6 +240,23 @@ impl MountArgs {
     }
 }
 
+/// Settings of a node opened as a library ([`crate::kv::Kv`]): `flags` are `wombatfs mount`'s,
+/// parsed, defaulted and validated by the same code as a mount's, and there is no mountpoint.
+pub fn embedded_settings(cache_dir: &std::path::Path, store: Option<&str>, flags: &[&str]) -> Result<Settings> {
+    let cache_dir = absolute(cache_dir)?;
+    // the parser wants a mountpoint: a sibling of the cache dir is never a prefix of it
+    let placeholder = cache_dir.with_file_name(".wombatfs-no-mountpoint");
+    let mut argv: Vec<std::ffi::OsString> = vec!["wombatfs".into(), "mount".into(), placeholder.into(), "--cache-dir".into(), cache_dir.into()];
+    if let Some(s) = store {
+        argv.extend(["--store".into(), s.into()]);
+    }
+    argv.extend(flags.iter().map(Into::into));
+    let Command::Mount(m) = Cli::try_parse_from(argv)?.command else { unreachable!("parsed as mount") };
+    let mut s = m.settings()?;
+    s.mountpoint = PathBuf::new();
+    Ok(s)
+}
+
 fn absolute(p: &std::path::Path) -> Result<PathBuf> {
     std::path::absolute(p).with_context(|| format!("cannot resolve path {}", p.display()))
 }

@@ -4,7 +4,9 @@
 //! - [`store::BlobStore`]: content-addressed blobs in a flat local tier over an object store;
 //! - [`index::Index`]: persistent metadata (SlateDB behind an intent log);
 //! - [`fs::core::FsCore`]: the filesystem semantics (namespaces, inodes, handles, staging),
-//!   driven by the thin FUSE adapter in [`fs::fuse`] or directly by tests.
+//!   driven by the thin FUSE adapter in [`fs::fuse`] or directly by tests;
+//! - [`kv::Kv`]: a whole node (tiers, the bucket, the change journal) by `(namespace, key)`,
+//!   for engines that embed wombatfs instead of mounting it.
 
 pub mod backoff;
 pub mod blob;
@@ -24,3 +26,4 @@ pub mod config;
 pub mod daemon;
 pub mod admin;
 pub mod mount_helper;
+pub mod kv;

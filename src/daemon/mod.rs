@@ -2,6 +2,7 @@
 //! unmount or a signal, and a clean shutdown; and the `gc` command.
 
 pub mod metrics_http;
+pub mod node;
 mod preflight;
 mod serve;
 
@@ -71,6 +72,14 @@ pub fn mount(s: Settings, log: &LogSpec) -> Result<()> {
             }
         }
     }
+}
+
+/// A node without a mount (the library, [`crate::kv::Kv`]): the cache dir made and locked,
+/// the layers open, the background work running.
+pub fn open_node(s: &Settings) -> Result<node::Node> {
+    preflight::make_cache_dir(&s.cache_dir)?;
+    let lock = lock_cache_dir(&s.cache_dir)?;
+    node::Node::start(s, lock)
 }
 
 /// Whether `s.mountpoint` is already served by a live daemon of `s.cache_dir`: `mount -a`

@@ -32,15 +32,16 @@ pub(super) fn preflight(s: &Settings) -> Result<()> {
     if !Path::new("/dev/fuse").exists() {
         bail!("/dev/fuse is missing: load the fuse module (modprobe fuse) or pass the device to the container");
     }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&s.cache_dir)
-        .with_context(|| format!("cannot create cache dir {}", s.cache_dir.display()))?;
-    let probe = s.cache_dir.join(".write-probe");
-    std::fs::write(&probe, b"").with_context(|| format!("cache dir {} is not writable", s.cache_dir.display()))?;
+    make_cache_dir(&s.cache_dir)
+}
+
+/// Create the cache dir (private to its owner) and check that it is writable.
+pub(super) fn make_cache_dir(dir: &Path) -> Result<()> {
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).with_context(|| format!("cannot create cache dir {}", dir.display()))?;
+    let probe = dir.join(".write-probe");
+    std::fs::write(&probe, b"").with_context(|| format!("cache dir {} is not writable", dir.display()))?;
     let _ = std::fs::remove_file(probe);
-    let _ = std::fs::set_permissions(&s.cache_dir, std::fs::Permissions::from_mode(0o700));
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
     Ok(())
 }
 

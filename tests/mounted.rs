@@ -372,7 +372,7 @@ fn engine_io_patterns() {
         m.log()
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    for engine in ["vllm-fs", "vllm-shared", "lmcache", "sglang", "llama.cpp", "trtllm", "people"] {
+    for engine in ["vllm-fs", "vllm-shared", "lmcache", "sglang", "llama.cpp", "trtllm", "llm-d", "dynamo-kvbm", "people"] {
         assert!(stdout.contains(&format!("ok {engine}")), "{engine} did not run:\n{stdout}");
     }
 }

@@ -11,7 +11,9 @@ import mmap
 import os
 import pickle
 import sys
+import tempfile
 import threading
+import time
 import uuid
 
 import numpy as np
@@ -202,6 +204,62 @@ def trtllm():
     print("ok trtllm")
 
 
+def llmd_evictor():
+    """llm-d fs backend with its external evictor: a hit touches the block's atime
+    (utimensat, mtime kept); the evictor reads statvfs for the fill level and removes the
+    blocks with the oldest st_atime first, then empty directories."""
+    root = os.path.join(MNT, "llmd", "Qwen3-8B_9f3e", "tp0")
+    os.makedirs(root, exist_ok=True)
+    paths = []
+    for i in range(6):
+        p = os.path.join(root, f"{i:032x}.bin")
+        with open(p, "wb") as f:
+            f.write(blob(512 * 1024, 300 + i))
+        old = 1_700_000_000 + i  # a written block starts old
+        os.utime(p, (old, old))
+        paths.append(p)
+    # hits on blocks 0 and 3: atime to now, mtime unchanged (llm-d's touch on a hit)
+    for p in (paths[0], paths[3]):
+        st = os.stat(p)
+        os.utime(p, ns=(time.time_ns(), st.st_mtime_ns))
+        assert os.stat(p).st_mtime_ns == st.st_mtime_ns
+    st = os.statvfs(root)
+    assert st.f_blocks > 0 and 0 <= st.f_bavail <= st.f_blocks and st.f_frsize > 0, st
+    # evict the 4 coldest by atime: the touched blocks survive
+    by_atime = sorted(paths, key=lambda p: os.stat(p).st_atime)
+    for p in by_atime[:4]:
+        os.unlink(p)
+    assert sorted(os.listdir(root)) == sorted(os.path.basename(p) for p in (paths[0], paths[3]))
+    for p in (paths[0], paths[3]):
+        os.unlink(p)
+    os.removedirs(root)
+    assert not os.path.exists(os.path.join(MNT, "llmd", "Qwen3-8B_9f3e"))
+    print("ok llm-d")
+
+
+def dynamo_kvbm():
+    """NVIDIA Dynamo KVBM disk tier (DYN_KVBM_DISK_CACHE_DIR): one file made with mkstemp and
+    unlinked at once, sized with fallocate, then block-sized pwrite/pread at offsets for as
+    long as the process lives. Nothing is left after the close: no restart survives it."""
+    d = os.path.join(MNT, "kvbm")
+    os.makedirs(d, exist_ok=True)
+    fd, path = tempfile.mkstemp(dir=d, prefix="kvbm-disk-cache-")
+    os.unlink(path)
+    block = 256 * 1024
+    os.posix_fallocate(fd, 0, block * 16)
+    assert os.fstat(fd).st_size == block * 16 and os.fstat(fd).st_nlink == 0
+    blocks = {i: blob(block, 400 + i) for i in (0, 5, 15)}
+    for i, data in blocks.items():
+        assert os.pwrite(fd, data, i * block) == block
+    for i, data in blocks.items():
+        assert os.pread(fd, block, i * block) == data
+    assert os.pread(fd, 16, 3 * block) == bytes(16), "an unwritten block reads as zeros"
+    os.close(fd)
+    assert os.listdir(d) == [], "the unlinked file is gone with its last descriptor"
+    os.rmdir(d)
+    print("ok dynamo-kvbm")
+
+
 def people():
     """People: cp -r, du, find, rm -r, tar round trip."""
     import shutil
@@ -238,4 +296,6 @@ if __name__ == "__main__":
     sglang()
     llamacpp()
     trtllm()
+    llmd_evictor()
+    dynamo_kvbm()
     people()

@@ -139,6 +139,29 @@ fn fstab_mount(store: Option<(&str, &str)>) {
     let out = mount(&[mnt.to_str().unwrap()]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("world-readable"));
     assert!(!is_mounted(&mnt));
+    // systemd at boot: its fstab generator turns the line into a .mount unit, and the unit
+    // runs `mount WHAT WHERE -t TYPE -o OPTIONS`
+    std::fs::write(&fstab, line("")).unwrap();
+    let generator = Path::new("/usr/lib/systemd/system-generators/systemd-fstab-generator");
+    if generator.exists() {
+        let units = dir.path().join("units");
+        for d in ["normal", "early", "late"] {
+            std::fs::create_dir_all(units.join(d)).unwrap();
+        }
+        let out = run(Command::new(generator).args([units.join("normal"), units.join("early"), units.join("late")]).env("SYSTEMD_FSTAB", &fstab));
+        assert!(out.status.success());
+        let name = String::from_utf8(run(Command::new("systemd-escape").args(["-p", "--suffix=mount"]).arg(&mnt)).stdout).unwrap();
+        let name = name.trim();
+        let unit = std::fs::read_to_string(units.join("normal").join(name)).unwrap_or_else(|e| panic!("no {name}: {e}"));
+        let field = |k: &str| unit.lines().find_map(|l| l.strip_prefix(&format!("{k}="))).unwrap_or_else(|| panic!("{k} in {unit}")).to_string();
+        assert_eq!(field("Type"), helper.fstype);
+        // `_netdev`: a remote mount, ordered after the network (`nofail`: wanted, not required)
+        assert!(units.join("normal/remote-fs.target.wants").join(name).exists() || units.join("normal/remote-fs.target.requires").join(name).exists(), "_netdev: under remote-fs.target");
+        let out = run(Command::new("mount").arg(field("What")).arg(field("Where")).args(["-t", &field("Type"), "-o", &field("Options")]).env("AWS_ACCESS_KEY_ID", "test").env("AWS_SECRET_ACCESS_KEY", "test-secret"));
+        assert!(out.status.success(), "the generated unit's mount; log:\n{}", log(&cache));
+        assert!(std::fs::read(mnt.join("llama/block-0")).unwrap() == data, "through the generated unit");
+        umount(&mnt, &cache);
+    }
 }
 
 #[test]

@@ -26,9 +26,9 @@ use anyhow::Result;
 use crate::daemon::node::Node;
 use crate::fs::core::FsCore;
 use crate::fs::error::{FsError, FsResult};
+use crate::fs::tree::ROOT;
 use crate::fs::{Caller, Kind};
 
-const ROOT: u64 = 1;
 /// Bytes per read and write call, as FUSE would hand them.
 const IO: usize = 1 << 20;
 

@@ -97,11 +97,14 @@ pub fn translate(args: &[OsString]) -> Result<Call> {
     }
     let [source, mountpoint] = <[OsString; 2]>::try_from(positional).map_err(|_| anyhow::anyhow!("{usage}"))?;
     let mut out: Vec<OsString> = vec!["wombatfs".into(), "mount".into(), mountpoint];
-    let source = source.to_str().map(str::to_string);
-    match source.as_deref() {
-        Some("wombatfs" | "none" | "") => {}
-        Some(s) if s.starts_with("s3://") || s.starts_with("file://") => out.extend(["--store".into(), s.into()]),
+    // the store named as the source, or `None` for the local store
+    let store = match source.to_str() {
+        Some("wombatfs" | "none" | "") => None,
+        Some(s) if s.starts_with("s3://") || s.starts_with("file://") => Some(s.to_string()),
         _ => bail!("source {source:?}: use s3://BUCKET[/PREFIX], file:///DIR, or wombatfs for the local store"),
+    };
+    if let Some(s) = &store {
+        out.extend(["--store".into(), s.into()]);
     }
     let flags = mount_flags();
     let mut fuse = Vec::new();
@@ -114,7 +117,7 @@ pub fn translate(args: &[OsString]) -> Result<Call> {
             None => (opt.as_str(), None),
         };
         let long = key.replace('_', "-");
-        if long == "store" && source.as_deref().is_some_and(|s| !matches!(s, "wombatfs" | "none" | "")) {
+        if long == "store" && store.is_some() {
             bail!("the store is given twice: as the source and as store=");
         }
         match (flags.iter().find(|f| f.long == long), value) {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::mount::{bin, is_mounted, lazy_unmount};
+use common::mount::{answers, bin, is_mounted, lazy_unmount, wait_child};
 
 fn is_root() -> bool {
     // SAFETY: geteuid cannot fail.
@@ -244,11 +244,7 @@ impl Unit {
         let (mut c, _) = Self::command(&self.values("ExecStart")[0]);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(cache.with_extension("journal")).unwrap();
         let child = c.stdout(std::process::Stdio::null()).stderr(log).spawn().unwrap();
-        let t = Instant::now();
-        while !(is_mounted(mnt) && std::fs::metadata(mnt.join(".probe-unit")).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOENT)) {
-            assert!(t.elapsed() < Duration::from_secs(20), "the unit's mount did not appear");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for("the unit's mount", &cache.with_extension("journal"), || is_mounted(mnt) && answers(mnt));
         child
     }
 }
@@ -283,14 +279,7 @@ fn the_systemd_unit_starts_stops_cleanly_and_restarts_after_kill_9() {
     // systemctl stop: KillSignal to the main process, wait up to TimeoutStopSec, ExecStopPost
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(main.id() as i32, libc::SIGTERM) };
-    let t = Instant::now();
-    let status = loop {
-        if let Some(st) = main.try_wait().unwrap() {
-            break st;
-        }
-        assert!(t.elapsed() < Duration::from_secs(stop_timeout), "stop took longer than TimeoutStopSec");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_child(&mut main, Duration::from_secs(stop_timeout)).expect("stop took longer than TimeoutStopSec");
     assert!(status.success(), "a stop is a clean exit, not a failure: {status}");
     unit.run_all("ExecStopPost");
     assert!(!is_mounted(&mnt), "the stop unmounted");
@@ -394,12 +383,7 @@ fn a_sidecar_mount_reaches_the_engine_namespace_and_survives_a_sidecar_restart()
     let engine = Ns::spawn(Some(&node), "slave", &["sleep", "600"], &log);
     wait_for("the engine namespace", &log, || std::fs::read_link(format!("/proc/{}/exe", engine.pid())).is_ok_and(|e| e.ends_with("sleep")));
     let sidecar_cmd = [bin(), "mount", kv.to_str().unwrap(), "--cache-dir", cache.to_str().unwrap(), "--foreground", "-o", "allow_other"];
-    let probes = std::sync::atomic::AtomicU32::new(0);
-    let live = |ns: &Ns| {
-        // a name never looked up before reaches the daemon (cached names do not)
-        let probe = ns.path(&kv).join(format!(".probe-{}", probes.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
-        ns.mounted(&kv) && std::fs::metadata(probe).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOENT)
-    };
+    let live = |ns: &Ns| ns.mounted(&kv) && answers(&ns.path(&kv));
     let mut sidecar = Ns::spawn(Some(&node), "unchanged", &sidecar_cmd, &log);
     wait_for("the mount in the engine namespace", &log, || live(&engine));
     assert!(node.mounted(&kv), "the pod volume (node namespace) holds the mount");
@@ -429,14 +413,7 @@ fn a_sidecar_mount_reaches_the_engine_namespace_and_survives_a_sidecar_restart()
     assert_eq!((count(&engine), count(&node)), (1, 1), "one mount at the path, the dead one cleared");
     // preStop: fusermount3 -u in the sidecar; the daemon exits 0 and no namespace keeps a mount
     assert!(sidecar.exec(&["fusermount3", "-u", kv.to_str().unwrap()]).status.success());
-    let t = Instant::now();
-    let status = loop {
-        if let Some(st) = sidecar.child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(t.elapsed() < Duration::from_secs(60), "the sidecar did not exit after preStop");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_child(&mut sidecar.child, Duration::from_secs(60)).expect("the sidecar did not exit after preStop");
     assert!(status.success(), "the sidecar exits cleanly: {status}\n{}", std::fs::read_to_string(&log).unwrap_or_default());
     assert!(!engine.mounted(&kv) && !node.mounted(&kv), "preStop left a mount behind");
     assert!(!is_mounted(&kv));

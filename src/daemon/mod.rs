@@ -86,10 +86,8 @@ pub fn open_node(s: &Settings) -> Result<node::Node> {
 /// calls the helper again for an fstab line that is mounted (the mount table's source is
 /// `wombatfs:<cache-dir>`, not the line's), and that call succeeds without a second mount.
 pub fn already_serving(s: &Settings) -> bool {
-    let want = std::fs::canonicalize(&s.mountpoint).unwrap_or_else(|_| s.mountpoint.clone());
-    let source = fsname(s);
     // a dead daemon's mount answers statfs with ENOTCONN; the normal mount clears it
-    crate::sys::mounts().iter().any(|m| m.point == want && m.source == source) && crate::sys::space(&s.mountpoint).is_ok()
+    preflight::fuse_mount_at(&s.mountpoint).is_some_and(|m| m.source == fsname(s)) && crate::sys::space(&s.mountpoint).is_ok()
 }
 
 /// The mount's source in the mount table; `wombatfs stats` and `warm` find the cache dir in it.

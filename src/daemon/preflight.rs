@@ -14,7 +14,7 @@ use crate::config::Settings;
 /// Checks that need no daemon: the mountpoint, /dev/fuse, stale mounts, the cache dir.
 pub(super) fn preflight(s: &Settings) -> Result<()> {
     let mp = &s.mountpoint;
-    if let Some(fstype) = fuse_mount_at(mp) {
+    if let Some(fstype) = fuse_mount_at(mp).map(|m| m.fstype) {
         // statfs always reaches the daemon; a stat of the root may be answered from the
         // kernel's attribute cache of a dead mount
         match crate::sys::space(mp) {
@@ -50,10 +50,10 @@ fn eprintln_stale(mp: &Path) {
     let _ = writeln!(std::io::stderr(), "wombatfs: clearing a stale mount at {} (its daemon died)", mp.display());
 }
 
-/// The fstype of a FUSE mount at `mp`, if any.
-fn fuse_mount_at(mp: &Path) -> Option<String> {
+/// The FUSE mount at `mp`, if any.
+pub(super) fn fuse_mount_at(mp: &Path) -> Option<crate::sys::Mount> {
     let want = std::fs::canonicalize(mp).unwrap_or_else(|_| mp.to_path_buf());
-    crate::sys::mounts().into_iter().find(|m| m.point == want && m.fstype.starts_with("fuse")).map(|m| m.fstype)
+    crate::sys::mounts().into_iter().find(|m| m.point == want && m.fstype.starts_with("fuse"))
 }
 
 /// Lazily detach whatever is mounted at `mp`.

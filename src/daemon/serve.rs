@@ -51,7 +51,6 @@ pub(super) fn serve(s: &Settings, report: Option<&mut File>, lock: File, metrics
         tracing::warn!(error = %e, "FUSE session ended with an error");
     }
     tracing::info!("unmounted; flushing");
-    drop(core);
     node.shutdown()?;
     let _ = std::fs::remove_file(super::metrics_http::addr_file(&s.cache_dir));
     tracing::info!("clean shutdown");

@@ -23,6 +23,31 @@ pub fn lazy_unmount(mnt: &Path) {
     }
 }
 
+/// Whether the daemon behind the mount at `mnt` answers: a `stat` of a name never looked up
+/// before (the kernel answers cached names, and cached misses, of a dead mount by itself).
+pub fn answers(mnt: &Path) -> bool {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let probe = mnt.join(format!(".probe-{}-{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+    match std::fs::metadata(probe) {
+        Err(e) => e.raw_os_error() == Some(libc::ENOENT),
+        Ok(_) => true,
+    }
+}
+
+/// The exit status of `child` once it exits, or `None` after `limit`.
+pub fn wait_child(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let t = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        if t.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub struct Mount {
     pub dir: tempfile::TempDir,
     pub mnt: PathBuf,
@@ -82,15 +107,8 @@ impl Mount {
         }
     }
 
-    /// Whether the daemon behind the mount answers (cached attributes of old names would
-    /// still be served by the kernel on a dead mount, so probe a name never looked up).
     fn answers(&self) -> bool {
-        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let probe = self.mnt.join(format!(".probe-{}-{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
-        match std::fs::metadata(probe) {
-            Err(e) => e.raw_os_error() == Some(libc::ENOENT),
-            Ok(_) => true,
-        }
+        answers(&self.mnt)
     }
 
     pub fn log(&self) -> String {
@@ -119,15 +137,8 @@ impl Mount {
 
     pub fn wait_exit(&mut self, code: i32) {
         let mut child = self.child.take().expect("daemon running");
-        let t = Instant::now();
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                assert_eq!(st.code(), Some(code), "daemon exit; log:\n{}", self.log());
-                break;
-            }
-            assert!(t.elapsed() < Duration::from_secs(60), "daemon did not exit; log:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let st = wait_child(&mut child, Duration::from_secs(60)).unwrap_or_else(|| panic!("daemon did not exit; log:\n{}", self.log()));
+        assert_eq!(st.code(), Some(code), "daemon exit; log:\n{}", self.log());
         assert!(!is_mounted(&self.mnt));
     }
 

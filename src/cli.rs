@@ -92,6 +92,15 @@ pub struct GcArgs {
     /// Report what would be deleted; delete nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Seconds without a change-feed marker from a node (live nodes write one at least every
+    /// 5 minutes), measured against the bucket's newest marker, after which the collector
+    /// treats it as gone.
+    #[arg(long, default_value_t = defaults::GC_NODE_LEASE_SECS)]
+    pub node_lease: u64,
+    /// Treat this node id as gone from now on (it left for good); repeatable. A node on its
+    /// old cache dir refuses to start afterwards.
+    #[arg(long = "forget-node", value_name = "ID")]
+    pub forget_nodes: Vec<String>,
     /// How to reach S3.
     #[command(flatten)]
     pub s3: S3Args,
@@ -134,11 +143,16 @@ pub struct MountArgs {
     /// unmount). A node with an empty cache dir restores the newest snapshot [default: 300].
     #[arg(long)]
     pub snapshot_interval: Option<u64>,
-    /// Milliseconds between polls of the other nodes' change journals in a shared bucket
-    /// (0: do not follow other nodes). Their changes show up here within this plus their
-    /// publication delay (≈ 0.1–0.4 s after their upload) [default: 2000].
+    /// Milliseconds between polls of the other nodes' changes in a shared bucket (0: do not
+    /// follow other nodes). While they publish, their changes show up here within this plus
+    /// their publication delay (≈ 0.1–0.4 s after their upload) [default: 2000].
     #[arg(long)]
     pub poll_interval_ms: Option<u64>,
+    /// While no other node publishes anything, the poll interval doubles up to this many
+    /// milliseconds (an idle fleet's requests fall towards zero); the first change seen
+    /// brings it back [default: 10000].
+    #[arg(long)]
+    pub poll_idle_max_ms: Option<u64>,
     /// Flat tier bound, e.g. 10GiB [default: 40 % of the cache filesystem, at most 16 GiB].
     #[arg(long)]
     pub flat_size: Option<String>,
@@ -224,6 +238,7 @@ impl MountArgs {
             sync_uploads,
             snapshot_interval: std::time::Duration::from_secs(self.snapshot_interval.or(file.snapshot_interval_secs).unwrap_or(defaults::SNAPSHOT_INTERVAL_SECS)),
             poll_interval: std::time::Duration::from_millis(self.poll_interval_ms.or(file.poll_interval_ms).unwrap_or(defaults::POLL_INTERVAL_MS)),
+            poll_idle_max: std::time::Duration::from_millis(self.poll_idle_max_ms.or(file.poll_idle_max_ms).unwrap_or(defaults::POLL_IDLE_MAX_MS)),
             readahead_kb: self.readahead_kb.or(file.readahead_kb).unwrap_or(defaults::READAHEAD_KB),
             store_timeout,
             tiers,
@@ -290,16 +305,18 @@ mod tests {
         let cache = ["--cache-dir", "/var/cache/wombat-test"];
         let d = settings(&cache).unwrap();
         assert_eq!((d.sync_uploads, d.snapshot_interval.as_secs(), d.poll_interval.as_millis(), d.readahead_kb), (false, 300, 2000, 1024));
+        assert_eq!(d.poll_idle_max.as_millis(), 10_000);
         assert_eq!((d.threads, d.attr_ttl.as_secs(), d.s3.region.as_str(), d.s3.path_style), (4, 3600, "us-east-1", false));
         std::fs::write(
             &cfg,
-            "upload = \"sync\"\nsnapshot_interval_secs = 60\npoll_interval_ms = 500\nreadahead_kb = 0\noptions = [\"allow_other\"]\n\
+            "upload = \"sync\"\nsnapshot_interval_secs = 60\npoll_interval_ms = 500\npoll_idle_max_ms = 4000\nreadahead_kb = 0\noptions = [\"allow_other\"]\n\
              s3_endpoint = \"http://127.0.0.1:8333\"\ns3_region = \"eu-west-1\"\ns3_path_style = true\n",
         )
         .unwrap();
         let c = cfg.to_str().unwrap();
         let f = settings(&[&cache[..], &["--config", c]].concat()).unwrap();
         assert_eq!((f.sync_uploads, f.snapshot_interval.as_secs(), f.poll_interval.as_millis(), f.readahead_kb), (true, 60, 500, 0));
+        assert_eq!(f.poll_idle_max.as_millis(), 4000);
         assert_eq!(f.mount_options, ["allow_other"]);
         assert_eq!((f.s3.endpoint.as_deref(), f.s3.region.as_str(), f.s3.path_style), (Some("http://127.0.0.1:8333"), "eu-west-1", true));
         let flags = settings(&[&cache[..], &["--config", c, "--upload", "async", "--poll-interval-ms", "0", "--s3-region", "ap-south-1"]].concat()).unwrap();

@@ -25,6 +25,8 @@ pub mod defaults {
     pub const SNAPSHOT_INTERVAL_SECS: u64 = 300;
     /// milliseconds between polls of the other nodes' change journals
     pub const POLL_INTERVAL_MS: u64 = 2000;
+    /// longest poll interval while no other node publishes anything
+    pub const POLL_IDLE_MAX_MS: u64 = 10_000;
     /// kernel readahead of the mount
     pub const READAHEAD_KB: u32 = 1024;
     /// S3 region
@@ -37,6 +39,8 @@ pub mod defaults {
     pub const FOYER_MEMORY: u64 = 64 << 20;
     /// seconds a blob stays unreferenced before `wombatfs gc` deletes it
     pub const GC_GRACE_SECS: u64 = 3600;
+    /// seconds without a feed marker after which `wombatfs gc` treats a node as gone (7 days)
+    pub const GC_NODE_LEASE_SECS: u64 = 7 * 24 * 3600;
 
     /// The flat tier's bound on a cache filesystem of `capacity` bytes: 40 %, 256 MiB … 16 GiB.
     pub fn flat_size(capacity: u64) -> u64 {
@@ -137,6 +141,8 @@ pub struct FileSettings {
     pub snapshot_interval_secs: Option<u64>,
     /// milliseconds between polls of the other nodes' journals (0: never)
     pub poll_interval_ms: Option<u64>,
+    /// longest interval between polls while the other nodes publish nothing
+    pub poll_idle_max_ms: Option<u64>,
     /// kernel readahead of the mount in KiB (0: kernel default)
     pub readahead_kb: Option<u32>,
     /// FUSE mount options (as `-o`)
@@ -190,6 +196,8 @@ pub struct Settings {
     pub snapshot_interval: Duration,
     /// how often other nodes' change journals are polled (zero: never)
     pub poll_interval: Duration,
+    /// the poll interval doubles while nothing moves, up to this
+    pub poll_idle_max: Duration,
     /// kernel readahead of the mount in KiB (zero: kernel default)
     pub readahead_kb: u32,
     /// the longest wait for the object store before EIO

@@ -123,6 +123,10 @@ pub struct Metrics {
     pub journal_publish_lag_seconds: FGauge,
     /// other nodes' changes applied here
     pub journal_applied: Counter,
+    /// feed markers this node could not write
+    pub feed_marker_failures: Counter,
+    /// feed markers that showed a missed batch, so a journal was listed
+    pub feed_catch_ups: Counter,
     /// from a batch's publication (its node's clock) to its application here
     pub journal_apply_delay: Histogram,
     /// flat tier bytes and bound (scrape time)
@@ -172,6 +176,8 @@ impl Metrics {
             journal_unpublished: Gauge::default(),
             journal_publish_lag_seconds: FGauge::default(),
             journal_applied: Counter::default(),
+            feed_marker_failures: Counter::default(),
+            feed_catch_ups: Counter::default(),
             journal_apply_delay: delay(),
             tier_used_bytes: Family::default(),
             tier_capacity_bytes: Family::default(),
@@ -208,6 +214,8 @@ impl Metrics {
         r.register("journal_unpublished_changes", "This node's committed changes not yet in the bucket", m.journal_unpublished.clone());
         r.register("journal_publish_lag_seconds", "How long the oldest unpublished change of this node has waited", m.journal_publish_lag_seconds.clone());
         r.register("journal_changes_applied", "Other nodes' changes applied on this node", m.journal_applied.clone());
+        r.register("feed_marker_failures", "Change-feed markers this node could not write (the other nodes find the batch at its next marker)", m.feed_marker_failures.clone());
+        r.register("feed_catch_ups", "Change-feed markers ahead of this node's cursor, after which that node's journal was listed", m.feed_catch_ups.clone());
         r.register("journal_apply_delay_seconds", "From a batch's publication (by its node's clock) to its application here", m.journal_apply_delay.clone());
         r.register("tier_used_bytes", "Bytes held by a local tier", m.tier_used_bytes.clone());
         r.register("tier_capacity_bytes", "Bound of a local tier", m.tier_capacity_bytes.clone());

@@ -177,12 +177,12 @@ fn gc_with_a_failing_store_deletes_nothing() {
     let before = mem.len();
     for op in [Op::ListBlobs, Op::ListMeta, Op::GetMeta] {
         s.set(op, Fault::Fail(RemoteKind::Server), None);
-        let r = a.block_on(wombatfs::sync::gc::collect(s.as_ref(), Duration::ZERO, false));
+        let r = a.block_on(wombatfs::sync::gc::collect(s.as_ref(), &policy(Duration::ZERO)));
         assert!(r.is_err(), "{op:?} failing must fail the run");
         s.clear(op);
         assert_eq!(mem.len(), before, "{op:?}: nothing deleted");
     }
-    let r = a.block_on(wombatfs::sync::gc::collect(s.as_ref(), Duration::ZERO, false)).unwrap();
+    let r = a.block_on(wombatfs::sync::gc::collect(s.as_ref(), &policy(Duration::ZERO))).unwrap();
     assert_eq!(r.deleted.len(), 1, "{r:?}");
     assert_eq!(a.read_file("ns/f").unwrap(), b"kept");
 }
@@ -283,4 +283,9 @@ fn a_slow_store_gets_several_uploads_at_once_and_never_more_than_the_bound() {
     for (i, d) in files.iter().enumerate() {
         assert!(b.read_file(&format!("ns/f{i}")).unwrap() == *d, "f{i} on another node");
     }
+}
+
+/// A collection with this grace period and the default node lease.
+fn policy(grace: std::time::Duration) -> wombatfs::sync::gc::Policy {
+    wombatfs::sync::gc::Policy { grace, lease: std::time::Duration::from_secs(wombatfs::config::defaults::GC_NODE_LEASE_SECS), dry_run: false }
 }

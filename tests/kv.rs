@@ -113,3 +113,41 @@ fn library_keys_are_files_on_a_mount_of_the_same_bucket_and_back() {
     kv.close().unwrap();
     m.unmount();
 }
+
+/// `wombatfs gc --forget-node`: the forgotten node's old cache dir is refused with the way
+/// out, and a node on an empty cache dir serves what the bucket holds.
+#[test]
+fn a_node_the_collector_forgot_refuses_its_old_cache_dir() {
+    let Some(ep) = common::s3::endpoint() else { return };
+    let prefix = common::s3::unique_prefix("gone");
+    let store = format!("s3://{}/{prefix}", common::s3::BUCKET);
+    let flags = ["--s3-endpoint", &ep, "--s3-path-style", "--metrics-addr", "off", "--flat-size", "64MiB", "--upload", "sync"];
+    std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "test-secret");
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::Builder::new().prefix("wombat-kv-").tempdir().unwrap()).collect();
+    let block = common::random_bytes(1 << 20, 41);
+    {
+        let kv = Kv::open(dirs[0].path().join("cache"), Some(&store), &flags).unwrap();
+        kv.put("llama", "block", &block).unwrap();
+        let other = Kv::open(dirs[1].path().join("cache"), Some(&store), &flags).unwrap();
+        wait_until("the block on the second node", || other.exists("llama", "block").unwrap());
+    }
+    let id = std::fs::read_to_string(dirs[0].path().join("cache/node-id")).unwrap();
+    let gc = |extra: &[&str]| {
+        let out = std::process::Command::new(common::mount::bin())
+            .args(["gc", "--store", &store, "--s3-endpoint", &ep, "--s3-path-style"])
+            .args(extra)
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (ok, out) = gc(&["--forget-node", "not-a-node"]);
+    assert!(!ok && out.contains("no node not-a-node"), "{out}");
+    let (ok, out) = gc(&["--forget-node", id.trim()]);
+    assert!(ok && out.contains("recorded as gone") && out.contains(id.trim()), "{out}");
+    let err = Kv::open(dirs[0].path().join("cache"), Some(&store), &flags).err().expect("the forgotten node's cache dir is refused");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("recorded as gone") && msg.contains("empty cache dir"), "{msg}");
+    let fresh = Kv::open(dirs[2].path().join("cache"), Some(&store), &flags).unwrap();
+    assert!(fresh.get("llama", "block").unwrap().unwrap() == block, "a new node serves what the bucket holds");
+}

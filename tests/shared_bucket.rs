@@ -261,7 +261,7 @@ fn gc_deletes_only_blobs_unreferenced_everywhere_after_the_grace_period() {
     snapshot(&a);
     let old = wombatfs::blob::BlobId::of(b"old block");
     let keep = wombatfs::blob::BlobId::of(b"kept block");
-    let gc = |grace| a.block_on(collect(s.as_ref(), Duration::from_secs(grace), false)).unwrap();
+    let gc = |grace| a.block_on(collect(s.as_ref(), &policy(Duration::from_secs(grace)))).unwrap();
     // B has no snapshot: what it may still name is everything in the journals
     let r = gc(0);
     assert!(r.deleted.is_empty(), "{r:?}");
@@ -295,7 +295,7 @@ fn gc_forgets_a_candidate_that_is_named_again() {
     a.publish(); // uploaded before it is unlinked
     a.unlink("ns/f").unwrap();
     snapshot(&a);
-    let gc = |grace| a.block_on(collect(s.as_ref(), Duration::from_secs(grace), false)).unwrap();
+    let gc = |grace| a.block_on(collect(s.as_ref(), &policy(Duration::from_secs(grace)))).unwrap();
     assert_eq!(gc(3600).waiting, 1);
     // the same content is written again (dedup: no new upload) before the grace period ends
     a.write_file("ns/g", b"content").unwrap();
@@ -314,11 +314,11 @@ fn gc_refuses_to_guess() {
     let src = dir.path().join("blob");
     std::fs::write(&src, b"orphan?").unwrap();
     rt.block_on(s.put_blob(&wombatfs::blob::BlobId::of(b"orphan?"), &src)).unwrap();
-    let err = rt.block_on(wombatfs::sync::gc::collect(s.as_ref(), Duration::ZERO, false)).unwrap_err();
+    let err = rt.block_on(wombatfs::sync::gc::collect(s.as_ref(), &policy(Duration::ZERO))).unwrap_err();
     assert!(err.to_string().contains("refusing"), "{err}");
     assert_eq!(rt.block_on(s.list_blobs()).unwrap().len(), 1);
     let local = wombatfs::tiers::local::LocalStore::open(dir.path(), wombatfs::codec::Compression::None).unwrap();
-    assert!(rt.block_on(wombatfs::sync::gc::collect(&local, Duration::ZERO, false)).is_err());
+    assert!(rt.block_on(wombatfs::sync::gc::collect(&local, &policy(Duration::ZERO))).is_err());
 }
 
 mod one_set_of_rules {
@@ -370,4 +370,98 @@ mod one_set_of_rules {
             prop_assert_eq!(shape(&mine), shape(&table));
         }
     }
+}
+
+/// A collection with this grace period and the default node lease.
+fn policy(grace: std::time::Duration) -> wombatfs::sync::gc::Policy {
+    wombatfs::sync::gc::Policy { grace, lease: std::time::Duration::from_secs(wombatfs::config::defaults::GC_NODE_LEASE_SECS), dry_run: false }
+}
+
+/// A node that leaves for good stops holding the collector back once its lease expires: its
+/// snapshot's blobs are collected, its journal, registry entry and markers removed once the
+/// live nodes applied them, and a new node sees exactly the live nodes' tree.
+#[test]
+fn gc_stops_waiting_for_a_node_whose_lease_expired() {
+    use std::time::Duration;
+    use wombatfs::sync::gc::{collect, gone_record, Policy};
+    let s = bucket();
+    let a = Fixture::node(s.clone());
+    let b = Fixture::node(s.clone());
+    let c = Fixture::node(s.clone());
+    a.mkdir_p("ns");
+    a.write_file("ns/a", b"from a").unwrap();
+    a.publish();
+    c.poll();
+    c.write_file("ns/c", b"from c, later unlinked").unwrap();
+    c.publish();
+    snapshot(&c); // C's tree names ns/c; then C leaves for good
+    let gone_id = c.core().node_id();
+    drop(c);
+    for n in [&a, &b] {
+        n.poll();
+        assert_eq!(n.read_file("ns/c").unwrap(), b"from c, later unlinked");
+    }
+    a.unlink("ns/c").unwrap();
+    a.publish();
+    b.poll();
+    snapshot(&a);
+    snapshot(&b);
+    let c_blob = wombatfs::blob::BlobId::of(b"from c, later unlinked");
+    let lease = Duration::from_millis(1500);
+    let run = |lease| a.block_on(collect(s.as_ref(), &Policy { grace: Duration::ZERO, lease, dry_run: false })).unwrap();
+    // within its lease, C's snapshot still names the blob
+    let r = run(lease);
+    assert!(r.gone.is_empty() && !r.deleted.contains(&c_blob), "{r:?}");
+    // the live nodes renew their leases; C does not
+    std::thread::sleep(lease + Duration::from_millis(100));
+    for n in [&a, &b] {
+        n.block_on(n.core().namespace().heartbeat_now());
+    }
+    let dry = a.block_on(collect(s.as_ref(), &Policy { grace: Duration::ZERO, lease, dry_run: true })).unwrap();
+    assert_eq!((dry.gone.clone(), dry.deleted.contains(&c_blob)), (vec![gone_id.clone()], true), "{dry:?}");
+    assert_eq!(a.block_on(gone_record(s.as_ref(), &gone_id)).unwrap(), None, "a dry run records nothing");
+    let r = run(lease);
+    assert_eq!(r.gone, vec![gone_id.clone()]);
+    assert_eq!(r.snapshots_deleted, 1);
+    assert!(r.deleted.contains(&c_blob), "only C's snapshot named it: {r:?}");
+    assert_eq!(r.nodes_removed, vec![gone_id.clone()], "both live nodes' snapshots cover C's journal");
+    let names = a.block_on(s.list_meta("")).unwrap();
+    assert!(!names.iter().any(|n| n.contains(&gone_id) && !n.starts_with("gone/")), "nothing of C but its record: {names:?}");
+    assert!(a.block_on(gone_record(s.as_ref(), &gone_id)).unwrap().unwrap().contains("lease expired"));
+    // the live nodes are untouched, and a new node sees their tree
+    let d = Fixture::node(s.clone());
+    d.poll();
+    assert_eq!(d.read_file("ns/a").unwrap(), b"from a");
+    assert_eq!(d.stat("ns/c").unwrap_err(), libc::ENOENT);
+    // a later run finds nothing more to do, and nobody expires while the fleet is quiet
+    std::thread::sleep(lease + Duration::from_millis(100));
+    let r = run(lease);
+    assert!(r.deleted.is_empty() && r.nodes_removed.is_empty(), "{r:?}");
+    assert_eq!(r.gone, [gone_id], "the newest marker is the clock: a quiet fleet keeps its leases");
+}
+
+#[test]
+fn gc_forgets_a_node_by_hand_and_refuses_unknown_ids_and_an_all_gone_bucket() {
+    use std::time::Duration;
+    use wombatfs::sync::gc::{collect, forget_node, Policy};
+    let s = bucket();
+    let a = Fixture::node(s.clone());
+    let b = Fixture::node(s.clone());
+    a.mkdir_p("ns");
+    a.write_file("ns/f", b"kept").unwrap();
+    snapshot(&a);
+    b.poll();
+    snapshot(&b);
+    let policy = Policy { grace: Duration::ZERO, lease: Duration::from_secs(3600), dry_run: false };
+    for bad in ["nope", "a/b", ""] {
+        assert!(a.block_on(forget_node(s.as_ref(), bad)).is_err(), "{bad}");
+    }
+    a.block_on(forget_node(s.as_ref(), &b.core().node_id())).unwrap();
+    let r = a.block_on(collect(s.as_ref(), &policy)).unwrap();
+    assert_eq!((r.gone.len(), r.nodes_removed.len(), r.deleted.len()), (1, 1, 0), "{r:?}");
+    assert_eq!(a.read_file("ns/f").unwrap(), b"kept");
+    a.block_on(forget_node(s.as_ref(), &a.core().node_id())).unwrap();
+    let err = a.block_on(collect(s.as_ref(), &policy)).unwrap_err();
+    assert!(err.to_string().contains("every node of the bucket is gone"), "{err}");
+    assert!(a.block_on(s.list_blobs()).unwrap().contains(&wombatfs::blob::BlobId::of(b"kept")));
 }

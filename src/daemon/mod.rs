@@ -151,11 +151,22 @@ pub fn gc(args: &crate::cli::GcArgs, log: &LogSpec) -> Result<()> {
     let objects = S3Store::new(&cfg)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(objects.check()).with_context(|| format!("object store {} is not usable", objects.describe()))?;
-    let r = rt.block_on(crate::sync::gc::collect(&objects, Duration::from_secs(args.grace), args.dry_run))?;
+    for node in &args.forget_nodes {
+        if args.dry_run {
+            anyhow::bail!("--forget-node records the node as gone at once; run it without --dry-run");
+        }
+        rt.block_on(crate::sync::gc::forget_node(&objects, node)).with_context(|| format!("forgetting node {node}"))?;
+        println!("node {node} is recorded as gone");
+    }
+    let policy = crate::sync::gc::Policy { grace: Duration::from_secs(args.grace), lease: Duration::from_secs(args.node_lease), dry_run: args.dry_run };
+    let r = rt.block_on(crate::sync::gc::collect(&objects, &policy))?;
     let verb = if args.dry_run { "would delete" } else { "deleted" };
+    if !r.gone.is_empty() {
+        println!("gone nodes (not waited for): {}; {verb} {} of their snapshots; removed (journal applied everywhere): {}", r.gone.join(", "), r.snapshots_deleted, if r.nodes_removed.is_empty() { "none".to_string() } else { r.nodes_removed.join(", ") });
+    }
     println!(
-        "{} nodes, {} blobs, {} referenced, {} unreferenced within the {} s grace period, {verb} {}; {verb} {} journal batches covered by every snapshot",
-        r.nodes, r.blobs, r.referenced, r.waiting, args.grace, r.deleted.len(), r.journal_batches_deleted
+        "{} nodes, {} blobs, {} referenced, {} unreferenced within the {} s grace period, {verb} {}; {verb} {} journal batches covered by every snapshot and {} expired change-feed markers",
+        r.nodes, r.blobs, r.referenced, r.waiting, args.grace, r.deleted.len(), r.journal_batches_deleted, r.feed_markers_deleted
     );
     for id in &r.deleted {
         tracing::info!(%id, "{verb}");

@@ -84,6 +84,16 @@ fn open_layers(s: &Settings, rt: &tokio::runtime::Runtime) -> Result<(Arc<FsCore
     // every call counted in /metrics
     let objects: Arc<dyn ObjectStore> = Arc::new(crate::tiers::metered::MeteredStore::new(objects));
     rt.block_on(objects.check()).with_context(|| format!("object store {} is not usable", objects.describe()))?;
+    if !objects.is_local() {
+        let node = crate::sync::snapshot::node_id(&s.cache_dir)?;
+        if let Some(why) = rt.block_on(crate::sync::gc::gone_record(objects.as_ref(), &node))? {
+            anyhow::bail!(
+                "this cache dir belongs to node {node}, which the bucket's collector recorded as gone ({why}), so the bucket may no longer hold what its tree names. \
+                 Move {} away and mount with an empty cache dir: every file the other nodes saw comes back from the bucket (changes this node never published are only in the old dir)",
+                s.cache_dir.display()
+            );
+        }
+    }
     let store = open_store(s, &objects, rt)?;
     let (index, mut records) = Index::open(&s.cache_dir.join("index"), rt.handle())?;
     if records.is_empty() && !objects.is_local() {
@@ -191,7 +201,7 @@ impl Background {
         if !objects.is_local() {
             rt.spawn(core.namespace().clone().publish_loop(publishing.clone()));
             if !s.poll_interval.is_zero() {
-                rt.spawn(core.namespace().clone().poll_loop(s.poll_interval, following.clone()));
+                rt.spawn(core.namespace().clone().poll_loop(s.poll_interval, s.poll_idle_max, following.clone()));
             }
         }
         Background { snapshots, following, publishing }

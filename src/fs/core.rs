@@ -88,7 +88,7 @@ impl FsCore {
             }
         }))?;
         let budgets = Budgets::new(opts.budgets.clone());
-        let ns = Namespace { tree: RwLock::new(tree), store, index, opts, invalidator: RwLock::new(None) };
+        let ns = Namespace { tree: RwLock::new(tree), store, index, opts, invalidator: RwLock::new(None), feed: Default::default() };
         Ok(FsCore { ns: Arc::new(ns), handles: Handles::default(), budgets, hasher: crate::fs::seqhash::HashWorker::start(), cache_dir: cache_dir.to_path_buf() })
     }
 

@@ -13,6 +13,7 @@ pub mod namespace;
 pub mod open;
 pub mod passthrough;
 pub mod publish;
+pub mod follow;
 pub mod peers;
 pub mod seqhash;
 pub mod snapshot;

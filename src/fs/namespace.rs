@@ -25,6 +25,8 @@ pub struct Namespace {
     pub(super) opts: CoreOptions,
     /// drops the kernel's cached entries (installed by the mount; replaced by a later one)
     pub(super) invalidator: RwLock<Option<crate::fs::Invalidator>>,
+    /// reading and writing the change feed
+    pub(super) feed: std::sync::Mutex<crate::fs::publish::FeedState>,
 }
 
 pub(super) fn attr_of(rec: &InodeRecord) -> Attr {

@@ -9,10 +9,11 @@
 //! crash between the two is repaired at start by listing the node's own journal after its
 //! cursor (so a batch is never written twice under different keys).
 //!
-//! A poller lists `nodes/` and, for every other node, `journal/<node>/` after its cursor
-//! (start-after: O(new batches), not O(history)), applies the batches to the tree
-//! ([`crate::fs::peers`]) and advances the cursor in the same commit. Cost per poll: one
-//! LIST for the node registry plus one LIST per other node; GETs only for new batches.
+//! After each batch the publisher writes an empty feed marker (`feed/<ms>-<node>-<prev>-<first>-<last>`,
+//! [`crate::sync::feed`]) and, after [`feed::HEARTBEAT`] without one, a heartbeat marker: the
+//! other nodes list the feed once per poll ([`crate::fs::follow`]) instead of every journal.
+//! A marker that cannot be written costs readers a late catch-up, never a change: the batch
+//! is already in the journal, so it is recorded as published either way.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +27,7 @@ use crate::fs::namespace::Namespace;
 use crate::fs::error::{FsError, FsResult};
 use crate::index::{keys, records, Op};
 use crate::sync::change::{self, Batch, Change};
-use crate::sync::names;
+use crate::sync::feed::{self, Marker};
 use crate::tiers::StoreError;
 
 /// Most changes in one journal object.
@@ -74,6 +75,25 @@ impl Published {
             }
             s = self.cv.wait_timeout(s, left).unwrap_or_else(|p| p.into_inner()).0;
         }
+    }
+}
+
+/// The feed state of a node: when it last read the feed, and the stamps of its markers.
+#[derive(Default)]
+pub struct FeedState {
+    /// this node's clock (ms) and the instant at the start of its last good poll of the feed;
+    /// `None`: the next poll sweeps every journal
+    pub read_from: Option<(u64, std::time::Instant)>,
+    /// the newest stamp of this node's markers (stamps increase even if the clock steps back)
+    stamped_ms: u64,
+    /// when this node last wrote a marker
+    last_marker: Option<std::time::Instant>,
+}
+
+impl FeedState {
+    fn stamp(&mut self) -> u64 {
+        self.stamped_ms = change::now_ms().max(self.stamped_ms + 1);
+        self.stamped_ms
     }
 }
 
@@ -277,9 +297,52 @@ impl Namespace {
         for key in objects.list_meta_after(&change::journal_dir(&node), &change::batch_key(&node, cursor)).await? {
             let batch = Batch::open(&objects.get_meta(&key).await?).map_err(StoreError::Config)?;
             tracing::info!(%key, last = batch.last_seq(), "adopting a change batch published before a crash");
+            let prev = self.published_seq();
             self.mark_published(batch.last_seq()).map_err(|e| StoreError::Config(e.to_string()))?;
+            self.put_marker(prev, batch.changes[0].0, batch.last_seq()).await;
         }
+        // the node's lease starts now
+        self.heartbeat_now().await;
         Ok(())
+    }
+
+    /// The last change of this node in its journal.
+    pub fn published_seq(&self) -> u64 {
+        let t = self.read_tree();
+        t.outbox.cursors.get(&t.outbox.node).copied().unwrap_or(0)
+    }
+
+    fn feed_state(&self) -> std::sync::MutexGuard<'_, FeedState> {
+        self.feed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Write a feed marker for the batch `first..=last` after `prev` (`first` = 0: a
+    /// heartbeat). A failure is logged and counted: readers find the batch later anyway.
+    async fn put_marker(&self, prev: u64, first: u64, last: u64) {
+        let ms = self.feed_state().stamp();
+        let m = Marker { ms, node: self.node_id(), prev, first, last };
+        match self.store.objects().put_meta(&m.key(), Vec::new()).await {
+            Ok(()) => self.feed_state().last_marker = Some(std::time::Instant::now()),
+            Err(e) => {
+                crate::metrics::get().feed_marker_failures.inc();
+                tracing::warn!(error = %e, key = %m.key(), "could not write a change-feed marker; the other nodes will find the batch at this node's next marker");
+            }
+        }
+    }
+
+    /// Write a heartbeat marker if this node wrote none for [`feed::HEARTBEAT`]: it renews
+    /// the node's lease and shows readers that missed a marker where this journal ends.
+    pub async fn heartbeat_if_due(&self) {
+        let due = self.feed_state().last_marker.is_none_or(|t| t.elapsed() >= feed::HEARTBEAT);
+        if due {
+            self.heartbeat_now().await;
+        }
+    }
+
+    /// Write a heartbeat marker now.
+    pub async fn heartbeat_now(&self) {
+        let cursor = self.published_seq();
+        self.put_marker(cursor, 0, cursor).await;
     }
 
     /// Publish every ready batch; returns how many changes went out. On an object-store
@@ -298,7 +361,9 @@ impl Namespace {
             }
             // crash window: the batch is in the bucket, the outbox still holds it
             fail::fail_point!("publish-after-put");
+            let prev = self.published_seq();
             self.mark_published(batch.last_seq()).map_err(|e| StoreError::Config(format!("recording a published batch: {e}")))?;
+            self.put_marker(prev, batch.changes[0].0, batch.last_seq()).await;
             sent += batch.changes.len();
             crate::metrics::get().journal_published.inc_by(batch.changes.len() as u64);
         }
@@ -338,6 +403,7 @@ impl Namespace {
             // after a failure, back off — but a writer waiting in sync mode cuts it short
             let pause = match self.publish_ready().await {
                 Ok(_) => {
+                    self.heartbeat_if_due().await;
                     backoff.reset();
                     Duration::from_millis(250)
                 }
@@ -349,41 +415,6 @@ impl Namespace {
             };
             let _ = tokio::time::timeout(pause, wake.notified()).await;
             tokio::time::sleep(GATHER).await;
-        }
-    }
-
-    /// Apply every other node's batches published since the last poll; returns how many
-    /// changes were applied.
-    pub async fn poll_once(&self) -> Result<usize, StoreError> {
-        let objects = self.store.objects().clone();
-        let (me, cursors) = {
-            let t = self.read_tree();
-            (t.outbox.node.clone(), t.outbox.cursors.clone())
-        };
-        let mut applied = 0;
-        for node in names::nodes(objects.as_ref()).await?.into_iter().filter(|n| *n != me) {
-            let cursor = cursors.get(&node).copied().unwrap_or(0);
-            let batches = names::batches_after(objects.as_ref(), &node, cursor).await?;
-            let many = batches.len() > 10;
-            for (i, batch) in batches.iter().enumerate() {
-                applied += self.apply_peer_batch(&node, batch).map_err(|e| StoreError::Config(e.to_string()))?;
-                if many && (i + 1) % 100 == 0 {
-                    tracing::info!(node, batches = i + 1, of = batches.len(), "applying another node's changes");
-                }
-            }
-        }
-        Ok(applied)
-    }
-
-    /// The poller: every `interval` until `stop`.
-    pub async fn poll_loop(self: Arc<Self>, interval: Duration, stop: Arc<AtomicBool>) {
-        while !stop.load(Ordering::SeqCst) {
-            match self.poll_once().await {
-                Ok(0) => {}
-                Ok(n) => tracing::debug!(changes = n, "applied changes from other nodes"),
-                Err(e) => tracing::warn!(error = %e, "following the other nodes' changes failed; will retry"),
-            }
-            tokio::time::sleep(interval).await;
         }
     }
 }

@@ -14,15 +14,24 @@
 //! becomes referenced again in between leaves the list. The grace period covers nodes that
 //! lag (poll interval, a daemon that was down) and uploads whose journal entry is not
 //! published yet.
+//!
+//! A node that left for good would hold journals and blobs back forever, so nodes hold a
+//! lease: each writes a change-feed marker at least every few minutes ([`feed::HEARTBEAT`]).
+//! A node whose newest marker is older than the newest marker in the bucket by more than the
+//! lease, or one forgotten by hand (`--forget-node`), is *gone*: recorded in `gone/<node>`
+//! (a node finding itself there refuses its old cache dir), its snapshots deleted so no node
+//! restores its tree, its snapshot's blobs and cursors no longer counted. Its journal still
+//! counts until every live node's snapshot covers it; then the journal, registry entry and
+//! markers are deleted too.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::blob::BlobId;
 use crate::codec;
 use crate::sync::snapshot;
 use crate::index::keys;
-use crate::sync::change;
+use crate::sync::{change, feed};
 use crate::sync::names::{batches_after, nodes};
 use crate::tiers::{ObjectStore, StoreError};
 
@@ -44,6 +53,14 @@ pub struct GcReport {
     pub deleted: Vec<BlobId>,
     /// journal batches deleted because every node's snapshot covers them
     pub journal_batches_deleted: usize,
+    /// change-feed markers deleted because no reader lists that far back
+    pub feed_markers_deleted: usize,
+    /// nodes the collector no longer waits for (forgotten, or lease expired)
+    pub gone: Vec<String>,
+    /// snapshots of gone nodes deleted
+    pub snapshots_deleted: usize,
+    /// gone nodes whose journal every live node had applied, removed from the bucket
+    pub nodes_removed: Vec<String>,
 }
 
 fn now_secs() -> u64 {
@@ -61,27 +78,36 @@ async fn newest_snapshots(objects: &dyn ObjectStore) -> Result<BTreeMap<String, 
     Ok(out)
 }
 
+/// Registered nodes and nodes with a snapshot, sorted.
+fn known_nodes(registered: &[String], snaps: &BTreeMap<String, String>) -> Vec<String> {
+    let mut all: Vec<String> = registered.iter().chain(snaps.keys()).cloned().collect();
+    all.sort();
+    all.dedup();
+    all
+}
+
 /// What the bucket's nodes may still name.
 pub struct References {
-    /// nodes (registered or with a snapshot)
+    /// nodes (registered or with a snapshot), gone ones included
     pub nodes: usize,
     /// blobs some name may refer to
     pub blobs: HashSet<BlobId>,
-    /// per journal: every change up to this seq is covered by every node's newest snapshot
+    /// per journal: every change up to this seq is covered by every live node's newest snapshot
     pub covered: HashMap<String, u64>,
+    /// journals with no batch after what every live node's snapshot covers
+    pub drained: HashSet<String>,
 }
 
-/// Every blob some node's names may refer to.
-pub async fn referenced(objects: &dyn ObjectStore) -> Result<References, StoreError> {
+/// Every blob some live node's names may refer to. Nodes in `gone` are not waited for:
+/// neither their snapshot's blobs nor its cursors count (their journals still do, until
+/// every live node's snapshot covers them).
+pub async fn referenced(objects: &dyn ObjectStore, gone: &BTreeSet<String>) -> Result<References, StoreError> {
     let snaps = newest_snapshots(objects).await?;
     let registered = nodes(objects).await?;
-    let mut all_nodes = registered.clone();
-    all_nodes.extend(snaps.keys().cloned());
-    all_nodes.sort();
-    all_nodes.dedup();
+    let all_nodes = known_nodes(&registered, &snaps);
     let mut refs = HashSet::new();
     let mut cursors: Vec<HashMap<String, u64>> = Vec::new();
-    for node in &all_nodes {
+    for node in all_nodes.iter().filter(|n| !gone.contains(*n)) {
         let Some(name) = snaps.get(node) else {
             cursors.push(HashMap::new()); // no snapshot: every journal counts from the start
             continue;
@@ -102,14 +128,103 @@ pub async fn referenced(objects: &dyn ObjectStore) -> Result<References, StoreEr
         cursors.push(mine);
     }
     let mut covered = HashMap::new();
+    let mut drained = HashSet::new();
     for journal in registered {
         let from = cursors.iter().map(|c| c.get(&journal).copied().unwrap_or(0)).min().unwrap_or(0);
-        for b in batches_after(objects, &journal, from).await? {
+        let tail = batches_after(objects, &journal, from).await?;
+        if tail.is_empty() {
+            drained.insert(journal.clone());
+        }
+        for b in tail {
             refs.extend(b.changes.iter().filter_map(|(_, c)| c.blob()));
         }
         covered.insert(journal, from);
     }
-    Ok(References { nodes: all_nodes.len(), blobs: refs, covered })
+    Ok(References { nodes: all_nodes.len(), blobs: refs, covered, drained })
+}
+
+/// Where nodes the collector no longer waits for are recorded (`gone/<node>`, its body says
+/// why and when): a node finding itself there refuses to start on its old cache dir.
+pub const GONE: &str = "gone";
+
+/// How a collection runs.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// how long a blob stays unreferenced (across runs) before it is deleted
+    pub grace: Duration,
+    /// a node whose newest change-feed marker (it writes a heartbeat every few minutes) is
+    /// older than this is gone
+    pub lease: Duration,
+    /// report, delete nothing
+    pub dry_run: bool,
+}
+
+/// Why `node` is recorded as gone, if it is.
+pub async fn gone_record(objects: &dyn ObjectStore, node: &str) -> Result<Option<String>, StoreError> {
+    match objects.get_meta(&format!("{GONE}/{node}")).await {
+        Ok(body) => Ok(Some(String::from_utf8_lossy(&body).into_owned())),
+        Err(e) if e.is_missing() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Record by hand that `node` left for good: the next collection stops waiting for it.
+pub async fn forget_node(objects: &dyn ObjectStore, node: &str) -> Result<(), StoreError> {
+    if !change::valid_node_id(node) {
+        return Err(StoreError::Config(format!("{node:?} is not a node id")));
+    }
+    let known = nodes(objects).await?.iter().any(|n| n == node) || newest_snapshots(objects).await?.contains_key(node);
+    if !known {
+        return Err(StoreError::Config(format!("no node {node} in this bucket (neither registered nor with a snapshot)")));
+    }
+    let why = format!("forgotten by hand (wombatfs gc --forget-node) at unix time {}", now_secs());
+    objects.put_meta(&format!("{GONE}/{node}"), why.into_bytes()).await
+}
+
+/// The nodes recorded as gone, and those whose lease expired (recorded now unless `dry_run`).
+async fn gone_nodes(objects: &dyn ObjectStore, markers: &[feed::Marker], policy: &Policy) -> Result<BTreeSet<String>, StoreError> {
+    let mut gone: BTreeSet<String> = objects.list_meta(GONE).await?.iter().filter_map(|k| k.strip_prefix(GONE)?.strip_prefix('/')).map(str::to_string).collect();
+    let mut newest: BTreeMap<&str, u64> = BTreeMap::new();
+    for m in markers {
+        let e = newest.entry(m.node.as_str()).or_insert(0);
+        *e = (*e).max(m.ms);
+    }
+    // measured against the newest marker in the bucket, not this clock: a fleet that was
+    // down together (or a collector with a wrong clock) expires nobody
+    let newest_any = newest.values().copied().max().unwrap_or(0);
+    let cutoff = newest_any.saturating_sub(policy.lease.as_millis() as u64);
+    for (node, ms) in newest {
+        if ms < cutoff && !gone.contains(node) {
+            tracing::warn!(node, last_seen_ms = ms, lease_secs = policy.lease.as_secs(), "a node's lease expired: the collector no longer waits for it");
+            if !policy.dry_run {
+                let why = format!("lease expired: no change-feed marker since unix ms {ms} (lease {} s), recorded at unix time {}", policy.lease.as_secs(), now_secs());
+                objects.put_meta(&format!("{GONE}/{node}"), why.into_bytes()).await?;
+            }
+            gone.insert(node.to_string());
+        }
+    }
+    Ok(gone)
+}
+
+/// Delete what is left of a gone node whose journal every live node has applied: its
+/// journal, registry entry and feed markers (its `gone/` record stays).
+async fn remove_node(objects: &dyn ObjectStore, node: &str, markers: &[feed::Marker]) -> Result<(), StoreError> {
+    for key in objects.list_meta(&change::journal_dir(node)).await? {
+        objects.delete_meta(&key).await?;
+    }
+    for m in markers.iter().filter(|m| m.node == node) {
+        objects.delete_meta(&m.key()).await?;
+    }
+    objects.delete_meta(&format!("{}/{node}", change::NODES)).await
+}
+
+/// Delete a gone node's snapshots, so no node restores a tree the collector no longer keeps.
+async fn drop_snapshots(objects: &dyn ObjectStore, node: &str) -> Result<usize, StoreError> {
+    let mine: Vec<String> = objects.list_meta(snapshot::DIR).await?.into_iter().filter(|n| n.rsplit_once('-').is_some_and(|(_, id)| id == node)).collect();
+    for name in &mine {
+        objects.delete_meta(name).await?;
+    }
+    Ok(mine.len())
 }
 
 /// Delete journal batches every node's newest snapshot already covers (nobody restoring or
@@ -132,12 +247,39 @@ async fn compact_journals(objects: &dyn ObjectStore, covered: &HashMap<String, u
     Ok(deleted)
 }
 
-/// Collect: record new candidates, delete those unreferenced for at least `grace`.
-pub async fn collect(objects: &dyn ObjectStore, grace: Duration, dry_run: bool) -> Result<GcReport, StoreError> {
+/// Delete the change-feed markers older than [`feed::KEEP`], except each node's newest.
+async fn compact_feed(objects: &dyn ObjectStore, markers: &[feed::Marker], dry_run: bool) -> Result<usize, StoreError> {
+    let old = feed::expired(markers, change::now_ms());
+    if !dry_run {
+        for m in &old {
+            objects.delete_meta(&m.key()).await?;
+        }
+    }
+    Ok(old.len())
+}
+
+/// Collect: record new candidates, delete those unreferenced for at least `grace`; stop
+/// waiting for nodes that are gone (forgotten by hand, or lease expired) and remove what is
+/// left of them once every live node has applied their journal.
+pub async fn collect(objects: &dyn ObjectStore, policy: &Policy) -> Result<GcReport, StoreError> {
     if objects.is_local() {
         return Err(StoreError::Config("a local store belongs to one node, which deletes unreferenced blobs itself; gc is for shared buckets".into()));
     }
-    let References { nodes, blobs: refs, covered } = referenced(objects).await?;
+    let dry_run = policy.dry_run;
+    let markers: Vec<feed::Marker> = objects.list_meta(feed::FEED).await?.iter().filter_map(|k| feed::Marker::parse(k)).collect();
+    let gone = gone_nodes(objects, &markers, policy).await?;
+    let known = known_nodes(&nodes(objects).await?, &newest_snapshots(objects).await?);
+    if !known.is_empty() && known.iter().all(|n| gone.contains(n)) {
+        return Err(StoreError::Config("every node of the bucket is gone: refusing to decide that nothing is referenced (a new node can restore the tree only from a live node's snapshot)".into()));
+    }
+    let mut report = GcReport { gone: gone.iter().cloned().collect(), ..Default::default() };
+    if !dry_run {
+        // before anything it names is collected, no new node may restore a gone node's tree
+        for node in &gone {
+            report.snapshots_deleted += drop_snapshots(objects, node).await?;
+        }
+    }
+    let References { nodes, blobs: refs, covered, drained } = referenced(objects, &gone).await?;
     let blobs = objects.list_blobs().await?;
     if nodes == 0 && !blobs.is_empty() {
         return Err(StoreError::Config("the bucket has blobs but no node registry, snapshot or journal: refusing to decide that nothing is referenced".into()));
@@ -150,11 +292,13 @@ pub async fn collect(objects: &dyn ObjectStore, grace: Duration, dry_run: bool) 
         Err(e) => return Err(e),
     };
     let now = now_secs();
-    let mut report = GcReport { nodes, blobs: blobs.len(), referenced: refs.len(), ..Default::default() };
+    report.nodes = nodes;
+    report.blobs = blobs.len();
+    report.referenced = refs.len();
     let mut next = BTreeMap::new();
     for id in blobs.into_iter().filter(|id| !refs.contains(id)) {
         let first = pending.remove(&id).unwrap_or(now);
-        if now.saturating_sub(first) >= grace.as_secs() {
+        if now.saturating_sub(first) >= policy.grace.as_secs() {
             if !dry_run {
                 objects.delete_blob(&id).await?;
             }
@@ -165,6 +309,14 @@ pub async fn collect(objects: &dyn ObjectStore, grace: Duration, dry_run: bool) 
         }
     }
     report.journal_batches_deleted = compact_journals(objects, &covered, dry_run).await?;
+    for node in gone.iter().filter(|n| drained.contains(*n)) {
+        if !dry_run {
+            remove_node(objects, node, &markers).await?;
+        }
+        report.nodes_removed.push(node.clone());
+    }
+    let kept: Vec<feed::Marker> = markers.into_iter().filter(|m| !report.nodes_removed.contains(&m.node)).collect();
+    report.feed_markers_deleted = compact_feed(objects, &kept, dry_run).await?;
     if !dry_run {
         let body = bincode::serialize(&next).map_err(|e| StoreError::Config(e.to_string()))?;
         objects.put_meta(PENDING, codec::seal_meta(&body)).await?;

@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod change;
+pub mod feed;
 pub mod gc;
 pub mod names;
 pub mod snapshot;

@@ -94,8 +94,12 @@ fn open_layers(s: &Settings, rt: &tokio::runtime::Runtime) -> Result<(Arc<FsCore
             );
         }
     }
+    let t0 = std::time::Instant::now();
     let store = open_store(s, &objects, rt)?;
+    tracing::info!(blobs = store.flat().len(), secs = t0.elapsed().as_secs_f64(), "flat tier opened");
+    let t0 = std::time::Instant::now();
     let (index, mut records) = Index::open(&s.cache_dir.join("index"), rt.handle())?;
+    tracing::info!(records = records.len(), secs = t0.elapsed().as_secs_f64(), "index opened");
     if records.is_empty() && !objects.is_local() {
         // an empty cache dir on an existing bucket: rebuild the tree from its newest snapshot
         // (the journals after it are applied by the first poll, before the mount goes live)
@@ -103,7 +107,9 @@ fn open_layers(s: &Settings, rt: &tokio::runtime::Runtime) -> Result<(Arc<FsCore
         records = rt.block_on(crate::sync::snapshot::restore(objects.as_ref(), &index))?;
     }
     let opts = CoreOptions { max_file_size: s.max_file_size, budgets: s.tiers.budgets.clone(), ..CoreOptions::default() };
+    let t0 = std::time::Instant::now();
     let core = Arc::new(FsCore::load(&s.cache_dir, store, index, records, opts)?);
+    tracing::info!(secs = t0.elapsed().as_secs_f64(), "tree loaded");
     if !objects.is_local() && !s.poll_interval.is_zero() {
         // catch up with the other nodes before serving
         match rt.block_on(core.poll_once()) {

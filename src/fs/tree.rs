@@ -504,17 +504,11 @@ impl Tree {
 
     /// Flat files no blob record knows: leftovers of a crash mid-seal.
     fn remove_stray_flat_files(&self, store: &BlobStore) -> FsResult<()> {
-        for (id, path) in store.flat().scan()? {
-            match id {
-                Some(id) if self.blobs.contains_key(&id) || store.upload_pending(&id) => {}
-                Some(id) => {
-                    tracing::debug!(%id, "removing stray flat file");
-                    store.flat().remove(&id)?;
-                }
-                None => {
-                    tracing::debug!(path = %path.display(), "removing stray flat file");
-                    let _ = std::fs::remove_file(&path);
-                }
+        // the tier's own scan at open removed files that are no blob at all
+        for id in store.flat().ids() {
+            if !self.blobs.contains_key(&id) && !store.upload_pending(&id) {
+                tracing::debug!(%id, "removing stray flat file");
+                store.flat().remove(&id)?;
             }
         }
         Ok(())

@@ -200,7 +200,10 @@ impl Index {
                 }
             }
             let mut records = Vec::new();
-            let mut it = db.scan::<std::ops::RangeFull>(..).await.map_err(|e| db_err(e, dir))?;
+            // the whole index is read once: large sequential fetches, several at a time, and
+            // no block cache pollution (the default is one block per request)
+            let full = slatedb::config::ScanOptions { read_ahead_bytes: 4 << 20, max_fetch_tasks: 4, cache_blocks: false, ..Default::default() };
+            let mut it = db.scan_with_options::<std::ops::RangeFull>(.., &full).await.map_err(|e| db_err(e, dir))?;
             while let Some(kv) = it.next().await.map_err(|e| db_err(e, dir))? {
                 records.push((kv.key.to_vec(), kv.value.to_vec()));
             }

@@ -72,11 +72,20 @@ impl FlatTier {
             fs::create_dir_all(&sub).map_err(|e| StoreError::io(format!("create {}", sub.display()), e))?;
         }
         let tier = FlatTier { dir: dir.to_path_buf(), lru: Mutex::new(Lru::default()), limit: AtomicU64::new(u64::MAX) };
-        // recency across restarts: the files' access times, oldest first
+        // recency across restarts: the files' access times, oldest first; a file whose name
+        // is no blob id (a leftover of a crashed tool) is removed in the same pass
         let mut found = Vec::new();
         for (id, path) in tier.scan()? {
-            if let (Some(id), Ok(m)) = (id, fs::metadata(&path)) {
-                found.push((m.atime().max(m.mtime()), id, m.len()));
+            match id {
+                Some(id) => {
+                    if let Ok(m) = fs::metadata(&path) {
+                        found.push((m.atime().max(m.mtime()), id, m.len()));
+                    }
+                }
+                None => {
+                    tracing::debug!(path = %path.display(), "removing stray flat file");
+                    let _ = fs::remove_file(&path);
+                }
             }
         }
         found.sort();
@@ -228,9 +237,14 @@ impl FlatTier {
         }
     }
 
+    /// The blobs in the tier.
+    pub fn ids(&self) -> Vec<BlobId> {
+        self.lock().entries.keys().copied().collect()
+    }
+
     /// Every file in the tier: `Some(id)` for well-formed blob names, `None` (with its path) for
-    /// anything else, which a sweep removes.
-    pub fn scan(&self) -> Result<Vec<(Option<BlobId>, PathBuf)>, StoreError> {
+    /// anything else, which [`FlatTier::open`] removes.
+    fn scan(&self) -> Result<Vec<(Option<BlobId>, PathBuf)>, StoreError> {
         let mut out = Vec::new();
         for i in 0..=255u8 {
             let sub = self.dir.join(hex::encode([i]));

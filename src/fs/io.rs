@@ -325,7 +325,13 @@ impl FsCore {
         // pinned (never evicted) until the upload is queued by the commit below
         let _pinned = self.store.adopt(&s.path, &id)?;
         let mut tx = Tx::default();
-        t.incref(&mut tx, &self.store, id, size);
+        if self.store.sync_uploads() {
+            // uploaded above: queueing it again would cost a second PUT, and the publisher,
+            // which waits for queued uploads, would keep the waiting closer for it
+            t.incref_published(&mut tx, id, size);
+        } else {
+            t.incref(&mut tx, &self.store, id, size);
+        }
         let rec = t.get_mut(file.ino)?;
         let old = match &mut rec.kind {
             InodeKind::File { blob } => std::mem::replace(blob, id),

@@ -44,6 +44,10 @@ pub struct Published {
     /// (last published seq, last attempt failed, attempts so far)
     state: Mutex<(u64, bool, u64)>,
     cv: Condvar,
+    /// a writer waits (`--upload sync`): publish at once, without letting a burst gather
+    urgent: AtomicBool,
+    /// cuts a gathering pause short when a writer starts waiting
+    urgent_wake: Notify,
 }
 
 impl Published {
@@ -64,6 +68,9 @@ impl Published {
         let deadline = std::time::Instant::now() + timeout;
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let start = s.2;
+        self.urgent.store(true, Ordering::SeqCst);
+        // no stored permit: a later burst must still gather
+        self.urgent_wake.notify_waiters();
         wake.notify_one();
         loop {
             if s.0 >= seq {
@@ -253,12 +260,12 @@ impl Namespace {
         self.read_tree().outbox.queue.is_empty()
     }
 
-    /// The next publishable batch: consecutive changes from the front of the outbox, up to the
-    /// first whose blob is not durable in the bucket yet.
-    fn ready_batch(&self) -> Option<Batch> {
+    /// The next publishable batch: consecutive changes from the front of the outbox up to
+    /// change `upto`, and up to the first whose blob is not durable in the bucket yet.
+    fn ready_batch(&self, upto: u64) -> Option<Batch> {
         let t = self.read_tree();
         let mut changes = Vec::new();
-        for (seq, c) in t.outbox.queue.iter().take(MAX_BATCH) {
+        for (seq, c) in t.outbox.queue.iter().take_while(|(seq, _)| *seq <= upto).take(MAX_BATCH) {
             if c.blob().is_some_and(|id| self.store.upload_pending(&id)) {
                 break;
             }
@@ -345,15 +352,17 @@ impl Namespace {
         self.put_marker(cursor, 0, cursor).await;
     }
 
-    /// Publish every ready batch; returns how many changes went out. On an object-store
-    /// error the changes stay queued (and writers waiting in `--upload sync` get EIO).
+    /// Publish every ready batch of the changes made so far; returns how many changes went
+    /// out. Changes made meanwhile wait for the next round, so they may gather (a create is
+    /// superseded by its seal). On an object-store error the changes stay queued (and
+    /// writers waiting in `--upload sync` get EIO).
     pub async fn publish_ready(&self) -> Result<usize, StoreError> {
-        let (node, published) = {
+        let (node, published, upto) = {
             let t = self.read_tree();
-            (t.outbox.node.clone(), t.outbox.published.clone())
+            (t.outbox.node.clone(), t.outbox.published.clone(), t.outbox.last_seq())
         };
         let mut sent = 0;
-        while let Some(batch) = self.ready_batch() {
+        while let Some(batch) = self.ready_batch(upto) {
             let key = change::batch_key(&node, batch.changes[0].0);
             if let Err(e) = self.store.objects().put_meta(&key, batch.seal()).await {
                 published.set(None, true);
@@ -414,7 +423,18 @@ impl Namespace {
                 }
             };
             let _ = tokio::time::timeout(pause, wake.notified()).await;
-            tokio::time::sleep(GATHER).await;
+            // a writer waiting in sync mode is not kept waiting for others to join its batch:
+            // the writers that closed meanwhile share its journal PUT anyway
+            let published = self.read_tree().outbox.published.clone();
+            // registered before the flag is read, so a writer that starts waiting after the
+            // read still cuts the pause short
+            let cut = published.urgent_wake.notified();
+            tokio::pin!(cut);
+            cut.as_mut().enable();
+            if !published.urgent.swap(false, Ordering::SeqCst) {
+                let _ = tokio::time::timeout(GATHER, cut).await;
+                published.urgent.store(false, Ordering::SeqCst);
+            }
         }
     }
 }

@@ -247,8 +247,9 @@ impl Tree {
         e.refs += 1;
     }
 
-    /// Take a reference on a blob another node published: it is in the object store, so it is
-    /// recorded without an upload and fetched on first read.
+    /// Take a reference on a blob already in the object store — another node published it, or
+    /// this node's seal uploaded it (`--upload sync`) — so it is recorded without an upload
+    /// (and, if not local, fetched on first read).
     pub fn incref_published(&mut self, tx: &mut Tx, id: BlobId, size: u64) {
         let e = self.blobs.entry(id).or_insert_with(|| {
             tx.ops.push(Op::Put(keys::blob(&id), records::encode(&BlobRecord { size })));

@@ -37,6 +37,8 @@ const GATHER: Duration = Duration::from_millis(100);
 /// First and longest wait between retries of the change journal.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_CAP: Duration = Duration::from_secs(30);
+/// How long after a failed marker PUT the next heartbeat is tried.
+const HEARTBEAT_RETRY: Duration = Duration::from_secs(30);
 
 /// Publication progress, for writers that wait (`--upload sync`).
 #[derive(Default)]
@@ -95,6 +97,8 @@ pub struct FeedState {
     stamped_ms: u64,
     /// when this node last wrote a marker
     last_marker: Option<std::time::Instant>,
+    /// after a failed marker PUT, no heartbeat is tried before this
+    retry_at: Option<std::time::Instant>,
 }
 
 impl FeedState {
@@ -329,8 +333,13 @@ impl Namespace {
         let ms = self.feed_state().stamp();
         let m = Marker { ms, node: self.node_id(), prev, first, last };
         match self.store.objects().put_meta(&m.key(), Vec::new()).await {
-            Ok(()) => self.feed_state().last_marker = Some(std::time::Instant::now()),
+            Ok(()) => {
+                let mut st = self.feed_state();
+                st.last_marker = Some(std::time::Instant::now());
+                st.retry_at = None;
+            }
             Err(e) => {
+                self.feed_state().retry_at = Some(std::time::Instant::now() + HEARTBEAT_RETRY);
                 crate::metrics::get().feed_marker_failures.inc();
                 tracing::warn!(error = %e, key = %m.key(), "could not write a change-feed marker; the other nodes will find the batch at this node's next marker");
             }
@@ -340,7 +349,10 @@ impl Namespace {
     /// Write a heartbeat marker if this node wrote none for [`feed::HEARTBEAT`]: it renews
     /// the node's lease and shows readers that missed a marker where this journal ends.
     pub async fn heartbeat_if_due(&self) {
-        let due = self.feed_state().last_marker.is_none_or(|t| t.elapsed() >= feed::HEARTBEAT);
+        let due = {
+            let st = self.feed_state();
+            st.last_marker.is_none_or(|t| t.elapsed() >= feed::HEARTBEAT) && st.retry_at.is_none_or(|t| std::time::Instant::now() >= t)
+        };
         if due {
             self.heartbeat_now().await;
         }

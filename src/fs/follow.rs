@@ -44,13 +44,13 @@ impl Namespace {
     /// One poll of the other nodes (see the module doc).
     pub async fn poll(&self) -> Result<Polled, StoreError> {
         let (start_ms, start) = (change::now_ms(), Instant::now());
-        let from = self.feed.lock().unwrap_or_else(|p| p.into_inner()).read_from;
+        let from = self.feed_state().read_from;
         let res = match from.filter(|(_, at)| at.elapsed() < feed::RESWEEP_AFTER) {
             Some((ms, _)) => self.follow_feed(ms).await,
             None => self.sweep().await,
         };
         if res.is_ok() {
-            self.feed.lock().unwrap_or_else(|p| p.into_inner()).read_from = Some((start_ms, start));
+            self.feed_state().read_from = Some((start_ms, start));
         }
         res
     }

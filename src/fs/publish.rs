@@ -299,12 +299,9 @@ impl Namespace {
 
     /// Register this node and adopt batches a crash left published but unrecorded.
     async fn recover_journal(&self) -> Result<(), StoreError> {
-        let (node, cursor) = {
-            let t = self.read_tree();
-            (t.outbox.node.clone(), t.outbox.cursors.get(&t.outbox.node).copied().unwrap_or(0))
-        };
+        let (node, cursor) = (self.node_id(), self.published_seq());
         let objects = self.store.objects();
-        objects.put_meta(&format!("{}/{node}", change::NODES), Vec::new()).await?;
+        objects.put_meta(&change::registry_key(&node), Vec::new()).await?;
         for key in objects.list_meta_after(&change::journal_dir(&node), &change::batch_key(&node, cursor)).await? {
             let batch = Batch::open(&objects.get_meta(&key).await?).map_err(StoreError::Config)?;
             tracing::info!(%key, last = batch.last_seq(), "adopting a change batch published before a crash");
@@ -323,7 +320,7 @@ impl Namespace {
         t.outbox.cursors.get(&t.outbox.node).copied().unwrap_or(0)
     }
 
-    fn feed_state(&self) -> std::sync::MutexGuard<'_, FeedState> {
+    pub(super) fn feed_state(&self) -> std::sync::MutexGuard<'_, FeedState> {
         self.feed.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -131,6 +131,11 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
 
+/// The registry entry of a node (`nodes/<node>`).
+pub fn registry_key(node: &str) -> String {
+    format!("{NODES}/{node}")
+}
+
 /// The journal directory of a node.
 pub fn journal_dir(node: &str) -> String {
     format!("{JOURNAL}/{node}")

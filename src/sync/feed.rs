@@ -114,14 +114,20 @@ pub fn next_interval(current: Duration, base: Duration, idle_max: Duration, move
     }
 }
 
-/// Which markers the collector deletes: those older than [`KEEP`] at `now_ms`, except each
-/// node's newest (its lease).
-pub fn expired(markers: &[Marker], now_ms: u64) -> Vec<&Marker> {
-    let mut newest: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+/// Each node's newest marker stamp (its lease).
+pub fn newest_by_node(markers: &[Marker]) -> std::collections::BTreeMap<&str, u64> {
+    let mut newest = std::collections::BTreeMap::new();
     for m in markers {
         let e = newest.entry(m.node.as_str()).or_insert(0);
         *e = (*e).max(m.ms);
     }
+    newest
+}
+
+/// Which markers the collector deletes: those older than [`KEEP`] at `now_ms`, except each
+/// node's newest (its lease).
+pub fn expired(markers: &[Marker], now_ms: u64) -> Vec<&Marker> {
+    let newest = newest_by_node(markers);
     let cutoff = now_ms.saturating_sub(KEEP.as_millis() as u64);
     markers.iter().filter(|m| m.ms < cutoff && newest.get(m.node.as_str()).is_some_and(|n| *n > m.ms)).collect()
 }

@@ -71,7 +71,7 @@ fn now_secs() -> u64 {
 async fn newest_snapshots(objects: &dyn ObjectStore) -> Result<BTreeMap<String, String>, StoreError> {
     let mut out = BTreeMap::new();
     for name in objects.list_meta(snapshot::DIR).await? {
-        if let Some((_, node)) = name.rsplit_once('-') {
+        if let Some(node) = snapshot::owner(&name) {
             out.insert(node.to_string(), name.clone()); // names sort by time: the last wins
         }
     }
@@ -102,9 +102,12 @@ pub struct References {
 /// neither their snapshot's blobs nor its cursors count (their journals still do, until
 /// every live node's snapshot covers them).
 pub async fn referenced(objects: &dyn ObjectStore, gone: &BTreeSet<String>) -> Result<References, StoreError> {
-    let snaps = newest_snapshots(objects).await?;
-    let registered = nodes(objects).await?;
-    let all_nodes = known_nodes(&registered, &snaps);
+    references_of(objects, &nodes(objects).await?, &newest_snapshots(objects).await?, gone).await
+}
+
+/// [`referenced`] from the registry and the newest snapshots already listed.
+async fn references_of(objects: &dyn ObjectStore, registered: &[String], snaps: &BTreeMap<String, String>, gone: &BTreeSet<String>) -> Result<References, StoreError> {
+    let all_nodes = known_nodes(registered, snaps);
     let mut refs = HashSet::new();
     let mut cursors: Vec<HashMap<String, u64>> = Vec::new();
     for node in all_nodes.iter().filter(|n| !gone.contains(*n)) {
@@ -130,15 +133,15 @@ pub async fn referenced(objects: &dyn ObjectStore, gone: &BTreeSet<String>) -> R
     let mut covered = HashMap::new();
     let mut drained = HashSet::new();
     for journal in registered {
-        let from = cursors.iter().map(|c| c.get(&journal).copied().unwrap_or(0)).min().unwrap_or(0);
-        let tail = batches_after(objects, &journal, from).await?;
+        let from = cursors.iter().map(|c| c.get(journal.as_str()).copied().unwrap_or(0)).min().unwrap_or(0);
+        let tail = batches_after(objects, journal, from).await?;
         if tail.is_empty() {
             drained.insert(journal.clone());
         }
         for b in tail {
             refs.extend(b.changes.iter().filter_map(|(_, c)| c.blob()));
         }
-        covered.insert(journal, from);
+        covered.insert(journal.clone(), from);
     }
     Ok(References { nodes: all_nodes.len(), blobs: refs, covered, drained })
 }
@@ -159,9 +162,18 @@ pub struct Policy {
     pub dry_run: bool,
 }
 
+fn gone_key(node: &str) -> String {
+    format!("{GONE}/{node}")
+}
+
+/// Record that `node` is gone, and why.
+async fn record_gone(objects: &dyn ObjectStore, node: &str, why: String) -> Result<(), StoreError> {
+    objects.put_meta(&gone_key(node), why.into_bytes()).await
+}
+
 /// Why `node` is recorded as gone, if it is.
 pub async fn gone_record(objects: &dyn ObjectStore, node: &str) -> Result<Option<String>, StoreError> {
-    match objects.get_meta(&format!("{GONE}/{node}")).await {
+    match objects.get_meta(&gone_key(node)).await {
         Ok(body) => Ok(Some(String::from_utf8_lossy(&body).into_owned())),
         Err(e) if e.is_missing() => Ok(None),
         Err(e) => Err(e),
@@ -177,18 +189,13 @@ pub async fn forget_node(objects: &dyn ObjectStore, node: &str) -> Result<(), St
     if !known {
         return Err(StoreError::Config(format!("no node {node} in this bucket (neither registered nor with a snapshot)")));
     }
-    let why = format!("forgotten by hand (wombatfs gc --forget-node) at unix time {}", now_secs());
-    objects.put_meta(&format!("{GONE}/{node}"), why.into_bytes()).await
+    record_gone(objects, node, format!("forgotten by hand (wombatfs gc --forget-node) at unix time {}", now_secs())).await
 }
 
 /// The nodes recorded as gone, and those whose lease expired (recorded now unless `dry_run`).
 async fn gone_nodes(objects: &dyn ObjectStore, markers: &[feed::Marker], policy: &Policy) -> Result<BTreeSet<String>, StoreError> {
     let mut gone: BTreeSet<String> = objects.list_meta(GONE).await?.iter().filter_map(|k| k.strip_prefix(GONE)?.strip_prefix('/')).map(str::to_string).collect();
-    let mut newest: BTreeMap<&str, u64> = BTreeMap::new();
-    for m in markers {
-        let e = newest.entry(m.node.as_str()).or_insert(0);
-        *e = (*e).max(m.ms);
-    }
+    let newest = feed::newest_by_node(markers);
     // measured against the newest marker in the bucket, not this clock: a fleet that was
     // down together (or a collector with a wrong clock) expires nobody
     let newest_any = newest.values().copied().max().unwrap_or(0);
@@ -198,7 +205,7 @@ async fn gone_nodes(objects: &dyn ObjectStore, markers: &[feed::Marker], policy:
             tracing::warn!(node, last_seen_ms = ms, lease_secs = policy.lease.as_secs(), "a node's lease expired: the collector no longer waits for it");
             if !policy.dry_run {
                 let why = format!("lease expired: no change-feed marker since unix ms {ms} (lease {} s), recorded at unix time {}", policy.lease.as_secs(), now_secs());
-                objects.put_meta(&format!("{GONE}/{node}"), why.into_bytes()).await?;
+                record_gone(objects, node, why).await?;
             }
             gone.insert(node.to_string());
         }
@@ -215,12 +222,12 @@ async fn remove_node(objects: &dyn ObjectStore, node: &str, markers: &[feed::Mar
     for m in markers.iter().filter(|m| m.node == node) {
         objects.delete_meta(&m.key()).await?;
     }
-    objects.delete_meta(&format!("{}/{node}", change::NODES)).await
+    objects.delete_meta(&change::registry_key(node)).await
 }
 
 /// Delete a gone node's snapshots, so no node restores a tree the collector no longer keeps.
 async fn drop_snapshots(objects: &dyn ObjectStore, node: &str) -> Result<usize, StoreError> {
-    let mine: Vec<String> = objects.list_meta(snapshot::DIR).await?.into_iter().filter(|n| n.rsplit_once('-').is_some_and(|(_, id)| id == node)).collect();
+    let mine: Vec<String> = objects.list_meta(snapshot::DIR).await?.into_iter().filter(|n| snapshot::owner(n) == Some(node)).collect();
     for name in &mine {
         objects.delete_meta(name).await?;
     }
@@ -268,7 +275,8 @@ pub async fn collect(objects: &dyn ObjectStore, policy: &Policy) -> Result<GcRep
     let dry_run = policy.dry_run;
     let markers: Vec<feed::Marker> = objects.list_meta(feed::FEED).await?.iter().filter_map(|k| feed::Marker::parse(k)).collect();
     let gone = gone_nodes(objects, &markers, policy).await?;
-    let known = known_nodes(&nodes(objects).await?, &newest_snapshots(objects).await?);
+    let (registered, snaps) = (nodes(objects).await?, newest_snapshots(objects).await?);
+    let known = known_nodes(&registered, &snaps);
     if !known.is_empty() && known.iter().all(|n| gone.contains(n)) {
         return Err(StoreError::Config("every node of the bucket is gone: refusing to decide that nothing is referenced (a new node can restore the tree only from a live node's snapshot)".into()));
     }
@@ -279,7 +287,8 @@ pub async fn collect(objects: &dyn ObjectStore, policy: &Policy) -> Result<GcRep
             report.snapshots_deleted += drop_snapshots(objects, node).await?;
         }
     }
-    let References { nodes, blobs: refs, covered, drained } = referenced(objects, &gone).await?;
+    // the snapshots listed before the gone nodes' were dropped: those are skipped anyway
+    let References { nodes, blobs: refs, covered, drained } = references_of(objects, &registered, &snaps, &gone).await?;
     let blobs = objects.list_blobs().await?;
     if nodes == 0 && !blobs.is_empty() {
         return Err(StoreError::Config("the bucket has blobs but no node registry, snapshot or journal: refusing to decide that nothing is referenced".into()));

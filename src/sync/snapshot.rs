@@ -28,11 +28,17 @@ pub async fn put(objects: &dyn ObjectStore, node: &str, kv: &Records) -> Result<
     objects.put_meta(&name, env).await?;
     // crash window: the new snapshot is in the bucket, the older ones not yet deleted
     fail::fail_point!("snapshot-after-put");
-    let mine: Vec<String> = objects.list_meta(DIR).await?.into_iter().filter(|n| n.ends_with(&format!("-{node}"))).collect();
+    let mine: Vec<String> = objects.list_meta(DIR).await?.into_iter().filter(|n| owner(n) == Some(node)).collect();
     for old in mine.iter().take(mine.len().saturating_sub(KEEP)) {
         objects.delete_meta(old).await?;
     }
     Ok(name)
+}
+
+/// The node that wrote a snapshot, from its name `snapshots/<secs>-<nanos>-<node>` (node ids
+/// may hold `-`).
+pub fn owner(name: &str) -> Option<&str> {
+    name.strip_prefix(DIR)?.strip_prefix('/')?.splitn(3, '-').nth(2)
 }
 
 /// This node's id, kept in `<cache>/node-id` (created on first use).
@@ -95,4 +101,15 @@ pub enum RestoreError {
     /// writing the records
     #[error(transparent)]
     Index(#[from] IndexError),
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_owner_of_a_snapshot_is_the_whole_node_id() {
+        assert_eq!(super::owner("snapshots/001700000000-000000001-0af3"), Some("0af3"));
+        assert_eq!(super::owner("snapshots/001700000000-000000001-node-b_2"), Some("node-b_2"));
+        assert_eq!(super::owner("journal/001700000000-000000001-0af3"), None);
+        assert_eq!(super::owner("snapshots/garbage"), None);
+    }
 }

@@ -237,9 +237,9 @@ impl FlatTier {
         }
     }
 
-    /// The blobs in the tier.
-    pub fn ids(&self) -> Vec<BlobId> {
-        self.lock().entries.keys().copied().collect()
+    /// The blobs in the tier for which `f` holds.
+    pub fn ids_where(&self, f: impl Fn(&BlobId) -> bool) -> Vec<BlobId> {
+        self.lock().entries.keys().filter(|id| f(id)).copied().collect()
     }
 
     /// Every file in the tier: `Some(id)` for well-formed blob names, `None` (with its path) for

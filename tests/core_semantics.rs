@@ -142,6 +142,56 @@ fn unlink_while_open_hard_links_symlinks() {
 }
 
 #[test]
+fn a_replaced_file_the_kernel_still_holds_stays_readable_until_its_forget() {
+    let f = Fixture::new();
+    f.mkdir("ns").unwrap();
+    f.write_file("ns/blk", b"old").unwrap();
+    f.write_file("ns/tmp", b"new").unwrap();
+    let ns = f.resolve("ns").unwrap();
+    let c = f.core();
+    // the kernel looked the name up (a reader about to open it), then a writer replaced it
+    let old = c.lookup_for_kernel(ns, b"blk").unwrap().unwrap().ino;
+    f.rename("ns/tmp", "ns/blk", 0).unwrap();
+    assert_eq!(f.read_file("ns/blk").unwrap(), b"new");
+    assert_eq!(c.getattr(old).unwrap().nlink, 0, "the old inode is unlinked but still answers");
+    let fh = c.open(old, libc::O_RDONLY).unwrap().fh;
+    assert_eq!(f.read_fh(fh), b"old", "the racing reader reads the version it resolved");
+    c.release(fh);
+    f.drain();
+    assert_eq!(f.flat_count(), 3, "the kernel's reference keeps the old blob (+ new + empty)");
+    c.forget(old, 1);
+    assert_eq!(c.getattr(old).map(|_| ()).map_err(common::e), Err(libc::ENOENT), "freed at forget");
+    f.drain();
+    assert_eq!(f.flat_count(), 2, "and its blob with it");
+
+    // a kernel reference from readdirplus counts the same; . and .. are not references
+    f.write_file("ns/b2", b"x").unwrap();
+    let dh = c.opendir(ns).unwrap();
+    let mut handed = Vec::new();
+    c.readdir_from(dh, 0, true, |_, e, _| {
+        handed.push(e.name.clone());
+        false
+    })
+    .unwrap();
+    c.releasedir(dh);
+    assert!(handed.len() == 4, "., .., blk, b2: {handed:?}");
+    let b2 = f.resolve("ns/b2").unwrap();
+    f.unlink("ns/b2").unwrap();
+    assert_eq!(c.getattr(b2).unwrap().nlink, 0, "kept for the kernel");
+    c.forget(b2, 1);
+    assert!(c.getattr(b2).is_err());
+    c.forget(ns, 1);
+    assert!(c.getattr(ns).is_ok(), "forget frees only unlinked files, never a live directory");
+
+    // the daemon's own removals (budget eviction) free at once, held or not
+    f.write_file("ns/evicted", b"e").unwrap();
+    let ev = c.lookup_for_kernel(ns, b"evicted").unwrap().unwrap().ino;
+    c.evict(ns, b"evicted").unwrap();
+    assert!(c.getattr(ev).is_err(), "an evicted name is gone even while the kernel holds it");
+    c.forget(ev, 1);
+}
+
+#[test]
 fn rmdir_rules() {
     let f = Fixture::new();
     f.mkdir_p("ns/d");

@@ -597,3 +597,63 @@ fn o_direct_random_operations_match_a_model() {
     assert!(fs::read(&path).unwrap() == model, "after a remount");
     m.unmount();
 }
+
+fn files_under(dir: &Path) -> usize {
+    fs::read_dir(dir).map_or(0, |rd| rd.flatten().map(|e| if e.path().is_dir() { files_under(&e.path()) } else { 1 }).sum())
+}
+
+/// A reader that resolved a name just before a writer's `os.replace` over it opens the version
+/// it resolved, as on a local filesystem (the engines replace blocks through a temp name);
+/// the replaced inode and its blob go once the kernel forgets it.
+#[test]
+fn a_name_resolved_before_a_replace_still_opens() {
+    let m = Mount::start();
+    fs::create_dir(m.path("ns")).unwrap();
+    let old = pattern(100_000, 1);
+    fs::write(m.path("ns/blk"), &old).unwrap();
+    // an O_PATH descriptor holds the resolved inode without opening it
+    let fd = unsafe { libc::open(cstr(&m.path("ns/blk")).as_ptr(), libc::O_PATH) };
+    assert!(fd >= 0);
+    let before = files_under(&m.cache.join("flat"));
+    fs::write(m.path("ns/tmp"), pattern(100_000, 2)).unwrap();
+    fs::rename(m.path("ns/tmp"), m.path("ns/blk")).unwrap();
+    assert_eq!(fs::read(m.path("ns/blk")).unwrap(), pattern(100_000, 2));
+    let reopened = fs::read(format!("/proc/self/fd/{fd}"));
+    assert!(reopened.as_ref().is_ok_and(|d| *d == old), "the resolved version opens and reads: {:?}", reopened.map(|d| d.len()));
+    assert_eq!(files_under(&m.cache.join("flat")), before + 1, "the old blob is kept while it is held");
+    unsafe { libc::close(fd) };
+    // the kernel forgets the inode once nothing holds it; its blob is then reclaimed
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while files_under(&m.cache.join("flat")) > before && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(files_under(&m.cache.join("flat")), before, "the replaced blob is reclaimed after the kernel's forget");
+
+    // racing readers and a replacing writer: no ENOENT, every read is a whole version
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (dir, stop) = (m.path("ns"), stop.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let tmp = dir.join(format!("tmp{i}"));
+                fs::write(&tmp, pattern(8192, (i % 200) as u8)).unwrap();
+                fs::rename(&tmp, dir.join("hot")).unwrap();
+                i += 1;
+            }
+            i
+        })
+    };
+    while fs::metadata(m.path("ns/hot")).is_err() {
+        std::thread::yield_now();
+    }
+    let (mut reads, t0) = (0, std::time::Instant::now());
+    while t0.elapsed() < std::time::Duration::from_secs(3) {
+        let d = fs::read(m.path("ns/hot")).unwrap_or_else(|e| panic!("read {reads} of a name being replaced: {e}"));
+        assert!(d.len() == 8192 && d == pattern(8192, d[0]), "a whole version");
+        reads += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let replaces = writer.join().unwrap();
+    assert!(reads > 100 && replaces > 100, "{reads} reads, {replaces} replaces");
+}

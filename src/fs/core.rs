@@ -119,14 +119,18 @@ impl FsCore {
     /// Feed the entries of a directory handle from `offset` on, each with its attributes and
     /// the offset after it, to `add` until it returns true (the reply is full). The one loop
     /// behind `readdir` and `readdirplus`; entries whose inode went away since `opendir` are
-    /// skipped.
-    pub fn readdir_from(&self, fh: u64, offset: u64, mut add: impl FnMut(u64, &DirEntry, &Attr) -> bool) -> FsResult<()> {
+    /// skipped. With `plus` (readdirplus: the kernel gets a reference to each entry it is
+    /// handed, but `.` and `..`), every entry added counts as a kernel reference.
+    pub fn readdir_from(&self, fh: u64, offset: u64, plus: bool, mut add: impl FnMut(u64, &DirEntry, &Attr) -> bool) -> FsResult<()> {
         let entries = self.readdir(fh)?;
         let t = self.read_tree();
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
             let Ok(rec) = t.get(e.ino) else { continue };
             if add(i as u64 + 1, e, &attr_of(rec)) {
                 break;
+            }
+            if plus && e.name != b"." && e.name != b".." {
+                t.lookups.add(e.ino);
             }
         }
         Ok(())
@@ -181,7 +185,7 @@ impl FsCore {
         let victims = self.budgets.victims(&self.read_tree());
         let mut removed: std::collections::BTreeMap<u64, usize> = Default::default();
         for v in &victims {
-            match self.unlink(v.parent, &v.name) {
+            match self.evict(v.parent, &v.name) {
                 Ok(()) => *removed.entry(v.ns).or_default() += 1,
                 // renamed or removed meanwhile: the next pass sees what is left
                 Err(e) => tracing::debug!(ns = v.ns, error = %e, "budget eviction skipped a name"),

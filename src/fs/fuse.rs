@@ -177,7 +177,10 @@ fn fopen_flags(o: &Opened) -> FopenFlags {
 impl WombatFuse {
     fn entry(&self, reply: ReplyEntry, op: &'static str, r: Result<Attr, FsError>) {
         match r {
-            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
+            Ok(a) => {
+                self.core.kernel_holds(a.ino);
+                reply.entry(&self.ttl, &file_attr(&a), Generation(0))
+            }
             Err(e) => reply.error(errno(op, &e)),
         }
     }
@@ -245,7 +248,7 @@ impl Filesystem for WombatFuse {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _req = begin(req, "lookup", parent.0);
-        match self.core.lookup(parent.0, name.as_bytes()) {
+        match self.core.lookup_for_kernel(parent.0, name.as_bytes()) {
             Ok(Some(a)) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
             Ok(None) => {
                 // negative entry: inode 0 with a TTL lets the kernel cache the miss
@@ -268,6 +271,11 @@ impl Filesystem for WombatFuse {
             }
             Err(e) => reply.error(errno("lookup", &e)),
         }
+    }
+
+    /// Also what fuser's `batch_forget` calls for each inode.
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.core.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -467,7 +475,7 @@ impl Filesystem for WombatFuse {
 
     fn readdir(&self, req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let _req = begin(req, "readdir", _ino.0);
-        let r = self.core.readdir_from(fh.0, offset, |next, e, _| reply.add(INodeNo(e.ino), next, file_type(e.kind), OsStr::from_bytes(&e.name)));
+        let r = self.core.readdir_from(fh.0, offset, false, |next, e, _| reply.add(INodeNo(e.ino), next, file_type(e.kind), OsStr::from_bytes(&e.name)));
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("readdir", &e)),
@@ -477,7 +485,7 @@ impl Filesystem for WombatFuse {
     fn readdirplus(&self, req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let _req = begin(req, "readdirplus", _ino.0);
         let ttl = self.ttl;
-        let r = self.core.readdir_from(fh.0, offset, |next, e, a| reply.add(INodeNo(e.ino), next, OsStr::from_bytes(&e.name), &ttl, &file_attr(a), Generation(0)));
+        let r = self.core.readdir_from(fh.0, offset, true, |next, e, a| reply.add(INodeNo(e.ino), next, OsStr::from_bytes(&e.name), &ttl, &file_attr(a), Generation(0)));
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("readdirplus", &e)),
@@ -539,6 +547,7 @@ impl Filesystem for WombatFuse {
         match self.core.create(caller(req), parent.0, name.as_bytes(), mode, umask, flags) {
             Ok((a, o)) => {
                 self.passthrough.created(a.ino, o.fh);
+                self.core.kernel_holds(a.ino);
                 reply.created(&self.ttl, &file_attr(&a), Generation(0), FileHandle(o.fh), fopen_flags(&o))
             }
             Err(e) => reply.error(errno("create", &e)),

@@ -411,9 +411,8 @@ impl FsCore {
         };
         if last {
             t.open.remove(&ino);
-            if t.orphans.contains(&ino) {
-                let mut tx = Tx::default();
-                t.forget_inode(&mut tx, ino);
+            let mut tx = Tx::default();
+            if t.release_orphan(&mut tx, ino) {
                 if let Err(e) = t.commit(tx, &self.index, &self.store) {
                     tracing::error!(ino, error = %e, "could not record the removal of an unlinked file");
                 }

@@ -7,6 +7,7 @@ pub mod core;
 pub mod error;
 pub mod fuse;
 pub mod io;
+pub mod lookups;
 pub mod metrics;
 pub mod mount;
 pub mod namespace;
@@ -167,7 +168,7 @@ pub enum Inval {
 }
 
 /// Drops the kernel's cached entries (installed by the FUSE adapter).
-pub type Invalidator = Box<dyn Fn(&[Inval]) + Send + Sync>;
+pub type Invalidator = std::sync::Arc<dyn Fn(&[Inval]) + Send + Sync>;
 
 /// Block size reported by `statfs` and `stat`.
 pub const BLOCK_SIZE: u32 = 4096;

@@ -53,7 +53,7 @@ pub fn mount(core: Arc<FsCore>, spec: &MountSpec) -> std::io::Result<Mounted> {
     // the notifier exists only once the session does; the adapter and the core read it
     // through the same cell, set exactly once here
     let _ = notifier.set(session.notifier());
-    core.set_invalidator(Box::new(crate::fs::fuse::invalidator(notifier)));
+    core.set_invalidator(std::sync::Arc::new(crate::fs::fuse::invalidator(notifier)));
     Ok(Mounted { session: session.spawn()? })
 }
 

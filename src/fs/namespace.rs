@@ -85,6 +85,43 @@ impl Namespace {
         }
     }
 
+    /// Look a name up for the kernel: a positive answer counts as one kernel reference
+    /// (taken under the tree lock, so a removal cannot free the inode before it is counted).
+    pub fn lookup_for_kernel(&self, parent: u64, name: &[u8]) -> FsResult<Option<Attr>> {
+        if name.len() > crate::fs::NAME_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        let t = self.read_tree();
+        match t.child(parent, name)? {
+            Some(ino) => {
+                let a = attr_of(t.get(ino)?);
+                t.lookups.add(ino);
+                Ok(Some(a))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The kernel got a reference to `ino` in an entry reply other than `lookup`'s.
+    pub fn kernel_holds(&self, ino: u64) {
+        self.read_tree().lookups.add(ino);
+    }
+
+    /// The kernel gave back `n` references to `ino` (`forget`); an unlinked file nothing
+    /// else holds is freed.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if !self.read_tree().lookups.forget(ino, n) {
+            return;
+        }
+        let mut t = self.write_tree();
+        let mut tx = Tx::default();
+        if t.release_orphan(&mut tx, ino) {
+            if let Err(e) = t.commit(tx, &self.index, &self.store) {
+                tracing::error!(ino, error = %e, "could not record the removal of an unlinked file");
+            }
+        }
+    }
+
     /// Attributes of an inode.
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
         Ok(attr_of(self.read_tree().get(ino)?))
@@ -277,6 +314,20 @@ impl Namespace {
         t.note_remove(&mut tx, parent, name);
         self.unlink_in(&mut t, &mut tx, parent, name)?;
         t.commit(tx, &self.index, &self.store)
+    }
+
+    /// Remove a non-directory name on the daemon's own account (budget eviction): the inode
+    /// is freed even if the kernel still holds it, and the kernel's cached entry is dropped.
+    pub fn evict(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        {
+            let mut t = self.write_tree();
+            let mut tx = Tx::daemon_removal();
+            t.note_remove(&mut tx, parent, name);
+            self.unlink_in(&mut t, &mut tx, parent, name)?;
+            t.commit(tx, &self.index, &self.store)?;
+        }
+        self.invalidate_later(vec![crate::fs::Inval::Entry(parent, name.to_vec())]);
+        Ok(())
     }
 
     pub(super) fn unlink_in(&self, t: &mut Tree, tx: &mut Tx, parent: u64, name: &[u8]) -> FsResult<()> {

@@ -23,7 +23,7 @@ impl Namespace {
         {
             let mut t = self.write_tree();
             let cursor = t.outbox.cursors.get(node).copied().unwrap_or(0);
-            let mut tx = Tx::default();
+            let mut tx = Tx::daemon_removal();
             for (seq, c) in batch.changes.iter().filter(|(s, _)| *s > cursor) {
                 let mut target = TreeTarget { core: self, t: &mut t, tx: &mut tx, inval: &mut inval };
                 match apply::apply(&mut target, c) {
@@ -145,6 +145,16 @@ impl Namespace {
         }
         if let Some(f) = self.invalidator.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
             f(inval);
+        }
+    }
+
+    /// [`Self::invalidate`] from another thread: a caller inside a FUSE request (a `setxattr`
+    /// that sets a budget holds the directory's lock in the kernel) must not wait on the
+    /// kernel's invalidation of an entry in that directory.
+    pub fn invalidate_later(&self, inval: Vec<Inval>) {
+        let f = self.invalidator.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if let (Some(f), false) = (f, inval.is_empty()) {
+            std::thread::spawn(move || f(&inval));
         }
     }
 

@@ -42,9 +42,18 @@ pub struct Tx {
     changes: Vec<Change>,
     /// blobs no name refers to any more: removed once the commit that says so is written
     reclaims: Vec<(BlobId, u64)>,
+    /// the removals are the daemon's own (budget eviction, another node's change), which the
+    /// kernel did not see: inodes it still holds are freed at once instead of kept until its
+    /// `forget` (its later requests on them get ENOENT, as for any removed file)
+    daemon_removal: bool,
 }
 
 impl Tx {
+    /// A transaction of removals the daemon makes on its own account (see `daemon_removal`).
+    pub fn daemon_removal() -> Self {
+        Tx { daemon_removal: true, ..Tx::default() }
+    }
+
     /// Record an inode.
     pub fn put_inode(&mut self, rec: &InodeRecord) {
         self.ops.push(Op::Put(keys::inode(rec.ino), records::encode(rec)));
@@ -77,8 +86,10 @@ pub struct Tree {
     pub next_ino: u64,
     /// open inodes
     pub open: HashMap<u64, OpenEntry>,
-    /// unlinked inodes kept alive by open handles
+    /// unlinked inodes kept alive by open handles or by the kernel's references
     pub orphans: HashSet<u64>,
+    /// the kernel's references to inodes
+    pub lookups: crate::fs::lookups::Lookups,
     /// the blob whose pages the kernel may hold for an inode (KEEP_CACHE is only safe for it)
     pub kernel_cached: HashMap<u64, BlobId>,
     /// committed changes since mount (tells a snapshot writer whether anything changed)
@@ -276,7 +287,8 @@ impl Tree {
     }
 
     /// Drop one hard link of a non-directory inode; frees it (and its blob reference) once no
-    /// link and no open handle remains.
+    /// link, no open handle and (unless the daemon removes it itself) no kernel reference
+    /// remains.
     pub fn drop_link(&mut self, tx: &mut Tx, ino: u64, now: Ts) -> FsResult<()> {
         let rec = self.get_mut(ino)?;
         rec.nlink = rec.nlink.saturating_sub(1);
@@ -286,12 +298,21 @@ impl Tree {
             return Ok(());
         }
         tx.del_inode(ino);
-        if self.open.contains_key(&ino) {
+        if self.open.contains_key(&ino) || (!tx.daemon_removal && self.lookups.holds(ino)) {
             self.orphans.insert(ino);
         } else {
             self.forget_inode(tx, ino);
         }
         Ok(())
+    }
+
+    /// Free an orphan once nothing holds it any more; true when it was freed.
+    pub fn release_orphan(&mut self, tx: &mut Tx, ino: u64) -> bool {
+        let free = self.orphans.contains(&ino) && !self.open.contains_key(&ino) && !self.lookups.holds(ino);
+        if free {
+            self.forget_inode(tx, ino);
+        }
+        free
     }
 
     /// Remove an inode that has no links and no handles.

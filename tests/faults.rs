@@ -289,3 +289,83 @@ fn a_slow_store_gets_several_uploads_at_once_and_never_more_than_the_bound() {
 fn policy(grace: std::time::Duration) -> wombatfs::sync::gc::Policy {
     wombatfs::sync::gc::Policy { grace, lease: std::time::Duration::from_secs(wombatfs::config::defaults::GC_NODE_LEASE_SECS), dry_run: false }
 }
+
+/// `--upload sync`: a small file's close waits for one PUT, the journal batch that carries
+/// its bytes — not for its blob's own upload, which follows from the queue. Another node
+/// reads it from the carried bytes while the blob is not in the bucket yet. A file too large
+/// to be carried still waits for its blob.
+#[test]
+fn a_small_sync_close_travels_in_its_journal_batch() {
+    let (mem, s) = faulty();
+    let a = Fixture::node_with(s.clone(), StoreOptions { sync_uploads: true, ..bounded(2) });
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    a.block_on(async {
+        tokio::spawn(a.core().namespace().clone().publish_loop(stop.clone()));
+    });
+    a.mkdir_p("ns");
+    // blob uploads fail (the queue retries them); journal PUTs work
+    s.set(Op::PutBlob, Fault::Fail(RemoteKind::Server), None);
+    let small = [random_bytes(4096, 71), compressible_bytes(64 << 10, 72), Vec::new()];
+    for (i, data) in small.iter().enumerate() {
+        let t = Instant::now();
+        a.write_file(&format!("ns/f{i}"), data).unwrap();
+        assert!(t.elapsed() < Duration::from_secs(2), "the close did not wait for the blob's upload: {:?}", t.elapsed());
+    }
+    let id = BlobId::of(&small[0]);
+    assert!(!a.block_on(mem.has_blob(&id)).unwrap(), "the blob itself is not uploaded yet");
+    // a reader that could not fetch anything from the bucket still reads them
+    s.set(Op::FetchInto, Fault::Fail(RemoteKind::Server), None);
+    s.set(Op::GetBlob, Fault::Fail(RemoteKind::Server), None);
+    let b = Fixture::node(s.clone());
+    b.poll();
+    for (i, data) in small.iter().enumerate() {
+        assert!(b.read_file(&format!("ns/f{i}")).unwrap() == *data, "f{i} from the carried bytes");
+    }
+    // too large to carry: the close waits for the blob, and fails when it cannot land
+    let big = random_bytes((64 << 10) + 1, 73);
+    let fh = a.open_write("ns/big", true).unwrap();
+    a.core().write(fh, 0, &big).unwrap();
+    assert_eq!(a.core().flush(fh).map_err(common::e), Err(libc::EIO), "a large blob is not carried");
+    // uploads come back: the carried blobs become objects of their own, the large one lands
+    s.clear(Op::PutBlob);
+    a.core().flush(fh).unwrap();
+    a.core().release(fh);
+    a.drain();
+    for data in &small {
+        assert!(a.block_on(mem.has_blob(&BlobId::of(data))).unwrap(), "uploaded after the batch");
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// A node that leaves for good before its queued uploads are done leaves its small blobs only
+/// inside its journal batches: the collector uploads them from there before it deletes the
+/// batches, so a fresh node restoring the tree still reads them.
+#[test]
+fn gc_keeps_the_blobs_a_gone_node_carried_in_its_journal() {
+    let (mem, s) = faulty();
+    let a = Fixture::node(s.clone());
+    a.mkdir_p("ns");
+    a.publish();
+    s.set(Op::PutBlob, Fault::Fail(RemoteKind::Server), None);
+    let data = random_bytes(10_000, 81);
+    a.write_file("ns/f", &data).unwrap();
+    // async: the publisher does not wait for the upload of a blob it can carry
+    assert_eq!(a.block_on(a.core().publish_ready()).unwrap(), 1);
+    let id = BlobId::of(&data);
+    assert!(!a.block_on(mem.has_blob(&id)).unwrap());
+    // b follows straight from the bucket (no faults), snapshots, and a never comes back
+    let b = Fixture::node(mem.clone());
+    b.poll();
+    b.publish();
+    b.core().write_snapshot(&b.core().node_id()).unwrap();
+    let gone = a.core().node_id();
+    drop(a);
+    b.block_on(wombatfs::sync::gc::forget_node(mem.as_ref(), &gone)).unwrap();
+    let r = b.block_on(wombatfs::sync::gc::collect(mem.as_ref(), &policy(Duration::ZERO))).unwrap();
+    assert_eq!(r.nodes_removed, vec![gone], "{r:?}");
+    assert!(r.deleted.is_empty(), "{r:?}");
+    assert!(b.block_on(mem.has_blob(&id)).unwrap(), "the carried blob became an object before its batch went");
+    let c = Fixture::node(mem.clone());
+    c.poll();
+    assert!(c.read_file("ns/f").unwrap() == data, "a fresh node restores it from the bucket");
+}

@@ -362,7 +362,7 @@ mod one_set_of_rules {
         #[test]
         fn a_node_and_a_name_table_agree(changes in proptest::collection::vec(change(), 1..40)) {
             let node = common::Fixture::new();
-            let batch = Batch { node: "peer".into(), changes: changes.into_iter().enumerate().map(|(i, c)| (i as u64 + 1, c)).collect(), sealed_ms: None };
+            let batch = Batch { node: "peer".into(), changes: changes.into_iter().enumerate().map(|(i, c)| (i as u64 + 1, c)).collect(), sealed_ms: None, inline: Vec::new() };
             node.core().apply_peer_batch("peer", &batch).unwrap();
             let mut table = NameTable::default();
             table.apply_batch(&batch);

@@ -311,9 +311,12 @@ impl FsCore {
                 (id, n)
             }
         };
-        if self.store.sync_uploads() {
-            // --upload sync: durable in the object store before anything is published; on
-            // failure the writer gets EIO and the staging file stays for a retry
+        // --upload sync: durable in the object store before anything is published; on
+        // failure the writer gets EIO and the staging file stays for a retry. A small blob
+        // travels in the journal batch the closer waits for (one PUT on its path), and is
+        // uploaded as its own object from the queue afterwards.
+        let upload_now = self.store.sync_uploads() && (self.store.objects().is_local() || size > crate::sync::change::INLINE_MAX);
+        if upload_now {
             self.store.upload_now(&id, &s.path)?;
         }
         let mut t = self.write_tree();
@@ -325,7 +328,7 @@ impl FsCore {
         // pinned (never evicted) until the upload is queued by the commit below
         let _pinned = self.store.adopt(&s.path, &id)?;
         let mut tx = Tx::default();
-        if self.store.sync_uploads() {
+        if upload_now {
             // uploaded above: queueing it again would cost a second PUT, and the publisher,
             // which waits for queued uploads, would keep the waiting closer for it
             t.incref_published(&mut tx, id, size);

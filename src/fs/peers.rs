@@ -20,6 +20,9 @@ impl Namespace {
     pub fn apply_peer_batch(&self, node: &str, batch: &Batch) -> FsResult<usize> {
         let mut inval = Vec::new();
         let mut applied = 0;
+        // small blobs the batch carries go to the flat tier first (a name bound to one reads
+        // locally at once, even before its writer's upload of it is done)
+        let carried = self.adopt_carried(node, batch);
         {
             let mut t = self.write_tree();
             let cursor = t.outbox.cursors.get(node).copied().unwrap_or(0);
@@ -36,6 +39,15 @@ impl Namespace {
             t.outbox.cursors.insert(node.to_string(), last);
             tx.put_raw(keys::cursor(node), last.to_be_bytes().to_vec());
             t.commit(tx, &self.index, &self.store)?;
+            // carried blobs no applied change bound (the rules left it out, or it was applied
+            // before) do not stay; under the tree lock, as a seal adopts under it
+            for (id, _pin) in carried {
+                if !t.blobs.contains_key(&id) {
+                    if let Err(e) = self.store.flat().remove(&id) {
+                        tracing::warn!(%id, error = %e, "could not remove a carried blob no name took");
+                    }
+                }
+            }
         }
         self.invalidate(&inval);
         let m = crate::metrics::get();
@@ -45,6 +57,32 @@ impl Namespace {
             m.journal_apply_delay.observe(change::now_ms().saturating_sub(sealed) as f64 / 1000.0);
         }
         Ok(applied)
+    }
+
+    /// Adopt the verified blobs `batch` carries that its changes past the cursor name and the
+    /// flat tier lacks; a blob whose bytes are not its own is left out (read from the bucket).
+    fn adopt_carried(&self, node: &str, batch: &Batch) -> Vec<(crate::blob::BlobId, crate::store::Pinned<'_>)> {
+        if batch.inline.is_empty() {
+            return Vec::new();
+        }
+        let cursor = self.read_tree().outbox.cursors.get(node).copied().unwrap_or(0);
+        let mut out = Vec::new();
+        for id in batch.changes.iter().filter(|(s, _)| *s > cursor).filter_map(|(_, c)| c.blob()) {
+            let Some(i) = batch.inline_blob(&id) else { continue };
+            if out.iter().any(|(o, _)| *o == id) {
+                continue;
+            }
+            if !i.verified() {
+                tracing::warn!(node, %id, "a carried blob does not hash to its id; it is read from the bucket instead");
+                continue;
+            }
+            match self.store.adopt_bytes(&id, &i.bytes) {
+                Ok(Some(pin)) => out.push((id, pin)),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(node, %id, error = %e, "could not keep a carried blob; it is read from the bucket instead"),
+            }
+        }
+        out
     }
 
     /// Bind `path` to a new file or symlink inode (the rules checked it is not a directory).

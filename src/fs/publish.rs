@@ -265,17 +265,44 @@ impl Namespace {
     }
 
     /// The next publishable batch: consecutive changes from the front of the outbox up to
-    /// change `upto`, and up to the first whose blob is not durable in the bucket yet.
+    /// change `upto`, and up to the first whose blob is not durable in the bucket yet — unless
+    /// that blob is small: then the batch carries it (up to [`change::INLINE_BUDGET`] bytes),
+    /// and its own upload, still queued, follows.
     fn ready_batch(&self, upto: u64) -> Option<Batch> {
-        let t = self.read_tree();
-        let mut changes = Vec::new();
-        for (seq, c) in t.outbox.queue.iter().take_while(|(seq, _)| *seq <= upto).take(MAX_BATCH) {
-            if c.blob().is_some_and(|id| self.store.upload_pending(&id)) {
-                break;
+        let (node, mut changes, carry) = {
+            let t = self.read_tree();
+            let (mut changes, mut carry, mut budget) = (Vec::new(), Vec::new(), change::INLINE_BUDGET);
+            for (seq, c) in t.outbox.queue.iter().take_while(|(seq, _)| *seq <= upto).take(MAX_BATCH) {
+                if let (Change::File { blob, size, .. }, true) = (c, c.blob().is_some_and(|id| self.store.upload_pending(&id))) {
+                    if *size > change::INLINE_MAX || *size > budget {
+                        break;
+                    }
+                    budget -= size;
+                    carry.push((changes.len(), *blob, *size));
+                }
+                changes.push((*seq, c.clone()));
             }
-            changes.push((*seq, c.clone()));
+            (t.outbox.node.clone(), changes, carry)
+        };
+        // read outside the tree lock: a blob whose upload is queued keeps its flat file
+        let mut inline: Vec<change::Inline> = Vec::with_capacity(carry.len());
+        for (at, id, size) in carry {
+            match std::fs::read(self.store.flat().path(&id)) {
+                Ok(bytes) if bytes.len() as u64 == size => {
+                    if !inline.iter().any(|i| i.id == id) {
+                        inline.push(change::Inline { id, bytes });
+                    }
+                }
+                // gone or not whole (it cannot be, short of a bug): publish up to it, and the
+                // rest once its upload is done
+                _ => {
+                    changes.truncate(at);
+                    inline.retain(|i| changes.iter().any(|(_, c)| c.blob() == Some(i.id)));
+                    break;
+                }
+            }
         }
-        (!changes.is_empty()).then(|| Batch { node: t.outbox.node.clone(), changes, sealed_ms: None })
+        (!changes.is_empty()).then(|| Batch { node, changes, sealed_ms: None, inline })
     }
 
     /// Record that the changes up to `last` are in the bucket.

@@ -156,6 +156,19 @@ impl BlobStore {
         Ok(guard)
     }
 
+    /// Put a blob another node carried in a journal batch into the flat tier (the caller
+    /// checked its bytes hash to `id`), pinned while the guard lives; `None` when the flat
+    /// tier has it already.
+    pub fn adopt_bytes(&self, id: &BlobId, bytes: &[u8]) -> Result<Option<Pinned<'_>>, StoreError> {
+        if self.flat.contains(id) {
+            return Ok(None);
+        }
+        let (mut f, path) = self.new_staging()?;
+        std::io::Write::write_all(&mut f, bytes).map_err(|e| StoreError::io("write a carried blob", e))?;
+        drop(f);
+        self.adopt(&path, id).map(Some)
+    }
+
     /// Store a blob in the object store right now when that is a cheap local operation.
     /// Returns false when the caller must persist an upload intent and queue it instead.
     pub fn put_now(&self, id: &BlobId) -> bool {

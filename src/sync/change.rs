@@ -100,7 +100,35 @@ pub struct Batch {
     /// older readers ignore
     #[serde(skip)]
     pub sealed_ms: Option<u64>,
+    /// the content of small blobs the changes name, carried in the batch so that one PUT
+    /// makes a small file durable and visible (each is also uploaded as its own object
+    /// afterwards): a second trailer, after the time ([`INLINE_MAGIC`])
+    #[serde(skip)]
+    pub inline: Vec<Inline>,
 }
+
+/// A small blob carried inside a batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inline {
+    /// its id (the BLAKE3 hash of `bytes`: a reader checks it)
+    pub id: BlobId,
+    /// its raw content
+    pub bytes: Vec<u8>,
+}
+
+impl Inline {
+    /// Whether the bytes are the blob's (a reader adopts nothing else).
+    pub fn verified(&self) -> bool {
+        BlobId::of(&self.bytes) == self.id
+    }
+}
+
+/// Largest blob carried inside a batch.
+pub const INLINE_MAX: u64 = 64 << 10;
+/// Most inline bytes in one batch.
+pub const INLINE_BUDGET: u64 = 4 << 20;
+/// Starts the inline trailer (batch format 2); format 1 ends after the time.
+pub const INLINE_MAGIC: &[u8; 4] = b"WBI2";
 
 impl Batch {
     /// Sequence number of the last change.
@@ -108,20 +136,36 @@ impl Batch {
         self.changes.last().map(|c| c.0).unwrap_or(0)
     }
 
-    /// Encode as a self-verifying envelope, stamped with the time now.
+    /// Encode as a self-verifying envelope, stamped with the time now: the bincode body, the
+    /// time (8 bytes), and, when blobs are carried, [`INLINE_MAGIC`] and their bincode list.
     pub fn seal(&self) -> Vec<u8> {
         let mut body = bincode::serialize(self).expect("a batch always serializes");
         body.extend_from_slice(&now_ms().to_le_bytes());
+        if !self.inline.is_empty() {
+            body.extend_from_slice(INLINE_MAGIC);
+            bincode::serialize_into(&mut body, &self.inline).expect("inline blobs always serialize");
+        }
         codec::seal_meta(&body)
     }
 
-    /// Decode and verify an envelope made by [`Batch::seal`].
+    /// Decode and verify an envelope made by [`Batch::seal`] (or by a writer before the
+    /// time or the inline trailer).
     pub fn open(env: &[u8]) -> Result<Batch, String> {
         let body = codec::open_meta(env).map_err(|e| e.to_string())?;
         let mut rest: &[u8] = &body;
         let mut batch: Batch = bincode::deserialize_from(&mut rest).map_err(|e| format!("undecodable change batch: {e}"))?;
-        batch.sealed_ms = rest.try_into().ok().map(u64::from_le_bytes);
+        if let Some((time, more)) = rest.split_first_chunk::<8>() {
+            batch.sealed_ms = Some(u64::from_le_bytes(*time));
+            if let Some(list) = more.strip_prefix(INLINE_MAGIC) {
+                batch.inline = bincode::deserialize(list).map_err(|e| format!("undecodable inline blobs: {e}"))?;
+            }
+        }
         Ok(batch)
+    }
+
+    /// The content of `id`, if the batch carries it.
+    pub fn inline_blob(&self, id: &BlobId) -> Option<&Inline> {
+        self.inline.iter().find(|i| i.id == *id)
     }
 }
 
@@ -181,6 +225,7 @@ mod tests {
                 (8, Change::Rename { from: b"ns/a".to_vec(), to: b"ns/b".to_vec() }),
             ],
             sealed_ms: None,
+            inline: Vec::new(),
         };
         let env = b.seal();
         let got = Batch::open(&env).unwrap();
@@ -195,6 +240,15 @@ mod tests {
         let n = bad.len();
         bad[n - 1] ^= 1;
         assert!(Batch::open(&bad).is_err());
+
+        // format 2 carries small blobs after the time; a format-1 reader stops at the time
+        let carried = Batch { inline: vec![Inline { id: BlobId::of(b"x"), bytes: b"x".to_vec() }], ..b.clone() };
+        let got = Batch::open(&carried.seal()).unwrap();
+        assert!(got.sealed_ms.is_some());
+        assert_eq!(got.inline, carried.inline);
+        assert!(got.inline_blob(&BlobId::of(b"x")).is_some_and(Inline::verified));
+        assert!(got.inline_blob(&BlobId::of(b"y")).is_none());
+        assert!(!Inline { id: BlobId::of(b"x"), bytes: b"y".to_vec() }.verified(), "bytes that are not the blob's");
     }
 
     #[test]

@@ -217,6 +217,7 @@ async fn gone_nodes(objects: &dyn ObjectStore, markers: &[feed::Marker], policy:
 /// journal, registry entry and feed markers (its `gone/` record stays).
 async fn remove_node(objects: &dyn ObjectStore, node: &str, markers: &[feed::Marker]) -> Result<(), StoreError> {
     for key in objects.list_meta(&change::journal_dir(node)).await? {
+        keep_carried(objects, &key).await?;
         objects.delete_meta(&key).await?;
     }
     for m in markers.iter().filter(|m| m.node == node) {
@@ -236,7 +237,7 @@ async fn drop_snapshots(objects: &dyn ObjectStore, node: &str) -> Result<usize, 
 
 /// Delete journal batches every node's newest snapshot already covers (nobody restoring or
 /// catching up reads them again). Returns how many were deleted.
-async fn compact_journals(objects: &dyn ObjectStore, covered: &HashMap<String, u64>, dry_run: bool) -> Result<usize, StoreError> {
+async fn compact_journals(objects: &dyn ObjectStore, covered: &HashMap<String, u64>, gone: &BTreeSet<String>, dry_run: bool) -> Result<usize, StoreError> {
     let mut deleted = 0;
     for (node, upto) in covered {
         let keys = objects.list_meta(&change::journal_dir(node)).await?;
@@ -245,6 +246,9 @@ async fn compact_journals(objects: &dyn ObjectStore, covered: &HashMap<String, u
         for (i, key) in keys.iter().enumerate().take(keys.len().saturating_sub(1)) {
             if firsts.get(i + 1).is_some_and(|next| next.saturating_sub(1) <= *upto) {
                 if !dry_run {
+                    if gone.contains(node) {
+                        keep_carried(objects, key).await?;
+                    }
                     objects.delete_meta(key).await?;
                 }
                 deleted += 1;
@@ -252,6 +256,29 @@ async fn compact_journals(objects: &dyn ObjectStore, covered: &HashMap<String, u
         }
     }
     Ok(deleted)
+}
+
+/// Before a gone node's batch is deleted: the small blobs it carries (`Batch::inline`) that
+/// never became objects of their own — the node left before its queued uploads were done —
+/// are uploaded from it, so the names every live node bound to them keep their bytes. A live
+/// node's batch needs none of this: the collector deletes it only once that node's own
+/// snapshot covers it, and a node writes a snapshot only with no upload pending.
+async fn keep_carried(objects: &dyn ObjectStore, key: &str) -> Result<usize, StoreError> {
+    let batch = change::Batch::open(&objects.get_meta(key).await?).map_err(|why| StoreError::Config(format!("{key}: {why}")))?;
+    let mut kept = 0;
+    for i in batch.inline.iter().filter(|i| i.verified()) {
+        if objects.has_blob(&i.id).await? {
+            continue;
+        }
+        let tmp = std::env::temp_dir().join(format!("wombatfs-gc-{}-{}", std::process::id(), i.id));
+        std::fs::write(&tmp, &i.bytes).map_err(|e| StoreError::io("write a carried blob for upload", e))?;
+        let put = objects.put_blob(&i.id, &tmp).await;
+        let _ = std::fs::remove_file(&tmp);
+        put?;
+        tracing::info!(%key, id = %i.id, "a gone node's carried blob uploaded before its batch is deleted");
+        kept += 1;
+    }
+    Ok(kept)
 }
 
 /// Delete the change-feed markers older than [`feed::KEEP`], except each node's newest.
@@ -317,7 +344,7 @@ pub async fn collect(objects: &dyn ObjectStore, policy: &Policy) -> Result<GcRep
             report.waiting += 1;
         }
     }
-    report.journal_batches_deleted = compact_journals(objects, &covered, dry_run).await?;
+    report.journal_batches_deleted = compact_journals(objects, &covered, &gone, dry_run).await?;
     for node in gone.iter().filter(|n| drained.contains(*n)) {
         if !dry_run {
             remove_node(objects, node, &markers).await?;

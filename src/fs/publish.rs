@@ -302,7 +302,7 @@ impl Namespace {
                 }
             }
         }
-        (!changes.is_empty()).then(|| Batch { node, changes, sealed_ms: None, inline })
+        (!changes.is_empty()).then_some(Batch { node, changes, sealed_ms: None, inline })
     }
 
     /// Record that the changes up to `last` are in the bucket.

@@ -184,13 +184,19 @@ impl FsCore {
     pub fn enforce_budgets(&self) -> usize {
         let victims = self.budgets.victims(&self.read_tree());
         let mut removed: std::collections::BTreeMap<u64, usize> = Default::default();
+        let mut inval = Vec::new();
         for v in &victims {
             match self.evict(v.parent, &v.name) {
-                Ok(()) => *removed.entry(v.ns).or_default() += 1,
+                Ok(()) => {
+                    *removed.entry(v.ns).or_default() += 1;
+                    inval.push(crate::fs::Inval::Entry(v.parent, v.name.clone()));
+                }
                 // renamed or removed meanwhile: the next pass sees what is left
                 Err(e) => tracing::debug!(ns = v.ns, error = %e, "budget eviction skipped a name"),
             }
         }
+        // the kernel's cached entries of the removed names go too (one thread for them all)
+        self.invalidate_later(inval);
         for (ns, n) in &removed {
             let namespace = self.namespace_name(*ns);
             tracing::info!(ns, namespace, removed = n, "namespace over its budget: least recently used files removed");

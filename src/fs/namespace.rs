@@ -317,17 +317,14 @@ impl Namespace {
     }
 
     /// Remove a non-directory name on the daemon's own account (budget eviction): the inode
-    /// is freed even if the kernel still holds it, and the kernel's cached entry is dropped.
+    /// is freed even if the kernel still holds it. The caller drops the kernel's cached entry
+    /// ([`Self::invalidate_later`]).
     pub fn evict(&self, parent: u64, name: &[u8]) -> FsResult<()> {
-        {
-            let mut t = self.write_tree();
-            let mut tx = Tx::daemon_removal();
-            t.note_remove(&mut tx, parent, name);
-            self.unlink_in(&mut t, &mut tx, parent, name)?;
-            t.commit(tx, &self.index, &self.store)?;
-        }
-        self.invalidate_later(vec![crate::fs::Inval::Entry(parent, name.to_vec())]);
-        Ok(())
+        let mut t = self.write_tree();
+        let mut tx = Tx::daemon_removal();
+        t.note_remove(&mut tx, parent, name);
+        self.unlink_in(&mut t, &mut tx, parent, name)?;
+        t.commit(tx, &self.index, &self.store)
     }
 
     pub(super) fn unlink_in(&self, t: &mut Tree, tx: &mut Tx, parent: u64, name: &[u8]) -> FsResult<()> {

@@ -20,6 +20,17 @@ fn faulty() -> (Arc<MemoryStore>, Arc<FaultyStore>) {
     (mem, f)
 }
 
+/// A `--upload sync` node on `s` with its publisher running, as the daemon runs it (a sync
+/// close waits for its change in the journal); set the flag to stop the publisher.
+fn sync_node(s: &Arc<FaultyStore>, timeout_secs: u64) -> (Fixture, Arc<std::sync::atomic::AtomicBool>) {
+    let a = Fixture::node_with(s.clone(), StoreOptions { sync_uploads: true, ..bounded(timeout_secs) });
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    a.block_on(async {
+        tokio::spawn(a.core().namespace().clone().publish_loop(stop.clone()));
+    });
+    (a, stop)
+}
+
 fn bounded(secs: u64) -> StoreOptions {
     StoreOptions { store_timeout: Some(Duration::from_secs(secs)), ..Default::default() }
 }
@@ -45,12 +56,7 @@ fn transient_upload_failures_are_retried_until_the_blob_lands() {
 #[test]
 fn a_refused_sync_upload_fails_the_close_at_once_and_keeps_the_bytes() {
     let (mem, s) = faulty();
-    let a = Fixture::node_with(s.clone(), StoreOptions { sync_uploads: true, ..bounded(5) });
-    // a sync close waits for its change in the journal: run the publisher as the daemon does
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    a.block_on(async {
-        tokio::spawn(a.core().namespace().clone().publish_loop(stop.clone()));
-    });
+    let (a, stop) = sync_node(&s, 5);
     a.mkdir_p("ns");
     s.set(Op::PutBlob, Fault::Fail(RemoteKind::Auth), None);
     let data = compressible_bytes(1 << 20, 2);
@@ -297,11 +303,7 @@ fn policy(grace: std::time::Duration) -> wombatfs::sync::gc::Policy {
 #[test]
 fn a_small_sync_close_travels_in_its_journal_batch() {
     let (mem, s) = faulty();
-    let a = Fixture::node_with(s.clone(), StoreOptions { sync_uploads: true, ..bounded(2) });
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    a.block_on(async {
-        tokio::spawn(a.core().namespace().clone().publish_loop(stop.clone()));
-    });
+    let (a, stop) = sync_node(&s, 2);
     a.mkdir_p("ns");
     // blob uploads fail (the queue retries them); journal PUTs work
     s.set(Op::PutBlob, Fault::Fail(RemoteKind::Server), None);

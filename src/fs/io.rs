@@ -414,12 +414,7 @@ impl FsCore {
         };
         if last {
             t.open.remove(&ino);
-            let mut tx = Tx::default();
-            if t.release_orphan(&mut tx, ino) {
-                if let Err(e) = t.commit(tx, &self.index, &self.store) {
-                    tracing::error!(ino, error = %e, "could not record the removal of an unlinked file");
-                }
-            }
+            self.ns.free_if_orphan(&mut t, ino);
         }
     }
 

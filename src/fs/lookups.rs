@@ -32,16 +32,6 @@ impl Lookups {
     pub fn holds(&self, ino: u64) -> bool {
         self.0.contains_key(&ino)
     }
-
-    /// Inodes the kernel holds.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether the kernel holds no inode.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -58,7 +48,7 @@ mod tests {
         assert!(!l.forget(7, 2), "one reference is left");
         assert!(l.holds(7));
         assert!(l.forget(7, 1));
-        assert!(!l.holds(7) && l.is_empty());
+        assert!(!l.holds(7));
         assert!(l.forget(9, 1), "forgetting an inode never counted is harmless");
     }
 }

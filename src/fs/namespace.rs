@@ -75,31 +75,26 @@ impl Namespace {
 
     /// Look up a name; `Ok(None)` is a (cacheable) negative answer.
     pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Option<Attr>> {
-        if name.len() > crate::fs::NAME_MAX {
-            return Err(FsError::NameTooLong);
-        }
-        let t = self.read_tree();
-        match t.child(parent, name)? {
-            Some(ino) => Ok(Some(attr_of(t.get(ino)?))),
-            None => Ok(None),
-        }
+        self.find(parent, name, false)
     }
 
     /// Look a name up for the kernel: a positive answer counts as one kernel reference
     /// (taken under the tree lock, so a removal cannot free the inode before it is counted).
     pub fn lookup_for_kernel(&self, parent: u64, name: &[u8]) -> FsResult<Option<Attr>> {
+        self.find(parent, name, true)
+    }
+
+    fn find(&self, parent: u64, name: &[u8], for_kernel: bool) -> FsResult<Option<Attr>> {
         if name.len() > crate::fs::NAME_MAX {
             return Err(FsError::NameTooLong);
         }
         let t = self.read_tree();
-        match t.child(parent, name)? {
-            Some(ino) => {
-                let a = attr_of(t.get(ino)?);
-                t.lookups.add(ino);
-                Ok(Some(a))
-            }
-            None => Ok(None),
+        let Some(ino) = t.child(parent, name)? else { return Ok(None) };
+        let a = attr_of(t.get(ino)?);
+        if for_kernel {
+            t.lookups.add(ino);
         }
+        Ok(Some(a))
     }
 
     /// The kernel got a reference to `ino` in an entry reply other than `lookup`'s.
@@ -113,7 +108,12 @@ impl Namespace {
         if !self.read_tree().lookups.forget(ino, n) {
             return;
         }
-        let mut t = self.write_tree();
+        self.free_if_orphan(&mut self.write_tree(), ino);
+    }
+
+    /// Free `ino` if it is an orphan nothing holds any more (no handle, no kernel reference),
+    /// and record that; after the last `release` and after the kernel's `forget`.
+    pub(super) fn free_if_orphan(&self, t: &mut Tree, ino: u64) {
         let mut tx = Tx::default();
         if t.release_orphan(&mut tx, ino) {
             if let Err(e) = t.commit(tx, &self.index, &self.store) {

@@ -273,12 +273,14 @@ impl Namespace {
             let t = self.read_tree();
             let (mut changes, mut carry, mut budget) = (Vec::new(), Vec::new(), change::INLINE_BUDGET);
             for (seq, c) in t.outbox.queue.iter().take_while(|(seq, _)| *seq <= upto).take(MAX_BATCH) {
-                if let (Change::File { blob, size, .. }, true) = (c, c.blob().is_some_and(|id| self.store.upload_pending(&id))) {
-                    if *size > change::INLINE_MAX || *size > budget {
-                        break;
+                if let Change::File { blob, size, .. } = c {
+                    if self.store.upload_pending(blob) {
+                        if *size > change::INLINE_MAX || *size > budget {
+                            break;
+                        }
+                        budget -= size;
+                        carry.push((changes.len(), *blob, *size));
                     }
-                    budget -= size;
-                    carry.push((changes.len(), *blob, *size));
                 }
                 changes.push((*seq, c.clone()));
             }

@@ -263,9 +263,8 @@ async fn compact_journals(objects: &dyn ObjectStore, covered: &HashMap<String, u
 /// are uploaded from it, so the names every live node bound to them keep their bytes. A live
 /// node's batch needs none of this: the collector deletes it only once that node's own
 /// snapshot covers it, and a node writes a snapshot only with no upload pending.
-async fn keep_carried(objects: &dyn ObjectStore, key: &str) -> Result<usize, StoreError> {
+async fn keep_carried(objects: &dyn ObjectStore, key: &str) -> Result<(), StoreError> {
     let batch = change::Batch::open(&objects.get_meta(key).await?).map_err(|why| StoreError::Config(format!("{key}: {why}")))?;
-    let mut kept = 0;
     for i in batch.inline.iter().filter(|i| i.verified()) {
         if objects.has_blob(&i.id).await? {
             continue;
@@ -276,9 +275,8 @@ async fn keep_carried(objects: &dyn ObjectStore, key: &str) -> Result<usize, Sto
         let _ = std::fs::remove_file(&tmp);
         put?;
         tracing::info!(%key, id = %i.id, "a gone node's carried blob uploaded before its batch is deleted");
-        kept += 1;
     }
-    Ok(kept)
+    Ok(())
 }
 
 /// Delete the change-feed markers older than [`feed::KEEP`], except each node's newest.

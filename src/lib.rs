@@ -10,6 +10,7 @@
 
 pub mod backoff;
 pub mod blob;
+pub mod hlc;
 pub mod metrics;
 pub mod name;
 pub mod size;

@@ -327,6 +327,7 @@ mod one_set_of_rules {
     use super::*;
     use proptest::prelude::*;
     use wombatfs::blob::BlobId;
+    use wombatfs::hlc::Stamp;
     use wombatfs::index::records::Ts;
     use wombatfs::sync::change::{Attrs, Batch, Change};
     use wombatfs::sync::names::{Entry, NameTable};
@@ -360,9 +361,12 @@ mod one_set_of_rules {
     proptest! {
         #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
         #[test]
-        fn a_node_and_a_name_table_agree(changes in proptest::collection::vec(change(), 1..40)) {
+        fn a_node_and_a_name_table_agree(changes in proptest::collection::vec((change(), proptest::option::of(1u64..30)), 1..40)) {
             let node = common::Fixture::new();
-            let batch = Batch { node: "peer".into(), changes: changes.into_iter().enumerate().map(|(i, c)| (i as u64 + 1, c)).collect(), sealed_ms: None, inline: Vec::new() };
+            // unstamped (writers before stamps) and stamped changes, mixed
+            let stamps = changes.iter().map(|(_, s)| s.map(|s| Stamp { hlc: s, node: 1 }).unwrap_or(Stamp::ZERO)).collect();
+            let changes = changes.into_iter().enumerate().map(|(i, (c, _))| (i as u64 + 1, c)).collect();
+            let batch = Batch { node: "peer".into(), changes, sealed_ms: None, inline: Vec::new(), stamps };
             node.core().apply_peer_batch("peer", &batch).unwrap();
             let mut table = NameTable::default();
             table.apply_batch(&batch);

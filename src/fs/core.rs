@@ -76,11 +76,13 @@ impl FsCore {
             mtime: now,
             ctime: now,
             xattrs: Default::default(),
+            stamp: Default::default(),
         };
         let mut tree = Tree::load(records, &store, &index, root)?;
         // a remote store may be shared: publish this node's changes for the others
         let node = crate::sync::snapshot::node_id(cache_dir)?;
         tree.outbox.init(&node, !store.objects().is_local());
+        tree.clock.set_node(&node);
         let idx = index.clone();
         store.set_uploaded_hook(Arc::new(move |id: BlobId| {
             if let Err(e) = idx.commit(vec![crate::index::Op::Delete(crate::index::keys::upload(&id))]) {

@@ -174,7 +174,7 @@ impl Namespace {
             InodeKind::Symlink { target } => target.len() as u64,
             _ => 0,
         };
-        Ok(InodeRecord { ino, kind, perm, uid: caller.uid, gid, nlink, size, atime: now, mtime: now, ctime: now, xattrs: Default::default() })
+        Ok(InodeRecord { ino, kind, perm, uid: caller.uid, gid, nlink, size, atime: now, mtime: now, ctime: now, xattrs: Default::default(), stamp: Default::default() })
     }
 
     pub(super) fn check_new_entry(t: &Tree, parent: u64, name: &[u8], is_dir: bool) -> FsResult<()> {
@@ -385,11 +385,11 @@ impl Namespace {
                 t.note_entry(&mut tx, p, n);
             }
         } else if let Some(src) = src {
-            t.note_rename(&mut tx, from, to);
+            t.note_rename(&mut tx, src, from, to);
             if !t.dirs.contains_key(&src) {
-                // files travel with their content, so a node that missed the old name still
-                // ends up with the new one
-                t.note_entry(&mut tx, newparent, newname);
+                // files travel as a new version under the new name, with their content, so a
+                // node that missed the old name still ends up with the new one
+                t.note_state(&mut tx, src);
             }
         }
         t.commit(tx, &self.index, &self.store)

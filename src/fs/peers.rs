@@ -10,6 +10,7 @@ use crate::fs::error::{FsError, FsResult};
 use crate::fs::tree::{Tree, Tx, ROOT};
 use crate::fs::{Caller, Inval};
 use crate::index::keys;
+use crate::hlc::Stamp;
 use crate::index::records::{InodeKind, Ts};
 use crate::sync::apply::{self, Found, Outcome, Target};
 use crate::sync::change::{self, Attrs, Batch, Change};
@@ -27,9 +28,12 @@ impl Namespace {
             let mut t = self.write_tree();
             let cursor = t.outbox.cursors.get(node).copied().unwrap_or(0);
             let mut tx = Tx::daemon_removal();
-            for (seq, c) in batch.changes.iter().filter(|(s, _)| *s > cursor) {
+            for (i, (seq, c)) in batch.changes.iter().enumerate().filter(|(_, (s, _))| *s > cursor) {
+                let stamp = batch.stamp(i);
+                // this node's later changes are stamped past every change it applied or left out
+                t.clock.observe(stamp);
                 let mut target = TreeTarget { core: self, t: &mut t, tx: &mut tx, inval: &mut inval };
-                match apply::apply(&mut target, c) {
+                match apply::apply(&mut target, c, stamp) {
                     Ok(Outcome::Applied) => applied += 1,
                     Ok(Outcome::Skipped(why)) => tracing::debug!(node, seq, change = ?c, why, "a change of another node is left out by the rules"),
                     Err(e) => tracing::warn!(node, seq, change = ?c, error = %e, "a change of another node does not apply here; skipped"),
@@ -87,7 +91,7 @@ impl Namespace {
 
     /// Bind `path` to a new file or symlink inode (the rules checked it is not a directory).
     #[allow(clippy::too_many_arguments)]
-    fn peer_put(&self, t: &mut Tree, tx: &mut Tx, path: &[u8], kind: InodeKind, size: u64, attrs: &Attrs, inval: &mut Vec<Inval>) -> FsResult<()> {
+    fn peer_put(&self, t: &mut Tree, tx: &mut Tx, path: &[u8], kind: InodeKind, size: u64, attrs: &Attrs, stamp: Stamp, inval: &mut Vec<Inval>) -> FsResult<()> {
         let (parent, name) = self.peer_parent(t, tx, path, inval)?;
         if parent == ROOT {
             return Err(FsError::NotPermitted("only namespace directories may live at the root"));
@@ -99,6 +103,8 @@ impl Namespace {
         let mut rec = self.new_inode(t, tx, caller, parent, kind, attrs.perm)?;
         rec.size = size;
         rec.mtime = attrs.mtime;
+        rec.stamp = stamp;
+        t.clear_tomb(tx, path, stamp);
         if let InodeKind::File { blob } = rec.kind {
             t.incref_published(tx, blob, size);
         }
@@ -107,13 +113,21 @@ impl Namespace {
         Ok(())
     }
 
-    /// Take the published attributes if they differ.
-    fn peer_attrs(t: &mut Tree, tx: &mut Tx, ino: u64, a: &Attrs, inval: &mut Vec<Inval>) -> FsResult<()> {
+    /// Take the published attributes (and a file's or symlink's version) if they differ.
+    fn peer_attrs(t: &mut Tree, tx: &mut Tx, ino: u64, a: &Attrs, stamp: Stamp, inval: &mut Vec<Inval>) -> FsResult<()> {
         let rec = t.get_mut(ino)?;
+        let mut changed = false;
         if (rec.perm, rec.uid, rec.gid, rec.mtime) != (a.perm, a.uid, a.gid, a.mtime) {
             (rec.perm, rec.uid, rec.gid, rec.mtime, rec.ctime) = (a.perm, a.uid, a.gid, a.mtime, Ts::now());
-            tx.put_inode(rec);
             inval.push(Inval::Inode(ino));
+            changed = true;
+        }
+        if stamp.is_set() && rec.stamp != stamp {
+            rec.stamp = stamp;
+            changed = true;
+        }
+        if changed {
+            tx.put_inode(rec);
         }
         Ok(())
     }
@@ -216,31 +230,42 @@ impl Target for TreeTarget<'_> {
 
     fn find(&self, path: &[u8]) -> FsResult<Found> {
         let Some((_, _, ino)) = Namespace::peer_ino(self.t, path)? else { return Ok(Found::Nothing) };
-        Ok(match &self.t.get(ino)?.kind {
-            InodeKind::File { blob } => Found::File(*blob),
-            InodeKind::Symlink { target } => Found::Symlink(target.clone()),
+        let rec = self.t.get(ino)?;
+        Ok(match &rec.kind {
+            InodeKind::File { blob } => Found::File(*blob, rec.stamp),
+            InodeKind::Symlink { target } => Found::Symlink(target.clone(), rec.stamp),
             InodeKind::Special { .. } => Found::Special,
             InodeKind::Dir { .. } => Found::Dir { empty: self.t.children(ino)?.is_empty() },
         })
     }
 
-    fn bind(&mut self, c: &Change) -> FsResult<()> {
+    fn tomb(&self, path: &[u8]) -> FsResult<Stamp> {
+        Ok(self.t.tomb(path))
+    }
+
+    fn set_tomb(&mut self, path: &[u8], stamp: Stamp) -> FsResult<()> {
+        self.t.set_tomb(self.tx, path, stamp);
+        Ok(())
+    }
+
+    fn bind(&mut self, c: &Change, stamp: Stamp) -> FsResult<()> {
         let (path, kind, size, attrs) = match c {
             Change::File { path, blob, size, attrs } => (path, InodeKind::File { blob: *blob }, *size, attrs),
             Change::Symlink { path, target, attrs } => (path, InodeKind::Symlink { target: target.clone() }, target.len() as u64, attrs),
             _ => return Err(FsError::Invalid("not a file change")),
         };
-        self.core.peer_put(self.t, self.tx, path, kind, size, attrs, self.inval)
+        self.core.peer_put(self.t, self.tx, path, kind, size, attrs, stamp, self.inval)
     }
 
-    fn set_attrs(&mut self, path: &[u8], attrs: &Attrs) -> FsResult<()> {
+    fn set_attrs(&mut self, path: &[u8], attrs: &Attrs, stamp: Stamp) -> FsResult<()> {
         let (_, _, ino) = Namespace::peer_ino(self.t, path)?.ok_or(FsError::NotFound)?;
-        Namespace::peer_attrs(self.t, self.tx, ino, attrs, self.inval)
+        self.t.clear_tomb(self.tx, path, stamp);
+        Namespace::peer_attrs(self.t, self.tx, ino, attrs, stamp, self.inval)
     }
 
     fn make_dir(&mut self, path: &[u8], attrs: &Attrs) -> FsResult<()> {
         let ino = self.core.peer_dir(self.t, self.tx, path, Some(attrs), self.inval)?;
-        Namespace::peer_attrs(self.t, self.tx, ino, attrs, self.inval)
+        Namespace::peer_attrs(self.t, self.tx, ino, attrs, Stamp::ZERO, self.inval)
     }
 
     fn remove(&mut self, path: &[u8]) -> FsResult<()> {

@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 use crate::backoff::Backoff;
 use crate::fs::namespace::Namespace;
 use crate::fs::error::{FsError, FsResult};
+use crate::hlc::{self, Stamp};
 use crate::index::{keys, records, Op};
 use crate::sync::change::{self, Batch, Change};
 use crate::sync::feed::{self, Marker};
@@ -116,7 +117,7 @@ pub struct Outbox {
     /// this node's id
     pub node: String,
     /// unpublished changes, ascending sequence
-    pub queue: VecDeque<(u64, Change)>,
+    pub queue: VecDeque<(u64, Change, Stamp)>,
     /// next sequence number
     pub next_seq: u64,
     /// per node: last change applied (this node: last change published)
@@ -152,14 +153,14 @@ impl Outbox {
     /// file that the newest queued change also describes (create then seal) supersedes it:
     /// the older record is deleted in the same commit. (If the publisher already has it in
     /// flight it is published too; applying both is harmless.)
-    pub fn stage(&mut self, ops: &mut Vec<Op>, changes: Vec<Change>) -> Vec<(u64, Change)> {
+    pub fn stage(&mut self, ops: &mut Vec<Op>, changes: Vec<(Change, Stamp)>) -> Vec<(u64, Change, Stamp)> {
         if !self.enabled {
             return Vec::new();
         }
-        let mut out: Vec<(u64, Change)> = Vec::with_capacity(changes.len());
-        for c in changes {
+        let mut out: Vec<(u64, Change, Stamp)> = Vec::with_capacity(changes.len());
+        for (c, stamp) in changes {
             let prev = out.last().or(self.queue.back());
-            if let (Some((old, Change::File { path: p0, .. })), Change::File { path, .. }) = (prev, &c) {
+            if let (Some((old, Change::File { path: p0, .. }, _)), Change::File { path, .. }) = (prev, &c) {
                 if p0 == path {
                     let old = *old;
                     ops.push(Op::Delete(keys::outbox(old)));
@@ -169,8 +170,8 @@ impl Outbox {
             }
             let seq = self.next_seq;
             self.next_seq += 1;
-            ops.push(Op::Put(keys::outbox(seq), records::encode(&c)));
-            out.push((seq, c));
+            ops.push(Op::Put(keys::outbox(seq), hlc::append(records::encode(&c), stamp)));
+            out.push((seq, c, stamp));
         }
         out
     }
@@ -181,7 +182,7 @@ impl Outbox {
     }
 
     /// Queue committed changes for the publisher.
-    pub fn push(&mut self, staged: Vec<(u64, Change)>) {
+    pub fn push(&mut self, staged: Vec<(u64, Change, Stamp)>) {
         if !self.superseded.is_empty() {
             let gone = std::mem::take(&mut self.superseded);
             self.queue.retain(|e| !gone.contains(&e.0));
@@ -191,7 +192,7 @@ impl Outbox {
         }
         if !staged.is_empty() {
             let now = std::time::Instant::now();
-            self.since.extend(staged.iter().map(|(seq, _)| (*seq, now)));
+            self.since.extend(staged.iter().map(|(seq, ..)| (*seq, now)));
             self.queue.extend(staged);
             self.wake.notify_one();
         }
@@ -206,10 +207,10 @@ impl Outbox {
 
     /// Load an `o/<seq>` record (keys come in ascending order).
     pub fn load_change(&mut self, k: &[u8], v: &[u8]) {
-        match (keys::id_after_prefix(k), records::decode::<Change>(v)) {
-            (Some(seq), Some(c)) => {
+        match (keys::id_after_prefix(k), hlc::decode_stamped::<Change>(v)) {
+            (Some(seq), Some((c, stamp))) => {
                 self.since.insert(seq, std::time::Instant::now());
-                self.queue.push_back((seq, c))
+                self.queue.push_back((seq, c, stamp))
             }
             _ => tracing::error!(key = %hex::encode(k), "undecodable outbox record skipped"),
         }
@@ -231,7 +232,7 @@ impl Outbox {
 
     /// Changes not yet published, and how long the oldest has waited.
     pub fn lag(&self) -> (usize, std::time::Duration) {
-        let oldest = self.queue.front().and_then(|(seq, _)| self.since.get(seq)).map(|t| t.elapsed());
+        let oldest = self.queue.front().and_then(|(seq, ..)| self.since.get(seq)).map(|t| t.elapsed());
         (self.queue.len(), oldest.unwrap_or_default())
     }
 
@@ -269,10 +270,10 @@ impl Namespace {
     /// that blob is small: then the batch carries it (up to [`change::INLINE_BUDGET`] bytes),
     /// and its own upload, still queued, follows.
     fn ready_batch(&self, upto: u64) -> Option<Batch> {
-        let (node, mut changes, carry) = {
+        let (node, mut changes, mut stamps, carry) = {
             let t = self.read_tree();
-            let (mut changes, mut carry, mut budget) = (Vec::new(), Vec::new(), change::INLINE_BUDGET);
-            for (seq, c) in t.outbox.queue.iter().take_while(|(seq, _)| *seq <= upto).take(MAX_BATCH) {
+            let (mut changes, mut stamps, mut carry, mut budget) = (Vec::new(), Vec::new(), Vec::new(), change::INLINE_BUDGET);
+            for (seq, c, stamp) in t.outbox.queue.iter().take_while(|(seq, ..)| *seq <= upto).take(MAX_BATCH) {
                 if let Change::File { blob, size, .. } = c {
                     if self.store.upload_pending(blob) {
                         if *size > change::INLINE_MAX || *size > budget {
@@ -283,8 +284,9 @@ impl Namespace {
                     }
                 }
                 changes.push((*seq, c.clone()));
+                stamps.push(*stamp);
             }
-            (t.outbox.node.clone(), changes, carry)
+            (t.outbox.node.clone(), changes, stamps, carry)
         };
         // read outside the tree lock: a blob whose upload is queued keeps its flat file
         let mut inline: Vec<change::Inline> = Vec::with_capacity(carry.len());
@@ -299,12 +301,13 @@ impl Namespace {
                 // rest once its upload is done
                 _ => {
                     changes.truncate(at);
+                    stamps.truncate(at);
                     inline.retain(|i| changes.iter().any(|(_, c)| c.blob() == Some(i.id)));
                     break;
                 }
             }
         }
-        (!changes.is_empty()).then_some(Batch { node, changes, sealed_ms: None, inline })
+        (!changes.is_empty()).then_some(Batch { node, changes, sealed_ms: None, inline, stamps })
     }
 
     /// Record that the changes up to `last` are in the bucket.
@@ -312,7 +315,7 @@ impl Namespace {
         let mut t = self.write_tree();
         let mut ops = Vec::new();
         while t.outbox.queue.front().is_some_and(|c| c.0 <= last) {
-            if let Some((seq, _)) = t.outbox.queue.pop_front() {
+            if let Some((seq, ..)) = t.outbox.queue.pop_front() {
                 ops.push(Op::Delete(keys::outbox(seq)));
                 t.outbox.since.remove(&seq);
             }

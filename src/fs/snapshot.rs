@@ -40,7 +40,7 @@ fn export(t: &Tree) -> Records {
         ];
         for (ino, rec) in &t.inodes {
             if !t.orphans.contains(ino) {
-                kv.push((keys::inode(*ino), records::encode(rec)));
+                kv.push((keys::inode(*ino), records::encode_inode(rec)));
             }
         }
         for (parent, children) in &t.dirs {
@@ -50,6 +50,10 @@ fn export(t: &Tree) -> Records {
         }
         for (id, e) in &t.blobs {
             kv.push((keys::blob(id), records::encode(&BlobRecord { size: e.size })));
+        }
+        // removals a node restoring from this snapshot must still order late writes against
+        for (path, stamp) in &t.tombs {
+            kv.push((keys::tomb(path), stamp.to_bytes().to_vec()));
         }
         // where each node's journal continues after this snapshot
         for (node, seq) in &t.outbox.cursors {

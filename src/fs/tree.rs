@@ -12,6 +12,8 @@ use crate::index::keys;
 use crate::index::records::{self, BlobRecord, InodeKind, InodeRecord, Ts};
 use crate::index::{Index, Op, Records};
 use crate::store::BlobStore;
+use crate::hlc::{Clock, Stamp};
+use crate::sync::apply;
 use crate::sync::change::{Attrs, Change};
 
 /// The root directory's inode number.
@@ -39,7 +41,7 @@ pub struct OpenEntry {
 pub struct Tx {
     ops: Vec<Op>,
     uploads: Vec<BlobId>,
-    changes: Vec<Change>,
+    changes: Vec<(Change, Stamp)>,
     /// blobs no name refers to any more: removed once the commit that says so is written
     reclaims: Vec<(BlobId, u64)>,
     /// the removals are the daemon's own (budget eviction, another node's change), which the
@@ -56,7 +58,7 @@ impl Tx {
 
     /// Record an inode.
     pub fn put_inode(&mut self, rec: &InodeRecord) {
-        self.ops.push(Op::Put(keys::inode(rec.ino), records::encode(rec)));
+        self.ops.push(Op::Put(keys::inode(rec.ino), records::encode_inode(rec)));
     }
     /// Record a raw key/value.
     pub fn put_raw(&mut self, k: Vec<u8>, v: Vec<u8>) {
@@ -98,7 +100,16 @@ pub struct Tree {
     pub names: HashMap<u64, Vec<(u64, Vec<u8>)>>,
     /// changes waiting to be published to the other nodes, and the journal cursors
     pub outbox: Outbox,
+    /// this node's clock for version stamps
+    pub clock: Clock,
+    /// removed names and the version they had, for [`apply::TOMB_TTL`]
+    pub tombs: HashMap<Vec<u8>, Stamp>,
+    /// when expired tombstones were last dropped (ms)
+    tombs_pruned_ms: u64,
 }
+
+/// How often a commit looks for expired tombstones.
+const TOMB_PRUNE_EVERY_MS: u64 = 60_000;
 
 impl Tree {
     /// Inode by number.
@@ -190,49 +201,111 @@ impl Tree {
         })
     }
 
-    /// Publish the current state of `ino` under each of its names.
-    pub fn note_state(&self, tx: &mut Tx, ino: u64) {
+    /// Publish the current state of `ino` under each of its names. A file or symlink gets a
+    /// new version stamp first (greater than every stamp this node has made or seen), which
+    /// every node compares to pick the same winner among concurrent writes of a name.
+    pub fn note_state(&mut self, tx: &mut Tx, ino: u64) {
         if !self.outbox.enabled {
             return;
         }
-        for (parent, name) in self.names.get(&ino).into_iter().flatten() {
-            if let Some(c) = self.path(*parent, name).and_then(|p| self.state_change(ino, p)) {
-                tx.changes.push(c);
+        let Some(rec) = self.inodes.get_mut(&ino) else { return };
+        let stamp = if matches!(rec.kind, InodeKind::File { .. } | InodeKind::Symlink { .. }) {
+            rec.stamp = self.clock.tick();
+            tx.put_inode(rec);
+            rec.stamp
+        } else {
+            Stamp::ZERO
+        };
+        let paths: Vec<Vec<u8>> = self.names.get(&ino).into_iter().flatten().filter_map(|(parent, name)| self.path(*parent, name)).collect();
+        for path in paths {
+            if stamp.is_set() {
+                self.clear_tomb(tx, &path, stamp);
+            }
+            if let Some(c) = self.state_change(ino, path) {
+                tx.changes.push((c, stamp));
             }
         }
     }
 
-    /// Publish the state of the entry `name` in `parent`.
-    pub fn note_entry(&self, tx: &mut Tx, parent: u64, name: &[u8]) {
-        if !self.outbox.enabled {
-            return;
-        }
-        let ino = self.dirs.get(&parent).and_then(|d| d.get(name));
-        if let Some(c) = ino.and_then(|i| self.state_change(*i, self.path(parent, name)?)) {
-            tx.changes.push(c);
+    /// Publish the state of the entry `name` in `parent` (with every other name of its inode).
+    pub fn note_entry(&mut self, tx: &mut Tx, parent: u64, name: &[u8]) {
+        if let Some(ino) = self.dirs.get(&parent).and_then(|d| d.get(name)).copied() {
+            self.note_state(tx, ino);
         }
     }
 
-    /// Publish the removal of `name` from `parent` (call before removing it).
-    pub fn note_remove(&self, tx: &mut Tx, parent: u64, name: &[u8]) {
+    /// Publish the removal of `name` from `parent` (call before removing it). The removal of a
+    /// file or symlink names the version it removes, and leaves a tombstone of it.
+    pub fn note_remove(&mut self, tx: &mut Tx, parent: u64, name: &[u8]) {
         if !self.outbox.enabled {
             return;
         }
-        let Some(ino) = self.dirs.get(&parent).and_then(|d| d.get(name)) else { return };
-        let blob = match self.inodes.get(ino).map(|r| &r.kind) {
-            Some(InodeKind::File { blob }) => Some(*blob),
-            _ => None,
-        };
+        let Some(ino) = self.dirs.get(&parent).and_then(|d| d.get(name)).copied() else { return };
         if let Some(path) = self.path(parent, name) {
-            tx.changes.push(Change::Remove { path, blob });
+            self.note_remove_path(tx, ino, path);
         }
     }
 
-    /// Publish a rename (paths computed before the move).
-    pub fn note_rename(&self, tx: &mut Tx, from: Option<Vec<u8>>, to: Option<Vec<u8>>) {
-        if let (true, Some(from), Some(to)) = (self.outbox.enabled, from, to) {
-            tx.changes.push(Change::Rename { from, to });
+    fn note_remove_path(&mut self, tx: &mut Tx, ino: u64, path: Vec<u8>) {
+        let (blob, stamp) = match self.inodes.get(&ino) {
+            Some(r) => match &r.kind {
+                InodeKind::File { blob } => (Some(*blob), r.stamp),
+                InodeKind::Symlink { .. } => (None, r.stamp),
+                _ => (None, Stamp::ZERO),
+            },
+            None => return,
+        };
+        if stamp.is_set() {
+            self.set_tomb(tx, &path, stamp);
         }
+        tx.changes.push((Change::Remove { path, blob }, stamp));
+    }
+
+    /// Publish the rename of `ino` (paths computed before the move). A directory travels as
+    /// a rename; a file or symlink as the removal of its old name (of the version it had):
+    /// the caller then publishes its new name with [`Self::note_state`], a new version.
+    pub fn note_rename(&mut self, tx: &mut Tx, ino: u64, from: Option<Vec<u8>>, to: Option<Vec<u8>>) {
+        let (true, Some(from), Some(to)) = (self.outbox.enabled, from, to) else { return };
+        if self.dirs.contains_key(&ino) {
+            tx.changes.push((Change::Rename { from, to }, Stamp::ZERO));
+        } else {
+            self.note_remove_path(tx, ino, from);
+        }
+    }
+
+    /// The stamp of the newest removal of `path` this node knows ([`Stamp::ZERO`]: none).
+    pub fn tomb(&self, path: &[u8]) -> Stamp {
+        self.tombs.get(path).copied().unwrap_or(Stamp::ZERO)
+    }
+
+    /// Record that the version `stamp` of `path` was removed (keeping a newer tombstone).
+    pub fn set_tomb(&mut self, tx: &mut Tx, path: &[u8], stamp: Stamp) {
+        self.clock.observe(stamp);
+        let t = self.tombs.entry(path.to_vec()).or_default();
+        if stamp > *t {
+            *t = stamp;
+            tx.ops.push(Op::Put(keys::tomb(path), stamp.to_bytes().to_vec()));
+        }
+    }
+
+    /// `path` is bound again with the version `stamp`: a tombstone it supersedes goes.
+    pub fn clear_tomb(&mut self, tx: &mut Tx, path: &[u8], stamp: Stamp) {
+        if self.tombs.get(path).is_some_and(|t| *t < stamp) {
+            self.tombs.remove(path);
+            tx.ops.push(Op::Delete(keys::tomb(path)));
+        }
+    }
+
+    /// Forget tombstones older than [`apply::TOMB_TTL`] by this node's clock (a change that
+    /// arrives later than that is past what the rules promise to order; see `sync::apply`).
+    pub fn prune_tombs(&mut self, tx: &mut Tx, now_ms: u64) -> usize {
+        let horizon = now_ms.saturating_sub(apply::TOMB_TTL.as_millis() as u64);
+        let old: Vec<Vec<u8>> = self.tombs.iter().filter(|(_, s)| s.ms() < horizon).map(|(p, _)| p.clone()).collect();
+        for p in &old {
+            self.tombs.remove(p);
+            tx.ops.push(Op::Delete(keys::tomb(p)));
+        }
+        old.len()
     }
 
     /// Touch mtime+ctime of a directory and record it.
@@ -350,6 +423,13 @@ impl Tree {
     /// A failed commit deletes nothing: a blob it would have reclaimed stays (a stray flat
     /// file the next mount removes if no record names it).
     pub fn commit(&mut self, mut tx: Tx, index: &Index, store: &BlobStore) -> FsResult<()> {
+        if !self.tombs.is_empty() {
+            let now = crate::sync::change::now_ms();
+            if now >= self.tombs_pruned_ms + TOMB_PRUNE_EVERY_MS {
+                self.tombs_pruned_ms = now;
+                self.prune_tombs(&mut tx, now);
+            }
+        }
         let staged = self.outbox.stage(&mut tx.ops, std::mem::take(&mut tx.changes));
         fail::fail_point!("tree-commit", |_| {
             self.outbox.abort();
@@ -367,6 +447,9 @@ impl Tree {
         // crash window: committed, the blobs it unreferenced not reclaimed yet
         fail::fail_point!("reclaim-after-commit");
         for (id, size) in tx.reclaims {
+            if self.blobs.contains_key(&id) {
+                continue; // named again later in the same transaction
+            }
             if let Err(e) = store.reclaim(id, size) {
                 tracing::warn!(%id, error = %e, "could not remove an unreferenced blob");
             }
@@ -392,6 +475,12 @@ impl Tree {
         if let Some(max) = t.inodes.keys().max() {
             t.next_ino = t.next_ino.max(max + 1);
         }
+        // the clock starts past every version stamp recorded here, whatever the wall clock says
+        for s in t.inodes.values().map(|r| r.stamp).chain(t.tombs.values().copied()) {
+            t.clock.observe(s);
+        }
+        t.tombs_pruned_ms = crate::sync::change::now_ms();
+        t.prune_tombs(&mut tx, t.tombs_pruned_ms);
         let links = t.link_entries(found.dirents, &mut tx);
         t.derive_counts(&links, &mut tx);
         let unreferenced = t.reconcile_blobs(&found.blobs, &mut tx);
@@ -421,7 +510,7 @@ impl Tree {
         let mut found = Found::default();
         for (k, v) in records {
             match k.first() {
-                Some(&keys::INODE) => match records::decode::<InodeRecord>(&v) {
+                Some(&keys::INODE) => match records::decode_inode(&v) {
                     Some(rec) => {
                         t.inodes.insert(rec.ino, rec);
                     }
@@ -440,6 +529,12 @@ impl Tree {
                 Some(&keys::UPLOAD) => found.pending.extend(keys::blob_after_prefix(&k)),
                 Some(&keys::CURSOR) => t.outbox.load_cursor(&k, &v),
                 Some(&keys::OUTBOX) => t.outbox.load_change(&k, &v),
+                Some(&keys::TOMB) => match Stamp::from_bytes(&v) {
+                    Some(s) => {
+                        t.tombs.insert(k[1..].to_vec(), s);
+                    }
+                    None => tracing::error!(key = %hex::encode(&k), "undecodable tombstone skipped"),
+                },
                 Some(&keys::META) if k == keys::format_version() => {
                     found.format = <[u8; 4]>::try_from(v.as_slice()).ok().map(u32::from_be_bytes);
                 }

@@ -11,6 +11,7 @@
 //! | `u` blake3:32                         | empty                              | blob queued for upload          |
 //! | `o` seq:u64 BE                        | bincode `sync::Change`             | change not yet in the journal   |
 //! | `c` node id bytes                     | u64 BE                             | last change seq seen of a node  |
+//! | `t` path bytes                        | `hlc::Stamp` (16 bytes)            | a removed name's last version   |
 //!
 //! Blob reference counts are not stored: they are recomputed from the inodes at mount, so a
 //! crash can never leave a count that disagrees with the tree.
@@ -32,6 +33,10 @@ pub const UPLOAD: u8 = b'u';
 pub const OUTBOX: u8 = b'o';
 /// Prefix of journal cursors (per node: the last change applied, or for this node published).
 pub const CURSOR: u8 = b'c';
+
+/// Prefix of tombstones (a removed name and the version it had, so an older write that
+/// arrives late from another node does not bring it back).
+pub const TOMB: u8 = b't';
 
 /// Index format version written at `m format`.
 pub const FORMAT: u32 = 1;
@@ -89,6 +94,11 @@ pub fn decode_cursor<'a>(key: &'a [u8], value: &[u8]) -> Option<(&'a str, u64)> 
     Some((node, u64::from_be_bytes(value.try_into().ok()?)))
 }
 
+/// `t` + published path.
+pub fn tomb(path: &[u8]) -> Vec<u8> {
+    [&[TOMB][..], path].concat()
+}
+
 /// Decode a u64 from the 8 bytes after the prefix byte.
 pub fn id_after_prefix(key: &[u8]) -> Option<u64> {
     key.get(1..9)?.try_into().ok().map(u64::from_be_bytes)
@@ -119,5 +129,6 @@ mod tests {
         assert_eq!(blob_after_prefix(&upload(&id)), Some(id));
         assert_eq!(inode(1)[0], b'i');
         assert_eq!(hex::encode(inode(0x0102)), "690000000000000102");
+        assert_eq!(tomb(b"ns/f"), b"tns/f");
     }
 }

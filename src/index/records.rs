@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::blob::BlobId;
+use crate::hlc::{self, Stamp};
 
 /// Seconds and nanoseconds since the Unix epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
@@ -101,6 +102,11 @@ pub struct InodeRecord {
     pub ctime: Ts,
     /// `user.*` extended attributes
     pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// version of the name's content on a shared bucket (files and symlinks; zero elsewhere
+    /// and in records from before stamps): persisted after the bincode body, see
+    /// [`encode_inode`]
+    #[serde(skip)]
+    pub stamp: Stamp,
 }
 
 /// A blob this node knows about.
@@ -119,6 +125,24 @@ pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 /// Decode a record.
 pub fn decode<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Option<T> {
     bincode::deserialize(b).ok()
+}
+
+/// Encode an inode: the bincode body, then its stamp if it has one (older readers ignore
+/// trailing bytes; unstamped records are as before stamps).
+pub fn encode_inode(rec: &InodeRecord) -> Vec<u8> {
+    let body = encode(rec);
+    if rec.stamp.is_set() {
+        hlc::append(body, rec.stamp)
+    } else {
+        body
+    }
+}
+
+/// Decode an inode made by [`encode_inode`] (or before stamps).
+pub fn decode_inode(b: &[u8]) -> Option<InodeRecord> {
+    let (mut rec, stamp): (InodeRecord, Stamp) = hlc::decode_stamped(b)?;
+    rec.stamp = stamp;
+    Some(rec)
 }
 
 #[cfg(test)]
@@ -147,12 +171,18 @@ mod tests {
             mtime: Ts { secs: 1, nanos: 0 },
             ctime: Ts { secs: 1, nanos: 0 },
             xattrs: BTreeMap::new(),
+            stamp: Stamp::ZERO,
         };
-        let enc = encode(&r);
-        assert_eq!(decode::<InodeRecord>(&enc), Some(r));
+        let enc = encode_inode(&r);
+        assert_eq!(decode_inode(&enc), Some(r.clone()));
         assert_eq!(
             hex::encode(&enc),
             "0200000000000000000000000100000000000000ed0100000000000000000200000000000000000000000100000000000000000000000100000000000000000000000100000000000000000000000000000000000000"
         );
+        // a stamped record is the same body and the stamp after it
+        let stamped = InodeRecord { stamp: Stamp { hlc: 9, node: 3 }, ..r };
+        let enc2 = encode_inode(&stamped);
+        assert_eq!(&enc2[..enc.len()], &enc[..]);
+        assert_eq!(decode_inode(&enc2), Some(stamped));
     }
 }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::blob::BlobId;
 use crate::codec;
+use crate::hlc::Stamp;
 use crate::index::records::Ts;
 
 /// Where nodes register (`nodes/<node id>`), so readers can find every journal.
@@ -105,6 +106,10 @@ pub struct Batch {
     /// afterwards): a second trailer, after the time ([`INLINE_MAGIC`])
     #[serde(skip)]
     pub inline: Vec<Inline>,
+    /// the version stamp of each change, in the order of `changes` (empty from writers before
+    /// stamps, whose changes apply unstamped): a third trailer ([`STAMPS_MAGIC`])
+    #[serde(skip)]
+    pub stamps: Vec<Stamp>,
 }
 
 /// A small blob carried inside a batch.
@@ -129,6 +134,8 @@ pub const INLINE_MAX: u64 = 64 << 10;
 pub const INLINE_BUDGET: u64 = 4 << 20;
 /// Starts the inline trailer (batch format 2); format 1 ends after the time.
 pub const INLINE_MAGIC: &[u8; 4] = b"WBI2";
+/// Starts the stamps trailer (batch format 3), after the inline one if there is one.
+pub const STAMPS_MAGIC: &[u8; 4] = b"WBS3";
 
 impl Batch {
     /// Sequence number of the last change.
@@ -136,14 +143,24 @@ impl Batch {
         self.changes.last().map(|c| c.0).unwrap_or(0)
     }
 
+    /// The stamp of the `i`-th change ([`Stamp::ZERO`] if the writer stamped none).
+    pub fn stamp(&self, i: usize) -> Stamp {
+        self.stamps.get(i).copied().unwrap_or(Stamp::ZERO)
+    }
+
     /// Encode as a self-verifying envelope, stamped with the time now: the bincode body, the
-    /// time (8 bytes), and, when blobs are carried, [`INLINE_MAGIC`] and their bincode list.
+    /// time (8 bytes), when blobs are carried [`INLINE_MAGIC`] and their bincode list, and
+    /// when changes are stamped [`STAMPS_MAGIC`] and the bincode list of stamps.
     pub fn seal(&self) -> Vec<u8> {
         let mut body = bincode::serialize(self).expect("a batch always serializes");
         body.extend_from_slice(&now_ms().to_le_bytes());
         if !self.inline.is_empty() {
             body.extend_from_slice(INLINE_MAGIC);
             bincode::serialize_into(&mut body, &self.inline).expect("inline blobs always serialize");
+        }
+        if self.stamps.iter().any(Stamp::is_set) {
+            body.extend_from_slice(STAMPS_MAGIC);
+            bincode::serialize_into(&mut body, &self.stamps).expect("stamps always serialize");
         }
         codec::seal_meta(&body)
     }
@@ -154,10 +171,17 @@ impl Batch {
         let body = codec::open_meta(env).map_err(|e| e.to_string())?;
         let mut rest: &[u8] = &body;
         let mut batch: Batch = bincode::deserialize_from(&mut rest).map_err(|e| format!("undecodable change batch: {e}"))?;
-        if let Some((time, more)) = rest.split_first_chunk::<8>() {
+        if let Some((time, mut more)) = rest.split_first_chunk::<8>() {
             batch.sealed_ms = Some(u64::from_le_bytes(*time));
-            if let Some(list) = more.strip_prefix(INLINE_MAGIC) {
-                batch.inline = bincode::deserialize(list).map_err(|e| format!("undecodable inline blobs: {e}"))?;
+            if let Some(mut list) = more.strip_prefix(INLINE_MAGIC) {
+                batch.inline = bincode::deserialize_from(&mut list).map_err(|e| format!("undecodable inline blobs: {e}"))?;
+                more = list;
+            }
+            if let Some(list) = more.strip_prefix(STAMPS_MAGIC) {
+                batch.stamps = bincode::deserialize(list).map_err(|e| format!("undecodable stamps: {e}"))?;
+                if batch.stamps.len() != batch.changes.len() {
+                    return Err(format!("{} stamps for {} changes", batch.stamps.len(), batch.changes.len()));
+                }
             }
         }
         Ok(batch)
@@ -226,6 +250,7 @@ mod tests {
             ],
             sealed_ms: None,
             inline: Vec::new(),
+            stamps: Vec::new(),
         };
         let env = b.seal();
         let got = Batch::open(&env).unwrap();
@@ -249,6 +274,18 @@ mod tests {
         assert!(got.inline_blob(&BlobId::of(b"x")).is_some_and(Inline::verified));
         assert!(got.inline_blob(&BlobId::of(b"y")).is_none());
         assert!(!Inline { id: BlobId::of(b"x"), bytes: b"y".to_vec() }.verified(), "bytes that are not the blob's");
+
+        // format 3 stamps each change, after the carried blobs (or after the time)
+        let stamps = vec![Stamp { hlc: 1 << 20, node: 9 }, Stamp { hlc: 2 << 20, node: 9 }];
+        for base in [b.clone(), carried.clone()] {
+            let stamped = Batch { stamps: stamps.clone(), ..base.clone() };
+            let got = Batch::open(&stamped.seal()).unwrap();
+            assert_eq!((got.stamps.clone(), got.inline.clone()), (stamps.clone(), base.inline.clone()));
+            assert_eq!((got.stamp(1), got.stamp(5)), (stamps[1], Stamp::ZERO));
+        }
+        assert_eq!(Batch::open(&carried.seal()).unwrap().stamp(0), Stamp::ZERO, "an unstamped batch");
+        let short = Batch { stamps: stamps[..1].to_vec(), ..b.clone() };
+        assert!(Batch::open(&short.seal()).is_err(), "stamps that do not match the changes");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::blob::BlobId;
+use crate::hlc::Stamp;
 use crate::index::records::{self, InodeKind, InodeRecord};
 use crate::index::{keys, Records};
 use crate::sync::apply::{self, Found, Outcome};
@@ -23,6 +24,8 @@ pub enum Entry {
         size: u64,
         /// attributes
         attrs: Attrs,
+        /// version
+        stamp: Stamp,
     },
     /// a symbolic link
     Symlink {
@@ -30,6 +33,8 @@ pub enum Entry {
         target: Vec<u8>,
         /// attributes
         attrs: Attrs,
+        /// version
+        stamp: Stamp,
     },
     /// a directory
     Dir {
@@ -46,6 +51,8 @@ pub struct NameTable {
     pub entries: BTreeMap<Vec<u8>, Entry>,
     /// node id → last change applied
     pub cursors: BTreeMap<String, u64>,
+    /// removed names → the version removed ([`apply`]'s tombstones)
+    pub tombs: BTreeMap<Vec<u8>, Stamp>,
 }
 
 fn attrs_of(r: &InodeRecord) -> Attrs {
@@ -65,13 +72,18 @@ impl NameTable {
         for (k, v) in kv {
             match k.first() {
                 Some(&keys::INODE) => {
-                    if let Some(r) = records::decode::<InodeRecord>(v) {
+                    if let Some(r) = records::decode_inode(v) {
                         inodes.insert(r.ino, r);
                     }
                 }
                 Some(&keys::DIRENT) => {
                     if let (Some((p, name)), Ok(b)) = (keys::split_dirent(k), <[u8; 8]>::try_from(v.as_slice())) {
                         children.entry(p).or_default().push((name.to_vec(), u64::from_be_bytes(b)));
+                    }
+                }
+                Some(&keys::TOMB) => {
+                    if let Some(s) = Stamp::from_bytes(v) {
+                        t.tombs.insert(k[1..].to_vec(), s);
                     }
                 }
                 Some(&keys::CURSOR) => {
@@ -93,8 +105,8 @@ impl NameTable {
                 let Some(r) = inodes.get(ino) else { continue };
                 let p = if path.is_empty() { name.clone() } else { [&path[..], b"/", name].concat() };
                 let e = match &r.kind {
-                    InodeKind::File { blob } => Entry::File { blob: *blob, size: r.size, attrs: attrs_of(r) },
-                    InodeKind::Symlink { target } => Entry::Symlink { target: target.clone(), attrs: attrs_of(r) },
+                    InodeKind::File { blob } => Entry::File { blob: *blob, size: r.size, attrs: attrs_of(r), stamp: r.stamp },
+                    InodeKind::Symlink { target } => Entry::Symlink { target: target.clone(), attrs: attrs_of(r), stamp: r.stamp },
                     InodeKind::Special { .. } => continue, // a node's own, never published
                     InodeKind::Dir { .. } => {
                         stack.push((*ino, p.clone()));
@@ -112,9 +124,10 @@ impl NameTable {
         keys.into_iter().filter_map(|k| self.entries.remove(&k).map(|e| (k, e))).collect()
     }
 
-    /// Apply one change by the rules every follower uses ([`crate::sync::apply`]).
-    pub fn apply(&mut self, c: &Change) -> Outcome {
-        match apply::apply(self, c) {
+    /// Apply one change of version `stamp` by the rules every follower uses
+    /// ([`crate::sync::apply`]).
+    pub fn apply(&mut self, c: &Change, stamp: Stamp) -> Outcome {
+        match apply::apply(self, c, stamp) {
             Ok(o) => o,
             Err(why) => Outcome::Skipped(why),
         }
@@ -141,8 +154,8 @@ impl NameTable {
     /// Apply a node's batch past this table's cursor for it.
     pub fn apply_batch(&mut self, batch: &Batch) {
         let cursor = self.cursors.get(&batch.node).copied().unwrap_or(0);
-        for (_, c) in batch.changes.iter().filter(|(s, _)| *s > cursor) {
-            let _ = self.apply(c);
+        for (i, (_, c)) in batch.changes.iter().enumerate().filter(|(_, (s, _))| *s > cursor) {
+            let _ = self.apply(c, batch.stamp(i));
         }
         self.cursors.insert(batch.node.clone(), batch.last_seq().max(cursor));
     }
@@ -162,8 +175,8 @@ impl apply::Target for NameTable {
     fn find(&self, path: &[u8]) -> Result<Found, Self::Error> {
         Ok(match self.entries.get(path) {
             None => Found::Nothing,
-            Some(Entry::File { blob, .. }) => Found::File(*blob),
-            Some(Entry::Symlink { target, .. }) => Found::Symlink(target.clone()),
+            Some(Entry::File { blob, stamp, .. }) => Found::File(*blob, *stamp),
+            Some(Entry::Symlink { target, stamp, .. }) => Found::Symlink(target.clone(), *stamp),
             Some(Entry::Dir { .. }) => {
                 let under = [path, b"/"].concat();
                 Found::Dir { empty: !self.entries.range(under.clone()..).next().is_some_and(|(k, _)| k.starts_with(&under)) }
@@ -171,21 +184,43 @@ impl apply::Target for NameTable {
         })
     }
 
-    fn bind(&mut self, c: &Change) -> Result<(), Self::Error> {
+    fn tomb(&self, path: &[u8]) -> Result<Stamp, Self::Error> {
+        Ok(self.tombs.get(path).copied().unwrap_or(Stamp::ZERO))
+    }
+
+    fn set_tomb(&mut self, path: &[u8], stamp: Stamp) -> Result<(), Self::Error> {
+        let t = self.tombs.entry(path.to_vec()).or_default();
+        *t = (*t).max(stamp);
+        Ok(())
+    }
+
+    fn bind(&mut self, c: &Change, stamp: Stamp) -> Result<(), Self::Error> {
         let (path, e) = match c {
-            Change::File { path, blob, size, attrs } => (path, Entry::File { blob: *blob, size: *size, attrs: *attrs }),
-            Change::Symlink { path, target, attrs } => (path, Entry::Symlink { target: target.clone(), attrs: *attrs }),
+            Change::File { path, blob, size, attrs } => (path, Entry::File { blob: *blob, size: *size, attrs: *attrs, stamp }),
+            Change::Symlink { path, target, attrs } => (path, Entry::Symlink { target: target.clone(), attrs: *attrs, stamp }),
             _ => return Err("not a file change"),
         };
         self.make_parents(path)?;
         self.entries.insert(path.clone(), e);
+        if self.tombs.get(path).is_some_and(|t| *t < stamp) {
+            self.tombs.remove(path);
+        }
         Ok(())
     }
 
-    fn set_attrs(&mut self, path: &[u8], a: &Attrs) -> Result<(), Self::Error> {
+    fn set_attrs(&mut self, path: &[u8], a: &Attrs, s: Stamp) -> Result<(), Self::Error> {
         match self.entries.get_mut(path) {
-            Some(Entry::File { attrs, .. } | Entry::Symlink { attrs, .. } | Entry::Dir { attrs }) => *attrs = *a,
+            Some(Entry::File { attrs, stamp, .. } | Entry::Symlink { attrs, stamp, .. }) => {
+                *attrs = *a;
+                if s.is_set() {
+                    *stamp = s;
+                }
+            }
+            Some(Entry::Dir { attrs }) => *attrs = *a,
             None => return Err("no such name"),
+        }
+        if self.tombs.get(path).is_some_and(|t| *t < s) {
+            self.tombs.remove(path);
         }
         Ok(())
     }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+use crate::fs::passthrough::PassthroughMode;
 use crate::config::{defaults, parse_compression, parse_metrics_addr, FileSettings, Settings, StoreUrl};
 
 /// wombatfs: a tiered, content-addressed, restart-proof FUSE filesystem for KV caches.
@@ -177,10 +178,12 @@ pub struct MountArgs {
     /// free port (`wombatfs stats` finds it) [default: 127.0.0.1:9581].
     #[arg(long, env = "WOMBATFS_METRICS_ADDR")]
     pub metrics_addr: Option<String>,
-    /// FUSE passthrough: read-only opens of files whose blob is in the flat tier are served by
-    /// the kernel from the flat file (needs root and Linux >= 6.9; falls back by itself)
-    /// [default: on].
-    #[arg(long, value_parser = ["on", "off"])]
+    /// FUSE passthrough: `on`: read-only opens of files whose blob is in the flat tier are
+    /// served by the kernel from the flat file (needs root and Linux >= 6.9; falls back by
+    /// itself); `read-write`: writers of new or truncated files also write their staging file
+    /// through the kernel (Linux >= 6.13; a seal then snapshots the file, which pays only
+    /// where the cache dir's filesystem reflinks: see docs/benchmarks.md); `off` [default: on].
+    #[arg(long, value_parser = ["on", "read-write", "off"])]
     pub passthrough: Option<String>,
     /// How to reach S3.
     #[command(flatten)]
@@ -244,9 +247,10 @@ impl MountArgs {
             tiers,
             s3: crate::tiers::s3::S3Config { request_timeout: Some(store_timeout), ..self.s3.config(compression, &file) },
             passthrough: match self.passthrough.as_deref().or(file.passthrough.as_deref()).unwrap_or("on") {
-                "on" => true,
-                "off" => false,
-                other => anyhow::bail!("passthrough = {other:?}: use on or off"),
+                "on" => PassthroughMode::Read,
+                "read-write" => PassthroughMode::ReadWrite,
+                "off" => PassthroughMode::Off,
+                other => anyhow::bail!("passthrough = {other:?}: use on, read-write or off"),
             },
             metrics_addr: parse_metrics_addr(self.metrics_addr.as_deref().or(file.metrics_addr.as_deref()).unwrap_or(defaults::METRICS_ADDR))?,
         };

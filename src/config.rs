@@ -157,7 +157,7 @@ pub struct FileSettings {
     pub store_timeout_secs: Option<u64>,
     /// `HOST:PORT` of the Prometheus endpoint, or `off`
     pub metrics_addr: Option<String>,
-    /// `on` or `off`: FUSE passthrough for local reads
+    /// `on` (local reads), `read-write` (also writers of new files) or `off`: FUSE passthrough
     pub passthrough: Option<String>,
 }
 
@@ -208,8 +208,9 @@ pub struct Settings {
     pub s3: crate::tiers::s3::S3Config,
     /// where `/metrics` is served (`None`: off); port 0 picks a free port
     pub metrics_addr: Option<std::net::SocketAddr>,
-    /// FUSE passthrough for read-only opens of local blobs (where the kernel allows it)
-    pub passthrough: bool,
+    /// FUSE passthrough (where the kernel allows it): for read-only opens of local blobs, and
+    /// with `ReadWrite` for writers of new or truncated files
+    pub passthrough: crate::fs::passthrough::PassthroughMode,
 }
 
 /// Parse `--metrics-addr`: `HOST:PORT`, or `off`.

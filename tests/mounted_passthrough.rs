@@ -14,6 +14,7 @@ use common::scrape::{get, scrape};
 
 const OPENS: &str = "wombatfs_passthrough_opens_total";
 const READ_BYTES: &str = "wombatfs_fuse_read_bytes_total";
+const WRITE_BYTES: &str = "wombatfs_fuse_write_bytes_total";
 
 fn random(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -31,6 +32,25 @@ fn passthrough_on(m: &Mount) -> bool {
     let log = m.log();
     assert!(log.contains("passthrough: on") || log.contains("passthrough: off"), "the mount says which mode it runs in: {log}");
     log.contains("passthrough: on")
+}
+
+/// Whether writers of new or truncated files write through the kernel (`--passthrough
+/// read-write` on Linux >= 6.13).
+fn write_passthrough(m: &Mount) -> bool {
+    let on = m.log().contains("writes of new or truncated files are served by the kernel");
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let v: Vec<u32> = release.split(|c: char| !c.is_ascii_digit()).take(2).map(|p| p.parse().unwrap()).collect();
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 && (v[0], v[1]) >= (6, 13) && m.log().contains("passthrough: on") {
+        assert!(on, "root on Linux >= 6.13 writes through the kernel: {}", m.log());
+    }
+    on
+}
+
+/// The bytes of a blob's flat file, if the flat tier holds it.
+fn flat_file(m: &Mount, bytes: &[u8]) -> Option<Vec<u8>> {
+    let id = wombatfs::blob::BlobId::of(bytes);
+    fs::read(m.cache.join("flat").join(id.fanout()).join(id.to_hex())).ok()
 }
 
 /// Read the whole file with `O_DIRECT` and `preadv`-sized aligned 2 MiB requests, as vLLM's
@@ -199,11 +219,124 @@ fn passthrough_off_serves_reads_through_the_daemon() {
     assert!(m.log().contains("passthrough: off (--passthrough off)"), "{}", m.log());
     fs::create_dir(m.path("ns")).unwrap();
     let data = random(4, 1 << 20);
+    let before = scrape(&m);
     fs::write(m.path("ns/f"), &data).unwrap();
+    assert_eq!(get(&scrape(&m), WRITE_BYTES) - get(&before, WRITE_BYTES), data.len() as f64, "writes go through the daemon");
     let before = scrape(&m);
     assert!(read_direct(&m.path("ns/f"), data.len()) == data);
     let after = scrape(&m);
     assert_eq!(get(&after, OPENS), 0.0);
     assert_eq!(get(&after, READ_BYTES) - get(&before, READ_BYTES), data.len() as f64);
+    m.unmount();
+}
+
+#[test]
+fn writers_of_new_and_truncated_files_write_through_the_kernel_and_close_seals_them() {
+    let mut m = Mount::start_with(&["--passthrough", "read-write"]);
+    let on = passthrough_on(&m) && write_passthrough(&m);
+    fs::create_dir(m.path("ns")).unwrap();
+    let before = scrape(&m);
+
+    // a new file: one big write, as the engines do; stat sees the kernel's writes
+    let data = random(5, (6 << 20) + 777);
+    let mut f = OpenOptions::new().write(true).create_new(true).open(m.path("ns/new")).unwrap();
+    f.write_all(&data[..1 << 20]).unwrap();
+    assert_eq!(fs::metadata(m.path("ns/new")).unwrap().len(), 1 << 20, "stat while writing");
+    f.write_all(&data[1 << 20..]).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), data.len() as u64);
+    drop(f);
+    assert!(fs::read(m.path("ns/new")).unwrap() == data);
+    assert!(flat_file(&m, &data).is_some_and(|b| b == data), "close sealed it into the flat tier");
+
+    // O_TRUNC over an existing file, with O_DIRECT and aligned buffers (vLLM's store)
+    let v2 = random(6, 2 << 20);
+    let mut raw = vec![0u8; v2.len() + 4096];
+    let off = raw.as_ptr().align_offset(4096);
+    raw[off..off + v2.len()].copy_from_slice(&v2);
+    let mut f = OpenOptions::new().write(true).truncate(true).custom_flags(libc::O_DIRECT).open(m.path("ns/new")).unwrap();
+    f.write_all(&raw[off..off + v2.len()]).unwrap();
+    drop(f);
+    assert!(fs::read(m.path("ns/new")).unwrap() == v2);
+    assert_eq!(read_direct(&m.path("ns/new"), v2.len()), v2);
+
+    // an empty new file stays empty; fsync in the middle, then more writes
+    File::create(m.path("ns/empty")).unwrap();
+    assert_eq!(fs::metadata(m.path("ns/empty")).unwrap().len(), 0);
+    let mut f = File::create(m.path("ns/synced")).unwrap();
+    f.write_all(&data[..3 << 20]).unwrap();
+    f.sync_all().unwrap();
+    assert!(flat_file(&m, &data[..3 << 20]).is_some(), "fsync sealed what was written");
+    f.write_all(&data[3 << 20..]).unwrap();
+    drop(f);
+    assert!(fs::read(m.path("ns/synced")).unwrap() == data);
+
+    let after = scrape(&m);
+    if on {
+        assert_eq!(get(&after, WRITE_BYTES), get(&before, WRITE_BYTES), "no WRITE reached the daemon");
+        assert!(get(&after, OPENS) >= get(&before, OPENS) + 4.0, "the writers were passthrough opens");
+    } else {
+        assert!(get(&after, WRITE_BYTES) >= get(&before, WRITE_BYTES) + (data.len() * 2 + v2.len()) as f64);
+    }
+
+    // everything survives a remount
+    m.unmount();
+    m.mount();
+    assert!(fs::read(m.path("ns/new")).unwrap() == v2);
+    assert!(fs::read(m.path("ns/synced")).unwrap() == data);
+    assert_eq!(fs::read(m.path("ns/empty")).unwrap().len(), 0);
+    m.unmount();
+}
+
+#[test]
+fn writes_after_a_seal_never_reach_the_sealed_blob() {
+    let mut m = Mount::start_with(&["--passthrough", "read-write"]);
+    let on = passthrough_on(&m) && write_passthrough(&m);
+    fs::create_dir(m.path("ns")).unwrap();
+
+    // a duplicated descriptor outlives the close that sealed the file: its later writes
+    // make a new version, as on a local filesystem, and the first blob keeps its bytes
+    let a = random(7, 1 << 20);
+    let b = random(8, 4096);
+    let mut f = File::create(m.path("ns/dup")).unwrap();
+    f.write_all(&a).unwrap();
+    let mut g = f.try_clone().unwrap();
+    drop(f); // FLUSH: sealed as `a`
+    assert!(fs::read(m.path("ns/dup")).unwrap() == a);
+    g.write_all(&b).unwrap();
+    drop(g); // FLUSH + RELEASE: sealed again
+    let ab = [a.clone(), b].concat();
+    assert!(fs::read(m.path("ns/dup")).unwrap() == ab);
+    assert!(flat_file(&m, &a).is_none_or(|x| x == a), "the first version's flat file still holds it");
+    assert!(flat_file(&m, &ab).is_some_and(|x| x == ab));
+
+    // a shared writable mapping written after the close: the sealed blob is never changed
+    let c = random(9, 64 << 10);
+    let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(m.path("ns/mapped")).unwrap();
+    f.write_all_at(&c, 0).unwrap();
+    // SAFETY: a mapping of a file we hold open; unmapped below.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), c.len(), libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, std::os::fd::AsRawFd::as_raw_fd(&f), 0) };
+    assert_ne!(p, libc::MAP_FAILED);
+    drop(f); // sealed as `c`
+    // SAFETY: the mapping is c.len() bytes long.
+    unsafe {
+        std::ptr::write_bytes(p.cast::<u8>(), b'X', 4096);
+        libc::msync(p, c.len(), libc::MS_SYNC);
+        libc::munmap(p, c.len());
+    }
+    let now = fs::read(m.path("ns/mapped")).unwrap();
+    let mut cx = c.clone();
+    cx[..4096].fill(b'X');
+    assert!(now == c || now == cx, "the file reads as one version or the other");
+    assert!(flat_file(&m, &c).is_none_or(|x| x == c), "the sealed blob's flat file was not written through the mapping");
+
+    // a fresh mount reads what the index names, and it hashes to its id
+    m.unmount();
+    m.mount();
+    assert!(fs::read(m.path("ns/dup")).unwrap() == ab);
+    let after = fs::read(m.path("ns/mapped")).unwrap();
+    assert!(after == c || after == cx);
+    if on {
+        assert!(flat_file(&m, &c).is_none_or(|x| x == c));
+    }
     m.unmount();
 }

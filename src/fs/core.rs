@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use crate::blob::BlobId;
 use crate::fs::budget::{namespace_of, Budgets};
 use crate::fs::error::{FsError, FsResult};
-use crate::fs::namespace::{attr_of, Namespace};
+use crate::fs::namespace::{live_attr, Namespace};
 use crate::fs::open::Handles;
 use crate::fs::tree::{Tree, ROOT};
 use crate::fs::{Attr, DirEntry, SetAttr, StatFs, BLOCK_SIZE};
@@ -128,7 +128,7 @@ impl FsCore {
         let t = self.read_tree();
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
             let Ok(rec) = t.get(e.ino) else { continue };
-            if add(i as u64 + 1, e, &attr_of(rec)) {
+            if add(i as u64 + 1, e, &live_attr(&t, rec)) {
                 break;
             }
             if plus && e.name != b"." && e.name != b".." {

@@ -40,7 +40,7 @@ impl WombatFuse {
     ///
     /// With `passthrough`, read-only opens of local sealed files are served by the kernel
     /// from the flat tier where the kernel allows it (see [`crate::fs::passthrough`]).
-    pub fn new(core: Arc<FsCore>, ttl: Duration, notifier: Arc<OnceLock<Notifier>>, offload: Option<tokio::runtime::Handle>, passthrough: bool) -> Self {
+    pub fn new(core: Arc<FsCore>, ttl: Duration, notifier: Arc<OnceLock<Notifier>>, offload: Option<tokio::runtime::Handle>, passthrough: crate::fs::passthrough::PassthroughMode) -> Self {
         WombatFuse { core, ttl, notifier, offload, passthrough: Passthrough::new(passthrough) }
     }
 
@@ -546,9 +546,9 @@ impl Filesystem for WombatFuse {
         let _req = begin(req, "create", parent.0);
         match self.core.create(caller(req), parent.0, name.as_bytes(), mode, umask, flags) {
             Ok((a, o)) => {
-                self.passthrough.created(a.ino, o.fh);
                 self.core.kernel_holds(a.ino);
-                reply.created(&self.ttl, &file_attr(&a), Generation(0), FileHandle(o.fh), fopen_flags(&o))
+                let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+                self.passthrough.create(&self.core, a.ino, &o, write, reply, &self.ttl, &file_attr(&a), fopen_flags(&o))
             }
             Err(e) => reply.error(errno("create", &e)),
         }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::blob::BlobId;
 use crate::fs::core::FsCore;
 use crate::fs::error::{FsError, FsResult};
-use crate::fs::open::{FileState, Handle, OpenInode, Staging};
+use crate::fs::open::{FileState, Handle, OpenInode, Stamp, Staging};
 use crate::fs::seqhash::SeqHash;
 use crate::store::BlobReader;
 use crate::fs::tree::{OpenEntry, Tx};
@@ -113,6 +113,36 @@ impl FsCore {
         (!write && st.staging.is_none() && st.size > 0).then_some(st.blob)
     }
 
+    /// For FUSE passthrough of writes: the staging file the kernel may write into itself.
+    /// A write handle gets it when the file is new or was truncated (no copy-on-write of old
+    /// bytes is due) or the kernel writes the inode's staging file already; a read-only
+    /// handle only in that last case (it must share the inode's backing file). From then on
+    /// the core takes the file's own length and times as the truth, and a seal snapshots
+    /// and hashes it. `None`: the handle goes through the daemon.
+    pub fn kernel_writer(&self, fh: u64) -> FsResult<Option<Arc<File>>> {
+        let (file, write) = self.handle(fh)?;
+        let mut st = file.lock();
+        if !write || st.staging.as_ref().is_some_and(|s| s.kernel_writes) {
+            return Ok(st.staging.as_ref().filter(|s| s.kernel_writes).map(|s| s.file.clone()));
+        }
+        if st.staging.is_none() {
+            if st.size != 0 {
+                // a rewrite in place: its first write copies the old bytes (through the daemon)
+                return Ok(None);
+            }
+            // a new (empty) file: nothing to seal until the kernel writes
+            let (f, path) = self.store.new_staging()?;
+            st.staging = Some(Staging::new(f, path, 0, SeqHash::broken(), false));
+        }
+        let Some(s) = st.staging.as_mut() else { return Ok(None) };
+        s.hash.mark_broken();
+        s.sealed = if s.dirty { None } else { Some(Stamp::of(&s.file)?) };
+        s.kernel_writes = true;
+        let f = s.file.clone();
+        let _ = file.kernel_file.set(f.clone());
+        Ok(Some(f))
+    }
+
     fn handle(&self, fh: u64) -> FsResult<(Arc<OpenInode>, bool)> {
         self.handles.file(fh).ok_or(FsError::BadHandle)
     }
@@ -134,7 +164,7 @@ impl FsCore {
         let (src, len, pending) = {
             let mut st = file.lock();
             match &st.staging {
-                Some(s) => (s.file.clone(), s.size, None),
+                Some(s) => (s.file.clone(), s.len()?, None),
                 None => {
                     let len = st.size;
                     let r = self.reader(&mut st)?;
@@ -182,7 +212,7 @@ impl FsCore {
                 std::io::copy(&mut src, &mut f)?;
                 SeqHash::broken()
             };
-            st.staging = Some(Staging { file: Arc::new(f), path, size: st.size, hash, dirty: false });
+            st.staging = Some(Staging::new(f, path, st.size, hash, false));
         }
         st.staging.as_mut().ok_or(FsError::BadHandle)
     }
@@ -199,9 +229,10 @@ impl FsCore {
         }
         let mut st = file.lock();
         let s = self.staging(&mut st)?;
+        let len = s.len()?;
         s.file.write_all_at(data, offset)?;
         s.hash.on_write(&s.file, offset, data);
-        s.size = s.size.max(end);
+        s.size = len.max(end);
         s.dirty = true;
         let size = s.size;
         drop(st);
@@ -230,7 +261,7 @@ impl FsCore {
         if size == 0 && st.staging.is_none() {
             // O_TRUNC: no copy of the old bytes
             let (f, path) = self.store.new_staging()?;
-            st.staging = Some(Staging { file: Arc::new(f), path, size: 0, hash: SeqHash::new(&self.hasher), dirty: true });
+            st.staging = Some(Staging::new(f, path, 0, SeqHash::new(&self.hasher), true));
         } else {
             let s = self.staging(st)?;
             s.file.set_len(size)?;
@@ -278,6 +309,7 @@ impl FsCore {
         }
         let mut st = file.lock();
         let s = self.staging(&mut st)?;
+        s.size = s.len()?;
         // SAFETY: fallocate on a valid descriptor we own; no memory is passed.
         let rc = unsafe { libc::fallocate(s.file.as_raw_fd(), 0, offset as i64, len as i64) };
         if rc != 0 {
@@ -296,19 +328,38 @@ impl FsCore {
 
     /// Seal a dirty staging file: hash it, move it into the flat tier under its hash (dropping
     /// it if that blob exists), and atomically rebind the inode. Called with the inode locked.
+    ///
+    /// A staging file the kernel writes (passthrough) cannot move: the kernel may still write
+    /// it through a duplicated descriptor or a shared mapping, and those bytes must never
+    /// reach a blob's file. Its seal snapshots it into a new staging file (a reflink where
+    /// the filesystem can), hashes the snapshot and adopts that; the staging file stays the
+    /// inode's until its last handle closes, and a later seal with an unchanged stamp is free.
     fn seal_locked(&self, file: &OpenInode, st: &mut FileState) -> FsResult<()> {
         let Some(s) = st.staging.as_mut() else { return Ok(()) };
-        if !s.dirty {
-            st.staging = None;
-            return Ok(());
-        }
-        let (id, size) = match s.hash.finish(s.size) {
-            Some(id) => (id, s.size),
-            None => {
-                let mut f: &File = &s.file;
-                f.seek(SeekFrom::Start(0))?;
-                let (id, n) = BlobId::of_reader(f.take(s.size))?;
-                (id, n)
+        let mut snapshot = None;
+        let (id, size, src) = if s.kernel_writes {
+            let stamp = Stamp::of(&s.file)?;
+            if s.sealed == Some(stamp) {
+                return Ok(());
+            }
+            let (copy, path) = self.store.staging_copy(&s.file, stamp.len)?;
+            let guard = RemoveUnlessAdopted(path.clone());
+            let (id, n) = BlobId::of_reader(&copy)?;
+            snapshot = Some((stamp, guard));
+            (id, n, path)
+        } else {
+            if !s.dirty {
+                st.staging = None;
+                return Ok(());
+            }
+            match s.hash.finish(s.size) {
+                Some(id) => (id, s.size, s.path.clone()),
+                None => {
+                    let mut f: &File = &s.file;
+                    f.seek(SeekFrom::Start(0))?;
+                    let (id, n) = BlobId::of_reader(f.take(s.size))?;
+                    (id, n, s.path.clone())
+                }
             }
         };
         // --upload sync: durable in the object store before anything is published; on
@@ -317,7 +368,7 @@ impl FsCore {
         // uploaded as its own object from the queue afterwards.
         let upload_now = self.store.sync_uploads() && (self.store.objects().is_local() || size > crate::sync::change::INLINE_MAX);
         if upload_now {
-            self.store.upload_now(&id, &s.path)?;
+            self.store.upload_now(&id, &src)?;
         }
         let mut t = self.write_tree();
         if t.orphans.contains(&file.ino) || !t.inodes.contains_key(&file.ino) {
@@ -326,7 +377,7 @@ impl FsCore {
             return Ok(());
         }
         // pinned (never evicted) until the upload is queued by the commit below
-        let _pinned = self.store.adopt(&s.path, &id)?;
+        let _pinned = self.store.adopt(&src, &id)?;
         let mut tx = Tx::default();
         if upload_now {
             // uploaded above: queueing it again would cost a second PUT, and the publisher,
@@ -341,6 +392,11 @@ impl FsCore {
             _ => return Err(FsError::IsDir),
         };
         rec.size = size;
+        if let Some((stamp, _)) = &snapshot {
+            // the kernel's writes set the file's times; the daemon never saw them
+            rec.mtime = Ts { secs: stamp.mtime.0, nanos: stamp.mtime.1 as u32 };
+            rec.ctime = Ts { secs: stamp.ctime.0, nanos: stamp.ctime.1 as u32 };
+        }
         tx.put_inode(rec);
         t.note_state(&mut tx, file.ino);
         t.decref(&mut tx, old);
@@ -349,9 +405,19 @@ impl FsCore {
         fail::fail_point!("seal-before-commit");
         t.commit(tx, &self.index, &self.store)?;
         drop(t);
-        // the staging path now names the flat file: forget it without deleting
-        if let Some(mut s) = st.staging.take() {
-            s.path = std::path::PathBuf::new();
+        match snapshot {
+            Some((stamp, mut guard)) => {
+                // adopted: the snapshot's path is the flat file's now
+                guard.0 = std::path::PathBuf::new();
+                s.sealed = Some(stamp);
+                s.dirty = false;
+            }
+            None => {
+                // the staging path now names the flat file: forget it without deleting
+                if let Some(mut s) = st.staging.take() {
+                    s.path = std::path::PathBuf::new();
+                }
+            }
         }
         st.blob = id;
         st.size = size;
@@ -385,7 +451,13 @@ impl FsCore {
         let (file, _) = self.handle(fh)?;
         let mut st = file.lock();
         self.seal_locked(&file, &mut st)?;
-        if st.staging.is_none() {
+        // sealed: the blob is the file's content (a staging file the kernel writes stays
+        // after its seal, unless the file was unlinked); an empty blob has no file
+        let sealed = match &st.staging {
+            None => true,
+            Some(s) => s.kernel_writes && s.sealed.is_some() && s.sealed == Stamp::of(&s.file).ok(),
+        };
+        if sealed && st.size > 0 {
             self.store.flat().sync(&st.blob)?;
         }
         drop(st);
@@ -448,4 +520,15 @@ fn read_exact_at(src: &File, offset: u64, want: usize) -> std::io::Result<Vec<u8
     // SAFETY: the first `done` bytes were initialised by pread.
     unsafe { buf.set_len(done) };
     Ok(buf)
+}
+
+/// A snapshot file removed on drop unless it was adopted (its path then cleared).
+struct RemoveUnlessAdopted(std::path::PathBuf);
+
+impl Drop for RemoveUnlessAdopted {
+    fn drop(&mut self) {
+        if !self.0.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
 }

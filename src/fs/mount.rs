@@ -24,8 +24,8 @@ pub struct MountSpec<'a> {
     /// with a remote object store: the runtime whose blocking pool runs requests that may wait
     /// on the network (see [`WombatFuse::new`])
     pub offload: Option<tokio::runtime::Handle>,
-    /// serve read-only opens of local blobs by FUSE passthrough where the kernel allows it
-    pub passthrough: bool,
+    /// what FUSE passthrough serves where the kernel allows it
+    pub passthrough: crate::fs::passthrough::PassthroughMode,
 }
 
 /// A live mount, served by fuser's worker threads until it is unmounted.

@@ -52,6 +52,23 @@ pub(super) fn attr_of(rec: &InodeRecord) -> Attr {
     }
 }
 
+/// The attributes of `rec` as the kernel should see them: a file whose staging file the
+/// kernel writes itself (passthrough) has that file's length and times, which the daemon
+/// learns only at the seal.
+pub(super) fn live_attr(t: &crate::fs::tree::Tree, rec: &InodeRecord) -> Attr {
+    let mut a = attr_of(rec);
+    if let Some(f) = t.open.get(&rec.ino).and_then(|e| e.file.kernel_file.get()) {
+        if let Ok(s) = crate::fs::open::Stamp::of(f) {
+            let time = |(secs, nanos): (i64, i64)| Ts { secs, nanos: nanos as u32 }.to_system();
+            a.size = s.len;
+            a.blocks = s.len.div_ceil(512);
+            a.mtime = time(s.mtime);
+            a.ctime = time(s.ctime);
+        }
+    }
+    a
+}
+
 fn set_time(t: SetTime) -> Ts {
     match t {
         SetTime::Now => Ts::now(),
@@ -90,7 +107,7 @@ impl Namespace {
         }
         let t = self.read_tree();
         let Some(ino) = t.child(parent, name)? else { return Ok(None) };
-        let a = attr_of(t.get(ino)?);
+        let a = live_attr(&t, t.get(ino)?);
         if for_kernel {
             t.lookups.add(ino);
         }
@@ -124,7 +141,8 @@ impl Namespace {
 
     /// Attributes of an inode.
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
-        Ok(attr_of(self.read_tree().get(ino)?))
+        let t = self.read_tree();
+        Ok(live_attr(&t, t.get(ino)?))
     }
 
     /// Change mode, owner and times (a size change is file I/O: `FsCore::setattr`).
@@ -152,10 +170,9 @@ impl Namespace {
             rec.ctime = now;
         }
         tx.put_inode(rec);
-        let attr = attr_of(rec);
         t.note_state(&mut tx, ino);
         t.commit(tx, &self.index, &self.store)?;
-        Ok(attr)
+        Ok(live_attr(&t, t.get(ino)?))
     }
 
     pub(super) fn new_inode(&self, t: &mut Tree, tx: &mut Tx, caller: Caller, parent: u64, kind: InodeKind, perm: u16) -> FsResult<InodeRecord> {
@@ -299,12 +316,11 @@ impl Namespace {
         rec.nlink += 1;
         rec.ctime = now;
         tx.put_inode(rec);
-        let attr = attr_of(rec);
         t.link_entry(&mut tx, newparent, newname, ino);
         t.touch_dir(&mut tx, newparent, now);
         t.note_entry(&mut tx, newparent, newname);
         t.commit(tx, &self.index, &self.store)?;
-        Ok(attr)
+        Ok(live_attr(&t, t.get(ino)?))
     }
 
     /// Remove a non-directory name.

@@ -19,6 +19,52 @@ pub struct Staging {
     pub hash: crate::fs::seqhash::SeqHash,
     /// changed since it was created from the blob
     pub dirty: bool,
+    /// the kernel writes this file itself (FUSE passthrough): `size` and `hash` are not kept,
+    /// the file's own length and times are the truth, and a seal copies it (see
+    /// [`Stamp`])
+    pub kernel_writes: bool,
+    /// kernel writes only: the file's stamp when its content was last sealed (or found equal
+    /// to the blob); a seal that finds the same stamp has nothing to do
+    pub sealed: Option<Stamp>,
+}
+
+impl Staging {
+    /// A staging file the daemon writes.
+    pub fn new(file: File, path: PathBuf, size: u64, hash: crate::fs::seqhash::SeqHash, dirty: bool) -> Self {
+        Staging { file: Arc::new(file), path, size, hash, dirty, kernel_writes: false, sealed: None }
+    }
+
+    /// Its current length: the file's own when the kernel writes it.
+    pub fn len(&self) -> std::io::Result<u64> {
+        if self.kernel_writes {
+            Ok(self.file.metadata()?.len())
+        } else {
+            Ok(self.size)
+        }
+    }
+}
+
+/// What a write by the kernel changes in a file: its length, mtime and ctime. With
+/// multigrain timestamps (Linux >= 6.13 on ext4, XFS, btrfs and tmpfs) a write that follows
+/// an `fstat` always moves mtime, so two equal stamps around a read mean no write happened
+/// in between; write passthrough is offered only on such kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    /// length in bytes
+    pub len: u64,
+    /// mtime (seconds, nanoseconds)
+    pub mtime: (i64, i64),
+    /// ctime (seconds, nanoseconds)
+    pub ctime: (i64, i64),
+}
+
+impl Stamp {
+    /// The stamp of an open file.
+    pub fn of(f: &File) -> std::io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = f.metadata()?;
+        Ok(Stamp { len: m.len(), mtime: (m.mtime(), m.mtime_nsec()), ctime: (m.ctime(), m.ctime_nsec()) })
+    }
 }
 
 impl Drop for Staging {
@@ -45,12 +91,15 @@ pub struct OpenInode {
     /// inode number
     pub ino: u64,
     state: Mutex<FileState>,
+    /// the staging file the kernel writes itself, once it does (it stays the inode's staging
+    /// file until the last handle closes): attributes come from it, without the state lock
+    pub kernel_file: std::sync::OnceLock<Arc<File>>,
 }
 
 impl OpenInode {
     /// New state bound to `blob`.
     pub fn new(ino: u64, blob: BlobId, size: u64) -> Self {
-        OpenInode { ino, state: Mutex::new(FileState { blob, size, reader: None, staging: None }) }
+        OpenInode { ino, state: Mutex::new(FileState { blob, size, reader: None, staging: None }), kernel_file: Default::default() }
     }
 
     /// Lock the state (a poisoned lock is recovered: the state stays consistent per field).

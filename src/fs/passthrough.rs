@@ -30,6 +30,17 @@ use crate::fs::core::FsCore;
 use crate::fs::error::FsError;
 use crate::fs::Opened;
 
+/// What passthrough may serve (`--passthrough`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PassthroughMode {
+    /// every open goes through the daemon
+    Off,
+    /// read-only opens of sealed blobs in the flat tier (the default)
+    Read,
+    /// also writers of new or truncated files, into their staging file (Linux >= 6.13)
+    ReadWrite,
+}
+
 /// Why [`Passthrough::open`] did not open.
 pub enum OpenError {
     /// the core refused
@@ -47,20 +58,32 @@ enum Mode {
     Passthrough,
 }
 
+/// What an inode's backing file is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    /// a sealed blob's flat file
+    Blob(BlobId),
+    /// the staging file the kernel writes, by its address (the core keeps it alive while any
+    /// handle of the inode is open, which outlasts the backing)
+    Staging(usize),
+}
+
 #[derive(Default)]
 struct InodeIo {
     /// live opens on the normal path (cached or direct I/O)
     normal: usize,
     passthrough: usize,
-    backing: Option<(BlobId, BackingId)>,
+    backing: Option<(Source, BackingId)>,
 }
 
 /// The passthrough state of a mount.
 pub struct Passthrough {
-    /// asked for (`--passthrough on`)
-    wanted: bool,
+    /// asked for (`--passthrough`)
+    wanted: PassthroughMode,
     /// the kernel accepted it at init
     on: AtomicBool,
+    /// writers of new or truncated files write their staging file through the kernel too
+    writes: AtomicBool,
     /// an `open_backing` failure was logged (once)
     warned: AtomicBool,
     inodes: Mutex<HashMap<u64, InodeIo>>,
@@ -69,12 +92,58 @@ pub struct Passthrough {
     handles: Mutex<HashMap<u64, (u64, Mode)>>,
 }
 
+/// Where a new handle's bytes are, for the kernel.
+enum Want {
+    None,
+    Blob(BlobId),
+    Staging(std::sync::Arc<std::fs::File>),
+}
+
+impl Want {
+    fn source(&self) -> Option<Source> {
+        match self {
+            Want::None => None,
+            Want::Blob(b) => Some(Source::Blob(*b)),
+            Want::Staging(f) => Some(Source::Staging(std::sync::Arc::as_ptr(f) as usize)),
+        }
+    }
+}
+
+/// The two replies that can open a file.
+pub trait OpenReply {
+    /// register a backing file
+    fn backing(&self, file: &std::fs::File) -> std::io::Result<BackingId>;
+}
+
+impl OpenReply for ReplyOpen {
+    fn backing(&self, file: &std::fs::File) -> std::io::Result<BackingId> {
+        self.open_backing(file)
+    }
+}
+
+impl OpenReply for fuser::ReplyCreate {
+    fn backing(&self, file: &std::fs::File) -> std::io::Result<BackingId> {
+        self.open_backing(file)
+    }
+}
+
+/// Write passthrough needs a kernel whose writes always move a file's mtime after an
+/// `fstat` (multigrain timestamps, Linux 6.13): that is how a seal tells that the kernel
+/// wrote nothing since the last one ([`crate::fs::open::Stamp`]).
+fn kernel_has_multigrain_times() -> bool {
+    let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else { return false };
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (6, 13)
+}
+
 impl Passthrough {
     /// Passthrough wanted or not; it is on only once [`Passthrough::init`] says so.
-    pub fn new(wanted: bool) -> Self {
+    pub fn new(wanted: PassthroughMode) -> Self {
         Passthrough {
             wanted,
             on: AtomicBool::new(false),
+            writes: AtomicBool::new(false),
             warned: AtomicBool::new(false),
             inodes: Default::default(),
             released: Condvar::new(),
@@ -84,7 +153,7 @@ impl Passthrough {
 
     /// At FUSE init: ask the kernel for passthrough; logs once which mode the mount runs in.
     pub fn init(&self, config: &mut fuser::KernelConfig) {
-        let why_not = if !self.wanted {
+        let why_not = if self.wanted == PassthroughMode::Off {
             Some("--passthrough off")
         // SAFETY: geteuid cannot fail.
         } else if unsafe { libc::geteuid() } != 0 {
@@ -97,18 +166,47 @@ impl Passthrough {
             None
         };
         match why_not {
+            None if self.wanted == PassthroughMode::ReadWrite && kernel_has_multigrain_times() => {
+                self.on.store(true, Ordering::SeqCst);
+                self.writes.store(true, Ordering::SeqCst);
+                tracing::info!("passthrough: on (reads of local blobs and writes of new or truncated files are served by the kernel)");
+            }
             None => {
                 self.on.store(true, Ordering::SeqCst);
-                tracing::info!("passthrough: on (reads of local blobs are served by the kernel from the flat tier)");
+                let writes = match self.wanted {
+                    PassthroughMode::ReadWrite => "writes go through the daemon before Linux 6.13",
+                    _ => "writes go through the daemon",
+                };
+                tracing::info!("passthrough: on (reads of local blobs are served by the kernel from the flat tier; {writes})");
             }
             Some(why) => tracing::info!("passthrough: off ({why}); local reads go through the daemon"),
         }
     }
 
+    /// What the kernel could serve a handle from: the staging file the kernel writes (any
+    /// handle of such an inode must share it), a writer's new staging file, or a read-only
+    /// handle's sealed local blob.
+    fn want(&self, core: &FsCore, fh: u64, read_only: bool, io: &InodeIo) -> Want {
+        let writing = matches!(io.backing, Some((Source::Staging(_), _)));
+        let may_write = self.writes.load(Ordering::Relaxed) && io.normal == 0 && (io.backing.is_none() || writing);
+        if read_only || may_write {
+            match core.kernel_writer(fh) {
+                Ok(Some(f)) => return Want::Staging(f),
+                Ok(None) => {}
+                Err(e) => tracing::debug!(fh, error = %e, "no staging file for passthrough; the handle goes through the daemon"),
+            }
+        }
+        match read_only.then(|| core.sealed_blob(fh)).flatten() {
+            Some(b) => Want::Blob(b),
+            None => Want::None,
+        }
+    }
+
     /// Open `ino` through `core` and reply, passthrough where the kernel allows it; returns
-    /// what the core opened. A writer waits for the inode's passthrough readers before the
-    /// core sees its open (an `O_TRUNC` must not truncate a file it then fails to open); a
-    /// reader that cannot share their backing waits after. `Busy` after [`WAIT`].
+    /// what the core opened. A writer waits for the inode's passthrough readers of a sealed
+    /// blob before the core sees its open (an `O_TRUNC` must not truncate a file it then
+    /// fails to open) and joins the inode's kernel-written staging file; a reader that cannot
+    /// share the inode's backing waits after. `Busy` after [`WAIT`].
     pub fn open(&self, core: &FsCore, ino: u64, flags: i32, reply: ReplyOpen, fopen: impl Fn(&Opened) -> FopenFlags) -> Result<Opened, (ReplyOpen, OpenError)> {
         if !self.on.load(Ordering::Relaxed) {
             return match core.open(ino, flags) {
@@ -122,7 +220,8 @@ impl Passthrough {
         let read_only = flags & libc::O_ACCMODE == libc::O_RDONLY;
         let deadline = Instant::now() + WAIT;
         let mut inodes = self.inodes.lock().unwrap_or_else(|p| p.into_inner());
-        if !read_only {
+        let joins_writer = inodes.get(&ino).is_some_and(|io| matches!(io.backing, Some((Source::Staging(_), _))));
+        if !read_only && !joins_writer {
             inodes = match self.wait_clear(inodes, ino, deadline) {
                 Some(g) => g,
                 None => return Err((reply, OpenError::Busy)),
@@ -132,30 +231,20 @@ impl Passthrough {
             Ok(o) => o,
             Err(e) => return Err((reply, OpenError::Core(e))),
         };
-        let blob = if read_only { core.sealed_blob(o.fh) } else { None };
         loop {
-            let io = inodes.entry(ino).or_default();
-            if let Some(blob) = blob {
-                if io.normal == 0 && io.passthrough == 0 && io.backing.is_none() {
-                    io.backing = self.attach(core, &reply, &blob).map(|id| (blob, id));
-                }
-                if let Some((_, id)) = io.backing.as_ref().filter(|(b, _)| *b == blob) {
-                    io.passthrough += 1;
-                    self.handles.lock().unwrap_or_else(|p| p.into_inner()).insert(o.fh, (ino, Mode::Passthrough));
-                    crate::metrics::get().passthrough_opens.inc();
-                    // a blob open the flat tier served, as on the daemon's path
-                    crate::metrics::get().tier_hit("flat");
+            let want = self.want(core, o.fh, read_only, inodes.entry(ino).or_default());
+            match self.settle(&mut inodes, core, ino, o.fh, &reply, want) {
+                Some(Some(id)) => {
                     let flags = fopen(&o) - FopenFlags::FOPEN_DIRECT_IO - FopenFlags::FOPEN_KEEP_CACHE;
-                    reply.opened_passthrough(FileHandle(o.fh), flags, id);
+                    reply.opened_passthrough(FileHandle(o.fh), flags, &id);
                     return Ok(o);
                 }
-            }
-            if io.passthrough == 0 {
-                io.normal += 1;
-                self.handles.lock().unwrap_or_else(|p| p.into_inner()).insert(o.fh, (ino, Mode::Normal));
-                drop(inodes);
-                reply.opened(FileHandle(o.fh), fopen(&o));
-                return Ok(o);
+                Some(None) => {
+                    drop(inodes);
+                    reply.opened(FileHandle(o.fh), fopen(&o));
+                    return Ok(o);
+                }
+                None => {}
             }
             inodes = match self.wait_clear(inodes, ino, deadline) {
                 Some(g) => g,
@@ -165,6 +254,56 @@ impl Passthrough {
                 }
             };
         }
+    }
+
+    /// A created file: its staging file is the kernel's to write when write passthrough is
+    /// on; otherwise the handle is counted so no passthrough open of the inode conflicts.
+    /// Replies either way.
+    pub fn create(&self, core: &FsCore, ino: u64, o: &Opened, write: bool, reply: fuser::ReplyCreate, ttl: &Duration, attr: &fuser::FileAttr, fopen: FopenFlags) {
+        if !self.on.load(Ordering::Relaxed) {
+            return reply.created(ttl, attr, fuser::Generation(0), FileHandle(o.fh), fopen);
+        }
+        let mut inodes = self.inodes.lock().unwrap_or_else(|p| p.into_inner());
+        let want = if !write { Want::None } else { self.want(core, o.fh, false, inodes.entry(ino).or_default()) };
+        // a new inode: nothing else is open on it, so this never waits
+        match self.settle(&mut inodes, core, ino, o.fh, &reply, want) {
+            Some(Some(id)) => {
+                let flags = fopen - FopenFlags::FOPEN_DIRECT_IO - FopenFlags::FOPEN_KEEP_CACHE;
+                reply.created_passthrough(ttl, attr, fuser::Generation(0), FileHandle(o.fh), flags, &id);
+            }
+            _ => {
+                drop(inodes);
+                reply.created(ttl, attr, fuser::Generation(0), FileHandle(o.fh), fopen);
+            }
+        }
+    }
+
+    /// Count handle `fh` of `ino` in the mode the inode allows: `Some(Some(backing))` for a
+    /// passthrough open, `Some(None)` for the normal path, `None` when it must wait for the
+    /// inode's passthrough opens to close.
+    fn settle<'a>(&self, inodes: &'a mut HashMap<u64, InodeIo>, core: &FsCore, ino: u64, fh: u64, reply: &impl OpenReply, want: Want) -> Option<Option<&'a BackingId>> {
+        let io = inodes.entry(ino).or_default();
+        if let Some(src) = want.source() {
+            if io.normal == 0 && io.passthrough == 0 && io.backing.is_none() {
+                io.backing = self.attach(core, reply, &want).map(|id| (src, id));
+            }
+            if io.backing.as_ref().is_some_and(|(s, _)| *s == src) {
+                io.passthrough += 1;
+                self.handles.lock().unwrap_or_else(|p| p.into_inner()).insert(fh, (ino, Mode::Passthrough));
+                crate::metrics::get().passthrough_opens.inc();
+                if let Want::Blob(_) = want {
+                    // a blob open the flat tier served, as on the daemon's path
+                    crate::metrics::get().tier_hit("flat");
+                }
+                return Some(io.backing.as_ref().map(|(_, id)| id));
+            }
+        }
+        if io.passthrough == 0 {
+            io.normal += 1;
+            self.handles.lock().unwrap_or_else(|p| p.into_inner()).insert(fh, (ino, Mode::Normal));
+            return Some(None);
+        }
+        None
     }
 
     /// Wait (until `deadline`) for `ino` to have no passthrough opens; `None` if it still has.
@@ -178,16 +317,6 @@ impl Passthrough {
             inodes = self.released.wait_timeout(inodes, left).unwrap_or_else(|p| p.into_inner()).0;
         }
         Some(inodes)
-    }
-
-    /// A created handle: counted so no passthrough open of the inode conflicts with it.
-    pub fn created(&self, ino: u64, fh: u64) {
-        if !self.on.load(Ordering::Relaxed) {
-            return;
-        }
-        let mut inodes = self.inodes.lock().unwrap_or_else(|p| p.into_inner());
-        inodes.entry(ino).or_default().normal += 1;
-        self.handles.lock().unwrap_or_else(|p| p.into_inner()).insert(fh, (ino, Mode::Normal));
     }
 
     /// The kernel released handle `fh` (it dropped the handle's io mode before telling us).
@@ -211,11 +340,16 @@ impl Passthrough {
         }
     }
 
-    /// Register the blob's flat file as a backing file; `None` (the open goes the normal way)
-    /// when the blob left the flat tier or the kernel refuses (logged once).
-    fn attach(&self, core: &FsCore, reply: &ReplyOpen, blob: &BlobId) -> Option<BackingId> {
-        let file = core.store().flat().open_blob(blob).ok()?;
-        match reply.open_backing(&file) {
+    /// Register the backing file: the blob's flat file or the staging file; `None` (the open
+    /// goes the normal way) when the blob left the flat tier or the kernel refuses (logged
+    /// once).
+    fn attach(&self, core: &FsCore, reply: &impl OpenReply, want: &Want) -> Option<BackingId> {
+        let res = match want {
+            Want::None => return None,
+            Want::Blob(blob) => reply.backing(&core.store().flat().open_blob(blob).ok()?),
+            Want::Staging(f) => reply.backing(f),
+        };
+        match res {
             Ok(id) => Some(id),
             Err(e) => {
                 if !self.warned.swap(true, Ordering::Relaxed) {

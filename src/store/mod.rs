@@ -144,6 +144,12 @@ impl BlobStore {
         self.staging.create()
     }
 
+    /// A new staging file with a snapshot of the first `len` bytes of `src`
+    /// ([`staging::Staging::copy_of`]).
+    pub fn staging_copy(&self, src: &File, len: u64) -> Result<(File, PathBuf), StoreError> {
+        self.staging.copy_of(src, len)
+    }
+
     /// Move a staging file whose content hashes to `id` into the flat tier.
     /// The blob stays pinned in the flat tier (never evicted) while the returned guard
     /// lives: hold it until the blob is recorded and its upload queued.

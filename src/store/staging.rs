@@ -36,4 +36,33 @@ impl Staging {
             .map_err(|e| StoreError::io("create staging file", e))?;
         Ok((f, path))
     }
+
+    /// A new staging file holding the first `len` bytes of `src`, copied inside the kernel
+    /// (`copy_file_range`: a reflink where the filesystem shares extents, as XFS and btrfs
+    /// do, a page-cache copy elsewhere). A snapshot: later writes to `src` do not reach it.
+    pub fn copy_of(&self, src: &File, len: u64) -> Result<(File, PathBuf), StoreError> {
+        use std::os::fd::AsRawFd;
+        let (dst, path) = self.create()?;
+        let remove = |e: std::io::Error| {
+            let _ = std::fs::remove_file(&path);
+            StoreError::io("copy a staging file", e)
+        };
+        let (mut off_in, mut off_out): (libc::off64_t, libc::off64_t) = (0, 0);
+        while (off_in as u64) < len {
+            let want = (len - off_in as u64).min(1 << 30) as usize;
+            // SAFETY: both descriptors are open files we own; the offsets are ours.
+            let n = unsafe { libc::copy_file_range(src.as_raw_fd(), &mut off_in, dst.as_raw_fd(), &mut off_out, want, 0) };
+            match n {
+                0 => break, // the source was truncated meanwhile: the snapshot is what is there
+                n if n > 0 => {}
+                _ => {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(remove(e));
+                    }
+                }
+            }
+        }
+        Ok((dst, path))
+    }
 }

@@ -354,3 +354,45 @@ fn special_files_are_metadata_only_inodes() {
     }
     assert!(f.list("ns").unwrap().is_empty());
 }
+
+/// The core's side of write passthrough, with the test writing the staging file the way the
+/// kernel would: the core learns lengths from the file, seals snapshots, and a write after a
+/// seal makes a new version without touching the sealed blob's file.
+#[test]
+fn a_staging_file_the_kernel_writes_is_sealed_by_snapshot() {
+    use std::os::unix::fs::FileExt;
+    let mut f = Fixture::new();
+    f.mkdir("ns").unwrap();
+    let fh = f.open_write("ns/k", true).unwrap();
+    let staging = f.core().kernel_writer(fh).unwrap().expect("a new file's staging file");
+    let reader = f.core().open(f.resolve("ns/k").unwrap(), libc::O_RDONLY).unwrap().fh;
+    let shared = f.core().kernel_writer(reader).unwrap().expect("a reader joins the writer's staging file");
+    assert!(std::sync::Arc::ptr_eq(&staging, &shared));
+
+    let a: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    staging.write_all_at(&a, 0).unwrap();
+    assert_eq!(f.stat("ns/k").unwrap().size, a.len() as u64, "attributes come from the staging file");
+    assert_eq!(f.read_fh(reader), a, "a daemon read sees the kernel's bytes");
+    f.core().flush(fh).unwrap();
+    let ino = f.resolve("ns/k").unwrap();
+    assert_eq!(f.core().getxattr(ino, b"user.wombatfs.blake3").unwrap(), BlobId::of(&a).to_hex().into_bytes());
+    let flat_a = f.cache().join("flat").join(BlobId::of(&a).fanout()).join(BlobId::of(&a).to_hex());
+    assert_eq!(std::fs::read(&flat_a).unwrap(), a);
+    f.core().flush(fh).unwrap(); // nothing written since: nothing to do
+
+    // written after the seal (a duplicated descriptor): a new version at the next seal
+    staging.write_all_at(b"LATER", 0).unwrap();
+    assert_eq!(std::fs::read(&flat_a).unwrap(), a, "the sealed blob's file is not the staging file");
+    f.core().release(reader);
+    f.core().release(fh);
+    let mut b = a.clone();
+    b[..5].copy_from_slice(b"LATER");
+    assert_eq!(f.read_file("ns/k").unwrap(), b, "the last release sealed the later bytes");
+    f.remount();
+    assert_eq!(f.read_file("ns/k").unwrap(), b);
+
+    // a rewrite in place of a sealed file is not the kernel's to write
+    let fh = f.open_write("ns/k", false).unwrap();
+    assert!(f.core().kernel_writer(fh).unwrap().is_none());
+    f.core().release(fh);
+}

@@ -12,7 +12,7 @@ use std::time::Instant;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
-        eprintln!("usage: fsbench <write4m|small|stat|statmiss|seqread|mkfiles|readdir|vllmload> PATH [N]");
+        eprintln!("usage: fsbench <write4m|small|stat|statmiss|seqread|mkfiles|readdir|vllmstore|vllmlookup|vllmload> PATH [N]");
         std::process::exit(2);
     }
     let (cmd, path) = (args[1].as_str(), Path::new(&args[2]));
@@ -78,11 +78,65 @@ fn main() {
             }
             println!("mkfiles {n} files");
         }
+        "vllmstore" => {
+            // vLLM's file tier storing blocks: a temp file opened
+            // O_CREAT|O_EXCL|O_WRONLY|O_TRUNC|O_DIRECT, one write of the block from an aligned
+            // buffer, close, rename into <root>/<3 hex>/<2 hex>/<hash>.bin; N blocks of 16 MiB
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut raw = vec![0u8; (16 << 20) + 4096];
+            let off = raw.as_ptr().align_offset(4096);
+            for (i, b) in raw[off..].iter_mut().enumerate() {
+                *b = ((i as u32).wrapping_mul(2654435761) >> 24) as u8;
+            }
+            let t = Instant::now();
+            for i in 0..n {
+                let block = &mut raw[off..off + (16 << 20)];
+                block[..8].copy_from_slice(&(i as u64).to_le_bytes()); // distinct blocks: no dedup
+                let final_path = vllm_block_path(path, i as u64);
+                fs::create_dir_all(final_path.parent().unwrap()).unwrap();
+                let tmp = final_path.with_extension(format!("tmp.{}", std::process::id()));
+                let mut f = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .truncate(true)
+                    .custom_flags(libc::O_DIRECT)
+                    .open(&tmp)
+                    .unwrap();
+                f.write_all(block).unwrap();
+                drop(f);
+                fs::rename(&tmp, &final_path).unwrap();
+            }
+            println!("vllmstore {:.1} MiB/s", (n * 16) as f64 / t.elapsed().as_secs_f64());
+        }
+        "vllmlookup" => {
+            // vLLM's lookup: a burst of 4096 access(F_OK), alternately one of the N stored
+            // blocks and a name never stored
+            let stored = n as u64;
+            let n: usize = 4096;
+            let names: Vec<std::ffi::CString> = (0..n as u64)
+                .map(|i| {
+                    let p = vllm_block_path(path, if i % 2 == 0 { (i / 2) % stored } else { 1_000_000 + i });
+                    std::ffi::CString::new(p.into_os_string().into_encoded_bytes()).unwrap()
+                })
+                .collect();
+            let t = Instant::now();
+            let mut hits = 0;
+            for c in &names {
+                // SAFETY: a valid C string.
+                if unsafe { libc::access(c.as_ptr(), libc::F_OK) } == 0 {
+                    hits += 1;
+                }
+            }
+            let us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+            assert_eq!(hits, n.div_ceil(2), "half of the names are stored blocks");
+            println!("vllmlookup {us:.2} us/op");
+        }
         "vllmload" => {
             // vLLM's file tier loading blocks: every file of the directory opened
             // O_RDONLY|O_DIRECT and read by preadv into aligned 2 MiB buffers, 4 threads
             use std::os::unix::fs::{FileExt, OpenOptionsExt};
-            let mut files: Vec<_> = fs::read_dir(path).unwrap().map(|e| e.unwrap().path()).collect();
+            let mut files = Vec::new();
+            walk(path, &mut files);
             files.sort();
             let next = std::sync::atomic::AtomicUsize::new(0);
             let total = std::sync::atomic::AtomicU64::new(0);
@@ -118,4 +172,22 @@ fn main() {
             std::process::exit(2);
         }
     }
+}
+
+/// Every regular file under `dir`.
+fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            walk(&e.path(), out);
+        } else {
+            out.push(e.path());
+        }
+    }
+}
+
+/// vLLM's block file layout: `<root>/<3 hex>/<2 hex>/<hash>.bin`.
+fn vllm_block_path(root: &Path, i: u64) -> std::path::PathBuf {
+    let h = format!("{:016x}{:016x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15), i ^ 0xD1B5_4A32_D192_ED03);
+    root.join(&h[..3]).join(&h[3..5]).join(format!("{h}.bin"))
 }

@@ -197,7 +197,7 @@ impl Metrics {
         r.register("tier_misses", "Blob opens a tier could not serve", m.tier_misses.clone());
         r.register("tier_read_bytes", "Bytes read from a tier: READ bytes served from flat files, blob bytes brought up from foyer or downloaded from the object store", m.tier_read_bytes.clone());
         r.register("flat_evictions", "Blobs evicted from the flat tier to stay within --flat-size", m.flat_evictions.clone());
-        r.register("passthrough_opens", "Opens served by FUSE passthrough: the kernel reads the blob's flat file, no READ reaches the daemon", m.passthrough_opens.clone());
+        r.register("passthrough_opens", "Opens served by FUSE passthrough: the kernel reads the blob's flat file (or, with --passthrough read-write, writes the staging file), no READ or WRITE reaches the daemon", m.passthrough_opens.clone());
         r.register("budget_removals", "Files removed because their namespace was over its budget", m.budget_removals.clone());
         r.register("object_store_requests", "Object-store calls by op and outcome", m.store_requests.clone());
         r.register("object_store_request_duration_seconds", "Object-store call latency by op (retries inside a call included)", m.store_latency.clone());

@@ -164,7 +164,7 @@ impl FsCore {
         let (src, len, pending) = {
             let mut st = file.lock();
             match &st.staging {
-                Some(s) => (s.file.clone(), s.len()?, None),
+                Some(s) => (s.file.clone(), s.current_len()?, None),
                 None => {
                     let len = st.size;
                     let r = self.reader(&mut st)?;
@@ -229,7 +229,7 @@ impl FsCore {
         }
         let mut st = file.lock();
         let s = self.staging(&mut st)?;
-        let len = s.len()?;
+        let len = s.current_len()?;
         s.file.write_all_at(data, offset)?;
         s.hash.on_write(&s.file, offset, data);
         s.size = len.max(end);
@@ -309,7 +309,7 @@ impl FsCore {
         }
         let mut st = file.lock();
         let s = self.staging(&mut st)?;
-        s.size = s.len()?;
+        s.size = s.current_len()?;
         // SAFETY: fallocate on a valid descriptor we own; no memory is passed.
         let rc = unsafe { libc::fallocate(s.file.as_raw_fd(), 0, offset as i64, len as i64) };
         if rc != 0 {

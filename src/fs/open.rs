@@ -35,7 +35,7 @@ impl Staging {
     }
 
     /// Its current length: the file's own when the kernel writes it.
-    pub fn len(&self) -> std::io::Result<u64> {
+    pub fn current_len(&self) -> std::io::Result<u64> {
         if self.kernel_writes {
             Ok(self.file.metadata()?.len())
         } else {

@@ -236,7 +236,7 @@ impl Passthrough {
             match self.settle(&mut inodes, core, ino, o.fh, &reply, want) {
                 Some(Some(id)) => {
                     let flags = fopen(&o) - FopenFlags::FOPEN_DIRECT_IO - FopenFlags::FOPEN_KEEP_CACHE;
-                    reply.opened_passthrough(FileHandle(o.fh), flags, &id);
+                    reply.opened_passthrough(FileHandle(o.fh), flags, id);
                     return Ok(o);
                 }
                 Some(None) => {
@@ -258,7 +258,8 @@ impl Passthrough {
 
     /// A created file: its staging file is the kernel's to write when write passthrough is
     /// on; otherwise the handle is counted so no passthrough open of the inode conflicts.
-    /// Replies either way.
+    /// Replies either way (so it takes what a create reply carries).
+    #[allow(clippy::too_many_arguments)]
     pub fn create(&self, core: &FsCore, ino: u64, o: &Opened, write: bool, reply: fuser::ReplyCreate, ttl: &Duration, attr: &fuser::FileAttr, fopen: FopenFlags) {
         if !self.on.load(Ordering::Relaxed) {
             return reply.created(ttl, attr, fuser::Generation(0), FileHandle(o.fh), fopen);
@@ -269,7 +270,7 @@ impl Passthrough {
         match self.settle(&mut inodes, core, ino, o.fh, &reply, want) {
             Some(Some(id)) => {
                 let flags = fopen - FopenFlags::FOPEN_DIRECT_IO - FopenFlags::FOPEN_KEEP_CACHE;
-                reply.created_passthrough(ttl, attr, fuser::Generation(0), FileHandle(o.fh), flags, &id);
+                reply.created_passthrough(ttl, attr, fuser::Generation(0), FileHandle(o.fh), flags, id);
             }
             _ => {
                 drop(inodes);

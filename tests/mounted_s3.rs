@@ -446,3 +446,36 @@ fn a_working_set_that_fits_in_foyer_is_served_with_the_store_frozen() {
     assert!(lost.is_empty(), "read back with the store frozen failed for {lost:?}\n{}", m.log());
     m.unmount();
 }
+
+/// A stream of `--upload sync` closes: each close waits for its own journal batch, the
+/// batches' feed markers go out gathered (a reader catches up from one marker by listing the
+/// journal), and another node still sees every file within the poll interval.
+#[test]
+fn a_stream_of_sync_closes_shares_feed_markers_and_stays_visible() {
+    let Some(ep) = endpoint() else { return };
+    let prefix = unique_prefix("markers");
+    let sync = s3_args(&ep, &prefix, &["--upload", "sync"]);
+    let plain = s3_args(&ep, &prefix, &[]);
+    let a = Mount::start_with(&sync.iter().map(String::as_str).collect::<Vec<_>>());
+    let b = Mount::start_with(&plain.iter().map(String::as_str).collect::<Vec<_>>());
+    fs::create_dir(a.path("ns")).unwrap();
+    within(std::time::Duration::from_secs(10), "the namespace on B", || fs::metadata(b.path("ns")).is_ok());
+    let files = 80;
+    for i in 0..files {
+        fs::write(a.path(&format!("ns/f{i}")), format!("block {i}").repeat(100)).unwrap();
+    }
+    within(std::time::Duration::from_secs(10), "every file on B", || (0..files).all(|i| fs::metadata(b.path(&format!("ns/f{i}"))).is_ok()));
+    for i in 0..files {
+        assert_eq!(fs::read(b.path(&format!("ns/f{i}"))).unwrap(), format!("block {i}").repeat(100).into_bytes());
+    }
+    let store = common::s3::store(&ep, &prefix);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let node_a = fs::read_to_string(a.cache.join("node-id")).unwrap();
+    let markers = rt.block_on(wombatfs::tiers::ObjectStore::list_meta_after(&store, wombatfs::sync::feed::FEED, "")).unwrap();
+    let of_a = markers.iter().filter(|k| k.contains(&format!("-{}-", node_a.trim()))).count();
+    let batches = rt.block_on(wombatfs::tiers::ObjectStore::list_meta_after(&store, &wombatfs::sync::change::journal_dir(node_a.trim()), "")).unwrap().len();
+    eprintln!("{files} sync closes: {batches} journal batches, {of_a} feed markers of the writer");
+    assert!(batches >= files / 2, "sync closes are not held back to share batches: {batches}");
+    assert!(of_a >= 1 && of_a * 2 < batches, "markers are gathered: {of_a} for {batches} batches");
+    drop((a, b));
+}

@@ -429,7 +429,9 @@ impl Filesystem for WombatFuse {
             }
             Err(e) => reply.error(errno("write", &e)),
         };
-        if self.offload.is_some() {
+        // a write that may copy a blob first (a rewrite in place, whose bytes may have to come
+        // from the object store) goes to a blocking thread; the rest is answered here
+        if self.offload.is_some() && !self.core.write_is_local(fh.0) {
             let data = data.to_vec();
             self.run(move |core| write(core, &data));
         } else {

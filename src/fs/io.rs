@@ -217,6 +217,16 @@ impl FsCore {
         st.staging.as_mut().ok_or(FsError::BadHandle)
     }
 
+    /// Whether a write to `fh` is local work only: the inode has its staging file or is
+    /// empty, so no copy-on-write of a blob (which may have to come from the object store) is
+    /// due. The FUSE adapter answers such writes on its own thread.
+    pub fn write_is_local(&self, fh: u64) -> bool {
+        self.handles.file(fh).is_some_and(|(file, _)| {
+            let st = file.lock();
+            st.staging.is_some() || st.size == 0
+        })
+    }
+
     /// Write bytes at `offset`.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let (file, write) = self.handle(fh)?;

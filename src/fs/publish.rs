@@ -100,6 +100,10 @@ pub struct FeedState {
     last_marker: Option<std::time::Instant>,
     /// after a failed marker PUT, no heartbeat is tried before this
     retry_at: Option<std::time::Instant>,
+    /// while the publisher runs: its marker writer, which writes batch markers in order
+    /// behind the batch PUTs (a closer in `--upload sync` waits for its batch, not for the
+    /// previous batch's marker)
+    markers: Option<tokio::sync::mpsc::UnboundedSender<(u64, u64, u64)>>,
 }
 
 impl FeedState {
@@ -375,6 +379,15 @@ impl Namespace {
         }
     }
 
+    /// The marker of a batch just published: handed to the marker writer when the publisher
+    /// runs one, written now otherwise.
+    async fn marker_after(&self, prev: u64, first: u64, last: u64) {
+        let queued = self.feed_state().markers.as_ref().is_some_and(|tx| tx.send((prev, first, last)).is_ok());
+        if !queued {
+            self.put_marker(prev, first, last).await;
+        }
+    }
+
     /// Write a heartbeat marker if this node wrote none for [`feed::HEARTBEAT`]: it renews
     /// the node's lease and shows readers that missed a marker where this journal ends.
     pub async fn heartbeat_if_due(&self) {
@@ -413,7 +426,7 @@ impl Namespace {
             fail::fail_point!("publish-after-put");
             let prev = self.published_seq();
             self.mark_published(batch.last_seq()).map_err(|e| StoreError::Config(format!("recording a published batch: {e}")))?;
-            self.put_marker(prev, batch.changes[0].0, batch.last_seq()).await;
+            self.marker_after(prev, batch.changes[0].0, batch.last_seq()).await;
             sent += batch.changes.len();
             crate::metrics::get().journal_published.inc_by(batch.changes.len() as u64);
         }
@@ -447,6 +460,32 @@ impl Namespace {
             return;
         }
         let wake = self.read_tree().outbox.wake.clone();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, u64, u64)>();
+        self.feed_state().markers = Some(tx);
+        let writer = {
+            let ns = self.clone();
+            tokio::spawn(async move {
+                while let Some(one) = rx.recv().await {
+                    // the markers of the batches that follow within the gather window go
+                    // out as one
+                    tokio::time::sleep(feed::MARKER_GATHER).await;
+                    let mut batches = vec![one];
+                    while let Ok(next) = rx.try_recv() {
+                        batches.push(next);
+                    }
+                    if let Some((prev, first, last)) = feed::coalesce(&batches) {
+                        ns.put_marker(prev, first, last).await;
+                    }
+                }
+            })
+        };
+        self.publish_rounds(&stop, &wake).await;
+        // the markers of the last batches are written before the publisher ends
+        self.feed_state().markers = None;
+        let _ = writer.await;
+    }
+
+    async fn publish_rounds(&self, stop: &AtomicBool, wake: &tokio::sync::Notify) {
         let mut backoff = Backoff::new(RETRY_FIRST, RETRY_CAP);
         while !stop.load(Ordering::SeqCst) {
             // wait for new changes (and look now and then for changes waiting on an upload);

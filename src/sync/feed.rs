@@ -93,6 +93,23 @@ pub enum Step {
     CatchUp,
 }
 
+/// How long a publisher's marker writer waits after a batch for the markers of more batches,
+/// which it then writes as one (see [`coalesce`]): under a stream of `--upload sync` closes a
+/// node writes a few markers a second instead of one PUT per batch.
+pub const MARKER_GATHER: Duration = Duration::from_millis(25);
+
+/// One marker for the consecutive batches `(prev, first, last)` of one node, in publication
+/// order: a single batch keeps its own marker (readers at `prev` GET it directly); several
+/// become one marker with `first` = 0 from the first's `prev` to the last's `last`, which every
+/// reader behind `last` answers by listing the node's journal ([`step`]: `CatchUp`).
+pub fn coalesce(batches: &[(u64, u64, u64)]) -> Option<(u64, u64, u64)> {
+    match batches {
+        [] => None,
+        [one] => Some(*one),
+        [first, .., last] => Some((first.0, 0, last.2)),
+    }
+}
+
 /// Decide what a reader at `cursor` for the marker's node does with the marker.
 pub fn step(m: &Marker, cursor: u64) -> Step {
     if m.last <= cursor {
@@ -134,6 +151,20 @@ pub fn expired(markers: &[Marker], now_ms: u64) -> Vec<&Marker> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn markers_of_several_batches_become_one_that_readers_catch_up_from() {
+        assert_eq!(coalesce(&[]), None);
+        assert_eq!(coalesce(&[(4, 5, 7)]), Some((4, 5, 7)));
+        let m = coalesce(&[(4, 5, 7), (7, 8, 8), (8, 9, 12)]).unwrap();
+        assert_eq!(m, (4, 0, 12));
+        let marker = Marker { ms: 1, node: "n".into(), prev: m.0, first: m.1, last: m.2 };
+        // a reader at the first batch's prev, or anywhere before the end, reads the journal
+        assert_eq!(step(&marker, 4), Step::CatchUp);
+        assert_eq!(step(&marker, 8), Step::CatchUp);
+        assert_eq!(step(&marker, 12), Step::Skip);
+    }
+
     use super::*;
 
     #[test]

@@ -7,6 +7,7 @@ pub mod core;
 pub mod error;
 pub mod fuse;
 pub mod io;
+pub mod links;
 pub mod lookups;
 pub mod metrics;
 pub mod mount;

@@ -223,7 +223,7 @@ impl Namespace {
         if is_dir {
             t.dirs.insert(ino, Default::default());
         }
-        t.inodes.insert(ino, rec);
+        t.inodes.insert(ino, Box::new(rec));
         t.link_entry(tx, parent, name, ino);
         if is_dir {
             t.get_mut(parent)?.nlink += 1;

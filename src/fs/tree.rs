@@ -78,8 +78,9 @@ impl Tx {
 /// The whole namespace, guarded by one lock in the core.
 #[derive(Default)]
 pub struct Tree {
-    /// every live inode, including unlinked-but-open ones
-    pub inodes: HashMap<u64, InodeRecord>,
+    /// every live inode, including unlinked-but-open ones; boxed, so the table's empty slots
+    /// (up to half of them, as it grows by doubling) cost a pointer, not a whole record
+    pub inodes: HashMap<u64, Box<InodeRecord>>,
     /// children of each directory
     pub dirs: HashMap<u64, BTreeMap<Vec<u8>, u64>>,
     /// blobs referenced by inodes
@@ -97,7 +98,7 @@ pub struct Tree {
     /// committed changes since mount (tells a snapshot writer whether anything changed)
     pub changes: u64,
     /// the names of every linked inode (a directory has one), for publishing changes by path
-    pub names: HashMap<u64, Vec<(u64, Vec<u8>)>>,
+    pub names: HashMap<u64, crate::fs::links::Links>,
     /// changes waiting to be published to the other nodes, and the journal cursors
     pub outbox: Outbox,
     /// this node's clock for version stamps
@@ -114,12 +115,12 @@ const TOMB_PRUNE_EVERY_MS: u64 = 60_000;
 impl Tree {
     /// Inode by number.
     pub fn get(&self, ino: u64) -> FsResult<&InodeRecord> {
-        self.inodes.get(&ino).ok_or(FsError::NotFound)
+        self.inodes.get(&ino).map(|r| &**r).ok_or(FsError::NotFound)
     }
 
     /// Mutable inode by number.
     pub fn get_mut(&mut self, ino: u64) -> FsResult<&mut InodeRecord> {
-        self.inodes.get_mut(&ino).ok_or(FsError::NotFound)
+        self.inodes.get_mut(&ino).map(|r| &mut **r).ok_or(FsError::NotFound)
     }
 
     /// Children of a directory (ENOTDIR for anything else).
@@ -148,7 +149,7 @@ impl Tree {
         if let Some(old) = self.dirs.entry(parent).or_default().insert(name.to_vec(), ino) {
             self.forget_name(old, parent, name);
         }
-        self.names.entry(ino).or_default().push((parent, name.to_vec()));
+        self.add_name(ino, parent, name);
         tx.put_dirent(parent, name, ino);
     }
 
@@ -161,10 +162,16 @@ impl Tree {
     }
 
     fn forget_name(&mut self, ino: u64, parent: u64, name: &[u8]) {
-        if let Some(v) = self.names.get_mut(&ino) {
-            v.retain(|(p, n)| !(*p == parent && n == name));
-            if v.is_empty() {
-                self.names.remove(&ino);
+        if self.names.get_mut(&ino).is_some_and(|l| l.remove(parent, name)) {
+            self.names.remove(&ino);
+        }
+    }
+
+    fn add_name(&mut self, ino: u64, parent: u64, name: &[u8]) {
+        match self.names.get_mut(&ino) {
+            Some(l) => l.push(parent, name),
+            None => {
+                self.names.insert(ino, crate::fs::links::Links::new(parent, name));
             }
         }
     }
@@ -175,7 +182,7 @@ impl Tree {
             return Some(Vec::new());
         }
         let (parent, name) = self.names.get(&ino)?.first()?;
-        self.path(*parent, name)
+        self.path(parent, name)
     }
 
     /// Path of the entry `name` in directory `parent`, as published to other nodes.
@@ -216,7 +223,7 @@ impl Tree {
         } else {
             Stamp::ZERO
         };
-        let paths: Vec<Vec<u8>> = self.names.get(&ino).into_iter().flatten().filter_map(|(parent, name)| self.path(*parent, name)).collect();
+        let paths: Vec<Vec<u8>> = self.names.get(&ino).into_iter().flat_map(|l| l.iter()).filter_map(|(parent, name)| self.path(parent, name)).collect();
         for path in paths {
             if stamp.is_set() {
                 self.clear_tomb(tx, &path, stamp);
@@ -470,7 +477,7 @@ impl Tree {
         }
         t.inodes.entry(ROOT).or_insert_with(|| {
             tx.put_inode(&root);
-            root
+            Box::new(root)
         });
         if let Some(max) = t.inodes.keys().max() {
             t.next_ino = t.next_ino.max(max + 1);
@@ -512,7 +519,7 @@ impl Tree {
             match k.first() {
                 Some(&keys::INODE) => match records::decode_inode(&v) {
                     Some(rec) => {
-                        t.inodes.insert(rec.ino, rec);
+                        t.inodes.insert(rec.ino, Box::new(rec));
                     }
                     None => tracing::error!(key = %hex::encode(&k), "undecodable inode record skipped"),
                 },
@@ -569,7 +576,7 @@ impl Tree {
                 *parent = p;
             }
             *links.entry(ino).or_default() += 1;
-            self.names.entry(ino).or_default().push((p, name.clone()));
+            self.add_name(ino, p, &name);
             self.dirs.entry(p).or_default().insert(name, ino);
         }
         let unlinked: Vec<u64> = self.inodes.keys().copied().filter(|i| *i != ROOT && !links.contains_key(i)).collect();

@@ -6,7 +6,6 @@
 //! either absent or complete. Backing files are opened with `O_NOFOLLOW`; names are hashes,
 //! never user-supplied.
 
-use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -14,46 +13,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::blob::BlobId;
+use crate::tiers::lru::Lru;
 use crate::tiers::StoreError;
 
 fn cpath(p: &Path) -> Result<std::ffi::CString, StoreError> {
     std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
         .map_err(|_| StoreError::Config(format!("path with NUL: {}", p.display())))
-}
-
-/// Recency of the blobs in the tier: a tick per access, ordered for eviction.
-#[derive(Debug, Default)]
-struct Lru {
-    entries: HashMap<BlobId, (u64, u64)>,
-    order: BTreeMap<u64, BlobId>,
-    tick: u64,
-    bytes: u64,
-}
-
-impl Lru {
-    fn touch(&mut self, id: BlobId, size: Option<u64>) {
-        self.tick += 1;
-        let tick = self.tick;
-        match self.entries.get_mut(&id) {
-            Some((_, t)) => {
-                self.order.remove(t);
-                *t = tick;
-            }
-            None => {
-                let Some(size) = size else { return };
-                self.entries.insert(id, (size, tick));
-                self.bytes += size;
-            }
-        }
-        self.order.insert(tick, id);
-    }
-
-    fn forget(&mut self, id: &BlobId) {
-        if let Some((size, t)) = self.entries.remove(id) {
-            self.order.remove(&t);
-            self.bytes -= size;
-        }
-    }
 }
 
 /// The flat local tier, bounded by bytes and evicted least recently used first.
@@ -113,12 +78,12 @@ impl FlatTier {
 
     /// Bytes of blobs in the tier.
     pub fn bytes(&self) -> u64 {
-        self.lock().bytes
+        self.lock().bytes()
     }
 
     /// Blobs in the tier.
     pub fn len(&self) -> usize {
-        self.lock().entries.len()
+        self.lock().len()
     }
 
     /// Whether the tier holds no blob.
@@ -128,7 +93,7 @@ impl FlatTier {
 
     /// Bytes of the blobs `f` selects.
     pub fn bytes_where(&self, f: impl Fn(&BlobId) -> bool) -> u64 {
-        self.lock().entries.iter().filter(|(id, _)| f(id)).map(|(_, e)| e.0).sum()
+        self.lock().oldest_first().filter(|(id, _)| f(id)).map(|(_, size)| size).sum()
     }
 
     /// A read of the blob (recency for eviction).
@@ -141,17 +106,16 @@ impl FlatTier {
     pub fn victims(&self, keep: impl Fn(&BlobId) -> bool) -> Vec<BlobId> {
         let lru = self.lock();
         let limit = self.limit();
-        if lru.bytes <= limit {
+        if lru.bytes() <= limit {
             return Vec::new();
         }
         let target = limit - limit / 20;
-        let mut excess = lru.bytes - target;
+        let mut excess = lru.bytes() - target;
         let mut out = Vec::new();
-        for id in lru.order.values() {
+        for (id, size) in lru.oldest_first() {
             if excess == 0 {
                 break;
             }
-            let size = lru.entries.get(id).map(|e| e.0).unwrap_or(0);
             // empty blobs free nothing (and every new file starts bound to the empty blob)
             if size == 0 || keep(id) {
                 continue;
@@ -183,7 +147,7 @@ impl FlatTier {
                 _ => StoreError::io(format!("open flat blob {id}"), e),
             })?;
         let mut lru = self.lock();
-        if !lru.entries.contains_key(id) {
+        if !lru.contains(id) {
             // present but untracked (relinked by the local store): count it now
             let size = f.metadata().map(|m| m.len()).unwrap_or(0);
             lru.touch(*id, Some(size));
@@ -239,7 +203,7 @@ impl FlatTier {
 
     /// The blobs in the tier for which `f` holds.
     pub fn ids_where(&self, f: impl Fn(&BlobId) -> bool) -> Vec<BlobId> {
-        self.lock().entries.keys().filter(|id| f(id)).copied().collect()
+        self.lock().oldest_first().map(|(id, _)| id).filter(|id| f(id)).copied().collect()
     }
 
     /// Every file in the tier: `Some(id)` for well-formed blob names, `None` (with its path) for

@@ -10,6 +10,7 @@ pub mod fetch;
 pub mod flat;
 pub mod foyer;
 pub mod local;
+pub mod lru;
 pub mod memory;
 pub mod metered;
 pub mod s3;

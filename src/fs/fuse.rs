@@ -185,6 +185,16 @@ impl WombatFuse {
         }
     }
 
+    fn written(reply: ReplyWrite, r: Result<u32, FsError>) {
+        match r {
+            Ok(n) => {
+                crate::metrics::get().fuse_write_bytes.inc_by(n as u64);
+                reply.written(n)
+            }
+            Err(e) => reply.error(errno("write", &e)),
+        }
+    }
+
     fn empty(reply: ReplyEmpty, op: &'static str, r: Result<(), FsError>) {
         match r {
             Ok(()) => reply.ok(),
@@ -422,20 +432,17 @@ impl Filesystem for WombatFuse {
         reply: ReplyWrite,
     ) {
         let _req = begin(req, "write", _ino.0);
-        let write = move |core: &FsCore, data: &[u8]| match core.write(fh.0, offset, data) {
-            Ok(n) => {
-                crate::metrics::get().fuse_write_bytes.inc_by(n as u64);
-                reply.written(n)
+        if self.offload.is_none() {
+            return Self::written(reply, self.core.write(fh.0, offset, data));
+        }
+        // answered here unless the write must first copy a blob that may have to come from
+        // the object store (a rewrite in place): that one goes to a blocking thread
+        match self.core.try_write(fh.0, offset, data) {
+            Ok(None) => {
+                let data = data.to_vec();
+                self.run(move |core| Self::written(reply, core.write(fh.0, offset, &data)));
             }
-            Err(e) => reply.error(errno("write", &e)),
-        };
-        // a write that may copy a blob first (a rewrite in place, whose bytes may have to come
-        // from the object store) goes to a blocking thread; the rest is answered here
-        if self.offload.is_some() && !self.core.write_is_local(fh.0) {
-            let data = data.to_vec();
-            self.run(move |core| write(core, &data));
-        } else {
-            write(&self.core, data);
+            r => Self::written(reply, r.map(|n| n.unwrap_or_default())),
         }
     }
 

@@ -217,18 +217,19 @@ impl FsCore {
         st.staging.as_mut().ok_or(FsError::BadHandle)
     }
 
-    /// Whether a write to `fh` is local work only: the inode has its staging file or is
-    /// empty, so no copy-on-write of a blob (which may have to come from the object store) is
-    /// due. The FUSE adapter answers such writes on its own thread.
-    pub fn write_is_local(&self, fh: u64) -> bool {
-        self.handles.file(fh).is_some_and(|(file, _)| {
-            let st = file.lock();
-            st.staging.is_some() || st.size == 0
-        })
-    }
-
     /// Write bytes at `offset`.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        self.write_inner(fh, offset, data, false).map(|n| n.unwrap_or_default())
+    }
+
+    /// Like `write`, but `Ok(None)` instead of a copy-on-write of the inode's blob first
+    /// (which may have to come from the object store): the FUSE adapter answers the other
+    /// writes (a new file, or one that has its staging file) on its own thread.
+    pub fn try_write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<Option<u32>> {
+        self.write_inner(fh, offset, data, true)
+    }
+
+    fn write_inner(&self, fh: u64, offset: u64, data: &[u8], local_only: bool) -> FsResult<Option<u32>> {
         let (file, write) = self.handle(fh)?;
         if !write {
             return Err(FsError::BadHandle);
@@ -238,6 +239,9 @@ impl FsCore {
             return Err(FsError::TooBig);
         }
         let mut st = file.lock();
+        if local_only && st.staging.is_none() && st.size != 0 {
+            return Ok(None);
+        }
         let s = self.staging(&mut st)?;
         let len = s.current_len()?;
         s.file.write_all_at(data, offset)?;
@@ -247,7 +251,7 @@ impl FsCore {
         let size = s.size;
         drop(st);
         self.touch_file(file.ino, size);
-        Ok(data.len() as u32)
+        Ok(Some(data.len() as u32))
     }
 
     /// Reflect a written size and mtime in the tree (memory only; the seal persists them).
@@ -344,13 +348,16 @@ impl FsCore {
     /// reach a blob's file. Its seal snapshots it into a new staging file (a reflink where
     /// the filesystem can), hashes the snapshot and adopts that; the staging file stays the
     /// inode's until its last handle closes, and a later seal with an unchanged stamp is free.
-    fn seal_locked(&self, file: &OpenInode, st: &mut FileState) -> FsResult<()> {
-        let Some(s) = st.staging.as_mut() else { return Ok(()) };
+    ///
+    /// Returns whether the inode's blob now holds the file's content (false only for a file
+    /// unlinked while open, which is not sealed).
+    fn seal_locked(&self, file: &OpenInode, st: &mut FileState) -> FsResult<bool> {
+        let Some(s) = st.staging.as_mut() else { return Ok(true) };
         let mut snapshot = None;
         let (id, size, src) = if s.kernel_writes {
             let stamp = Stamp::of(&s.file)?;
             if s.sealed == Some(stamp) {
-                return Ok(());
+                return Ok(true);
             }
             let (copy, path) = self.store.staging_copy(&s.file, stamp.len)?;
             let guard = RemoveUnlessAdopted(path.clone());
@@ -360,7 +367,7 @@ impl FsCore {
         } else {
             if !s.dirty {
                 st.staging = None;
-                return Ok(());
+                return Ok(true);
             }
             match s.hash.finish(s.size) {
                 Some(id) => (id, s.size, s.path.clone()),
@@ -384,7 +391,7 @@ impl FsCore {
         if t.orphans.contains(&file.ino) || !t.inodes.contains_key(&file.ino) {
             // unlinked while open: nothing to publish; the staging file stays for open readers
             s.hash.mark_broken();
-            return Ok(());
+            return Ok(false);
         }
         // pinned (never evicted) until the upload is queued by the commit below
         let _pinned = self.store.adopt(&src, &id)?;
@@ -404,8 +411,8 @@ impl FsCore {
         rec.size = size;
         if let Some((stamp, _)) = &snapshot {
             // the kernel's writes set the file's times; the daemon never saw them
-            rec.mtime = Ts { secs: stamp.mtime.0, nanos: stamp.mtime.1 as u32 };
-            rec.ctime = Ts { secs: stamp.ctime.0, nanos: stamp.ctime.1 as u32 };
+            rec.mtime = stamp.mtime;
+            rec.ctime = stamp.ctime;
         }
         tx.put_inode(rec);
         t.note_state(&mut tx, file.ino);
@@ -432,7 +439,7 @@ impl FsCore {
         st.blob = id;
         st.size = size;
         st.reader = None;
-        Ok(())
+        Ok(true)
     }
 
     /// `close()` of a descriptor: seal if the file was written, so close ⇒ durable.
@@ -460,14 +467,8 @@ impl FsCore {
     pub fn fsync(&self, fh: u64) -> FsResult<()> {
         let (file, _) = self.handle(fh)?;
         let mut st = file.lock();
-        self.seal_locked(&file, &mut st)?;
-        // sealed: the blob is the file's content (a staging file the kernel writes stays
-        // after its seal, unless the file was unlinked); an empty blob has no file
-        let sealed = match &st.staging {
-            None => true,
-            Some(s) => s.kernel_writes && s.sealed.is_some() && s.sealed == Stamp::of(&s.file).ok(),
-        };
-        if sealed && st.size > 0 {
+        // an empty blob has no file to sync
+        if self.seal_locked(&file, &mut st)? && st.size > 0 {
             self.store.flat().sync(&st.blob)?;
         }
         drop(st);

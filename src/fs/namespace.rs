@@ -59,11 +59,10 @@ pub(super) fn live_attr(t: &crate::fs::tree::Tree, rec: &InodeRecord) -> Attr {
     let mut a = attr_of(rec);
     if let Some(f) = t.open.get(&rec.ino).and_then(|e| e.file.kernel_file.get()) {
         if let Ok(s) = crate::fs::open::Stamp::of(f) {
-            let time = |(secs, nanos): (i64, i64)| Ts { secs, nanos: nanos as u32 }.to_system();
             a.size = s.len;
             a.blocks = s.len.div_ceil(512);
-            a.mtime = time(s.mtime);
-            a.ctime = time(s.ctime);
+            a.mtime = s.mtime.to_system();
+            a.ctime = s.ctime.to_system();
         }
     }
     a

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::blob::BlobId;
+use crate::index::records::Ts;
 
 /// Bytes of a file being written.
 pub struct Staging {
@@ -52,10 +53,10 @@ impl Staging {
 pub struct Stamp {
     /// length in bytes
     pub len: u64,
-    /// mtime (seconds, nanoseconds)
-    pub mtime: (i64, i64),
-    /// ctime (seconds, nanoseconds)
-    pub ctime: (i64, i64),
+    /// modification time
+    pub mtime: Ts,
+    /// change time
+    pub ctime: Ts,
 }
 
 impl Stamp {
@@ -63,7 +64,8 @@ impl Stamp {
     pub fn of(f: &File) -> std::io::Result<Self> {
         use std::os::unix::fs::MetadataExt;
         let m = f.metadata()?;
-        Ok(Stamp { len: m.len(), mtime: (m.mtime(), m.mtime_nsec()), ctime: (m.ctime(), m.ctime_nsec()) })
+        let ts = |secs, nanos: i64| Ts { secs, nanos: nanos as u32 };
+        Ok(Stamp { len: m.len(), mtime: ts(m.mtime(), m.mtime_nsec()), ctime: ts(m.ctime(), m.ctime_nsec()) })
     }
 }
 

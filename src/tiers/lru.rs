@@ -101,11 +101,9 @@ impl Lru {
 
     /// Drop `id` from the set.
     pub fn forget(&mut self, id: &BlobId) {
-        let Some(i) = self.find(id) else { return };
         let nodes = &self.nodes;
-        if let Ok(slot) = self.index.find_entry(self.hasher.hash_one(id), |&j| nodes[j as usize].id == *id) {
-            slot.remove();
-        }
+        let Ok(slot) = self.index.find_entry(self.hasher.hash_one(id), |&j| nodes[j as usize].id == *id) else { return };
+        let (i, _) = slot.remove();
         self.unlink(i);
         self.bytes -= self.nodes[i as usize].size;
         self.free.push(i);

@@ -94,12 +94,23 @@ fn open_layers(s: &Settings, rt: &tokio::runtime::Runtime) -> Result<(Arc<FsCore
             );
         }
     }
-    let t0 = std::time::Instant::now();
-    let store = open_store(s, &objects, rt)?;
-    tracing::info!(blobs = store.flat().len(), secs = t0.elapsed().as_secs_f64(), "flat tier opened");
-    let t0 = std::time::Instant::now();
-    let (index, mut records) = Index::open(&s.cache_dir.join("index"), rt.handle())?;
-    tracing::info!(records = records.len(), secs = t0.elapsed().as_secs_f64(), "index opened");
+    // the tiers and the index are independent until the tree is built: opened side by side
+    let (store, opened) = std::thread::scope(|scope| {
+        let tiers = scope.spawn(|| {
+            let t0 = std::time::Instant::now();
+            let store = open_store(s, &objects, rt)?;
+            tracing::info!(blobs = store.flat().len(), secs = t0.elapsed().as_secs_f64(), "flat tier opened");
+            Ok::<_, anyhow::Error>(store)
+        });
+        let t0 = std::time::Instant::now();
+        let opened = Index::open(&s.cache_dir.join("index"), rt.handle());
+        if let Ok((_, records)) = &opened {
+            tracing::info!(records = records.len(), secs = t0.elapsed().as_secs_f64(), "index opened");
+        }
+        (tiers.join().unwrap_or_else(|_| Err(anyhow::anyhow!("opening the local tiers panicked"))), opened)
+    });
+    let store = store?;
+    let (index, mut records) = opened?;
     if records.is_empty() && !objects.is_local() {
         // an empty cache dir on an existing bucket: rebuild the tree from its newest snapshot
         // (the journals after it are applied by the first poll, before the mount goes live)

@@ -229,7 +229,11 @@ impl FsCore {
         if let Some(f) = self.store.foyer() {
             self.store.block_on(f.close());
         }
-        self.index.close()?;
+        self.close_index()?;
+        // the next mount reads the flat tier's order from one file instead of stat-ing every blob
+        if let Err(e) = self.store.flat().save_recency() {
+            tracing::warn!(error = %e, "the next mount will scan the flat tier");
+        }
         Ok(())
     }
 }

@@ -43,6 +43,19 @@ impl Links {
         }
     }
 
+    /// How many links.
+    pub fn len(&self) -> usize {
+        match self {
+            Links::One(..) => 1,
+            Links::Many(v) => v.len(),
+        }
+    }
+
+    /// Whether there is none (only a `Many` emptied by hand can be).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The first link.
     pub fn first(&self) -> Option<(u64, &[u8])> {
         self.iter().next()

@@ -34,33 +34,60 @@ impl Namespace {
 }
 
 fn export(t: &Tree) -> Records {
-        let mut kv = vec![
-            (keys::format_version(), keys::FORMAT.to_be_bytes().to_vec()),
-            (keys::next_ino(), t.next_ino.to_be_bytes().to_vec()),
-        ];
-        for (ino, rec) in &t.inodes {
-            if !t.orphans.contains(ino) {
-                kv.push((keys::inode(*ino), records::encode_inode(rec)));
-            }
+    let mut kv = Vec::new();
+    export_to(t, false, |k, v| kv.push((k.to_vec(), v.to_vec())));
+    kv.sort();
+    kv
+}
+
+/// Hand every record of the tree to `put`: its inodes (unlinked-but-open ones with
+/// `orphans`), directory entries, blobs, tombstones and journal cursors.
+fn export_to(t: &Tree, orphans: bool, mut put: impl FnMut(&[u8], &[u8])) {
+    put(&keys::format_version(), &keys::FORMAT.to_be_bytes());
+    // (never written while no inode was allocated: a missing key means the same)
+    if t.next_ino != crate::fs::tree::ROOT + 1 {
+        put(&keys::next_ino(), &t.next_ino.to_be_bytes());
+    }
+    for (ino, rec) in &t.inodes {
+        if orphans || !t.orphans.contains(ino) {
+            put(&keys::inode(*ino), &records::encode_inode(rec));
         }
-        for (parent, children) in &t.dirs {
-            for (name, ino) in children {
-                kv.push((keys::dirent(*parent, name), ino.to_be_bytes().to_vec()));
-            }
+    }
+    for (parent, children) in &t.dirs {
+        for (name, ino) in children {
+            put(&keys::dirent(*parent, name), &ino.to_be_bytes());
         }
-        for (id, e) in &t.blobs {
-            kv.push((keys::blob(id), records::encode(&BlobRecord { size: e.size })));
+    }
+    for (id, e) in &t.blobs {
+        put(&keys::blob(id), &records::encode(&BlobRecord { size: e.size }));
+    }
+    // removals a node restoring from this snapshot must still order late writes against
+    for (path, stamp) in &t.tombs {
+        put(&keys::tomb(path), &stamp.to_bytes());
+    }
+    // where each node's journal continues after this snapshot
+    for (node, seq) in &t.outbox.cursors {
+        put(&keys::cursor(node), &seq.to_be_bytes());
+    }
+}
+
+impl Namespace {
+    /// Close the index, with a checkpoint of the tree for the next mount when the tree holds
+    /// everything the index does: no change waits to be published, no upload is pending (their
+    /// records are the index's alone). The tree stays locked until the index is closed, so no
+    /// commit lands between the export and the close.
+    pub fn close_index(&self) -> FsResult<()> {
+        let t = self.write_tree();
+        let pending = self.store().upload_stats().pending.load(Ordering::SeqCst);
+        if !t.outbox.queue.is_empty() || pending != 0 {
+            tracing::info!(unpublished = t.outbox.queue.len(), pending_uploads = pending, "no index checkpoint: the next mount scans the index");
+            self.index.close()?;
+        } else {
+            self.index.close_with_checkpoint(|w| export_to(&t, true, |k, v| w.put(k, v)))?;
         }
-        // removals a node restoring from this snapshot must still order late writes against
-        for (path, stamp) in &t.tombs {
-            kv.push((keys::tomb(path), stamp.to_bytes().to_vec()));
-        }
-        // where each node's journal continues after this snapshot
-        for (node, seq) in &t.outbox.cursors {
-            kv.push((keys::cursor(node), seq.to_be_bytes().to_vec()));
-        }
-        kv.sort();
-        kv
+        drop(t);
+        Ok(())
+    }
 }
 
 impl Namespace {

@@ -16,6 +16,11 @@ use crate::hlc::{Clock, Stamp};
 use crate::sync::apply;
 use crate::sync::change::{Attrs, Change};
 
+/// A hash map for the tables that grow with the tree (keys are inode numbers and blob ids,
+/// which this daemon or BLAKE3 chose): foldhash instead of SipHash, the default's cost showed
+/// in a million-name remount.
+pub type Map<K, V> = HashMap<K, V, hashbrown::DefaultHashBuilder>;
+
 /// The root directory's inode number.
 pub const ROOT: u64 = 1;
 
@@ -80,11 +85,11 @@ impl Tx {
 pub struct Tree {
     /// every live inode, including unlinked-but-open ones; boxed, so the table's empty slots
     /// (up to half of them, as it grows by doubling) cost a pointer, not a whole record
-    pub inodes: HashMap<u64, Box<InodeRecord>>,
+    pub inodes: Map<u64, Box<InodeRecord>>,
     /// children of each directory
-    pub dirs: HashMap<u64, BTreeMap<Vec<u8>, u64>>,
+    pub dirs: Map<u64, BTreeMap<Vec<u8>, u64>>,
     /// blobs referenced by inodes
-    pub blobs: HashMap<BlobId, BlobEntry>,
+    pub blobs: Map<BlobId, BlobEntry>,
     /// next inode number
     pub next_ino: u64,
     /// open inodes
@@ -98,7 +103,7 @@ pub struct Tree {
     /// committed changes since mount (tells a snapshot writer whether anything changed)
     pub changes: u64,
     /// the names of every linked inode (a directory has one), for publishing changes by path
-    pub names: HashMap<u64, crate::fs::links::Links>,
+    pub names: Map<u64, crate::fs::links::Links>,
     /// changes waiting to be published to the other nodes, and the journal cursors
     pub outbox: Outbox,
     /// this node's clock for version stamps
@@ -468,7 +473,10 @@ impl Tree {
     /// entries to missing inodes, inodes without entries, link counts, unreferenced blobs,
     /// stray flat files. Pending uploads are re-queued.
     pub fn load(records: Records, store: &BlobStore, index: &Index, root: InodeRecord) -> FsResult<Tree> {
+        let clock = std::time::Instant::now();
+        let lap = |what: &str| tracing::debug!(secs = clock.elapsed().as_secs_f64(), "tree load: {what}");
         let (mut t, found) = Self::decode(records);
+        lap("decoded");
         let mut tx = Tx::default();
         match found.format {
             Some(keys::FORMAT) => {}
@@ -488,9 +496,12 @@ impl Tree {
         }
         t.tombs_pruned_ms = crate::sync::change::now_ms();
         t.prune_tombs(&mut tx, t.tombs_pruned_ms);
-        let links = t.link_entries(found.dirents, &mut tx);
-        t.derive_counts(&links, &mut tx);
+        t.link_entries(found.dirents, &mut tx);
+        lap("linked");
+        t.derive_counts(&mut tx);
+        lap("counted");
         let unreferenced = t.reconcile_blobs(&found.blobs, &mut tx);
+        lap("reconciled");
         // pending uploads resume — also of blobs no name refers to any more: an unpublished
         // change may still name them (their reclaim then waits for the upload); an intent
         // whose blob is neither referenced nor local has nothing left to upload
@@ -506,7 +517,9 @@ impl Tree {
         for (id, size) in unreferenced {
             store.reclaim(id, size)?;
         }
+        lap("committed");
         t.remove_stray_flat_files(store)?;
+        lap("strays removed");
         Ok(t)
     }
 
@@ -515,86 +528,112 @@ impl Tree {
     fn decode(records: Records) -> (Tree, Found) {
         let mut t = Tree { next_ino: ROOT + 1, ..Default::default() };
         let mut found = Found::default();
+        // the tables are sized once: a million names grew them by doubling ~20 times each
+        let count = |p: u8| records.iter().filter(|(k, _)| k.first() == Some(&p)).count();
+        let (inodes, dirents, blobs) = (count(keys::INODE), count(keys::DIRENT), count(keys::BLOB));
+        t.inodes.reserve(inodes);
+        t.names.reserve(dirents);
+        found.dirents.reserve(dirents);
+        found.blobs.reserve(blobs);
+        t.blobs.reserve(blobs);
         for (k, v) in records {
-            match k.first() {
-                Some(&keys::INODE) => match records::decode_inode(&v) {
-                    Some(rec) => {
-                        t.inodes.insert(rec.ino, Box::new(rec));
-                    }
-                    None => tracing::error!(key = %hex::encode(&k), "undecodable inode record skipped"),
-                },
-                Some(&keys::DIRENT) => {
-                    if let (Some((p, name)), Ok(b)) = (keys::split_dirent(&k), <[u8; 8]>::try_from(v.as_slice())) {
-                        found.dirents.push((p, name.to_vec(), u64::from_be_bytes(b)));
-                    }
+            if k.first() != Some(&keys::INODE) {
+                t.decode_other(&mut found, k, v);
+                continue;
+            }
+            match records::decode_inode(&v) {
+                Some(rec) => {
+                    t.inodes.insert(rec.ino, Box::new(rec));
                 }
-                Some(&keys::BLOB) => {
-                    if let (Some(id), Some(r)) = (keys::blob_after_prefix(&k), records::decode::<BlobRecord>(&v)) {
-                        found.blobs.insert(id, r);
-                    }
-                }
-                Some(&keys::UPLOAD) => found.pending.extend(keys::blob_after_prefix(&k)),
-                Some(&keys::CURSOR) => t.outbox.load_cursor(&k, &v),
-                Some(&keys::OUTBOX) => t.outbox.load_change(&k, &v),
-                Some(&keys::TOMB) => match Stamp::from_bytes(&v) {
-                    Some(s) => {
-                        t.tombs.insert(k[1..].to_vec(), s);
-                    }
-                    None => tracing::error!(key = %hex::encode(&k), "undecodable tombstone skipped"),
-                },
-                Some(&keys::META) if k == keys::format_version() => {
-                    found.format = <[u8; 4]>::try_from(v.as_slice()).ok().map(u32::from_be_bytes);
-                }
-                Some(&keys::META) if k == keys::next_ino() => {
-                    if let Ok(b) = <[u8; 8]>::try_from(v.as_slice()) {
-                        t.next_ino = t.next_ino.max(u64::from_be_bytes(b));
-                    }
-                }
-                _ => {}
+                None => tracing::error!(key = %hex::encode(&k), "undecodable inode record skipped"),
             }
         }
         (t, found)
     }
 
+    /// A record of [`Tree::decode`] other than an inode.
+    fn decode_other(&mut self, found: &mut Found, mut k: Vec<u8>, v: Vec<u8>) {
+        match k.first() {
+            Some(&keys::DIRENT) => {
+                if let (Some(p), Ok(b)) = (keys::id_after_prefix(&k), <[u8; 8]>::try_from(v.as_slice())) {
+                    // the key's own bytes become the name (no second copy)
+                    k.drain(..9);
+                    found.dirents.push((p, k, u64::from_be_bytes(b)));
+                }
+            }
+            Some(&keys::BLOB) => {
+                if let (Some(id), Some(r)) = (keys::blob_after_prefix(&k), records::decode::<BlobRecord>(&v)) {
+                    found.blobs.insert(id, r);
+                }
+            }
+            Some(&keys::UPLOAD) => found.pending.extend(keys::blob_after_prefix(&k)),
+            Some(&keys::CURSOR) => self.outbox.load_cursor(&k, &v),
+            Some(&keys::OUTBOX) => self.outbox.load_change(&k, &v),
+            Some(&keys::TOMB) => match Stamp::from_bytes(&v) {
+                Some(s) => {
+                    self.tombs.insert(k[1..].to_vec(), s);
+                }
+                None => tracing::error!(key = %hex::encode(&k), "undecodable tombstone skipped"),
+            },
+            Some(&keys::META) if k == keys::format_version() => {
+                found.format = <[u8; 4]>::try_from(v.as_slice()).ok().map(u32::from_be_bytes);
+            }
+            Some(&keys::META) if k == keys::next_ino() => {
+                if let Ok(b) = <[u8; 8]>::try_from(v.as_slice()) {
+                    self.next_ino = self.next_ino.max(u64::from_be_bytes(b));
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Link the directory entries (dropping dangling ones) and the inodes nobody links to (a
-    /// crash between an unlink and its forget); returns each inode's link count.
-    fn link_entries(&mut self, dirents: Vec<(u64, Vec<u8>, u64)>, tx: &mut Tx) -> HashMap<u64, u32> {
+    /// crash between an unlink and its forget).
+    fn link_entries(&mut self, dirents: Vec<(u64, Vec<u8>, u64)>, tx: &mut Tx) {
         for rec in self.inodes.values() {
             if matches!(rec.kind, InodeKind::Dir { .. }) {
                 self.dirs.insert(rec.ino, BTreeMap::new());
             }
         }
-        let mut links: HashMap<u64, u32> = HashMap::new();
         for (p, name, ino) in dirents {
-            let valid = self.dirs.contains_key(&p) && self.inodes.contains_key(&ino) && ino != ROOT;
-            if !valid {
+            // (the inode table's slots hold the keys: no record is read for a file's entry)
+            if ino == ROOT || !self.dirs.contains_key(&p) || !self.inodes.contains_key(&ino) {
                 tracing::warn!(parent = p, ino, "dangling directory entry removed");
                 tx.del_dirent(p, &name);
                 continue;
             }
-            if let Some(InodeKind::Dir { parent }) = self.inodes.get_mut(&ino).map(|r| &mut r.kind) {
-                *parent = p;
+            if self.dirs.contains_key(&ino) {
+                if let Some(InodeKind::Dir { parent }) = self.inodes.get_mut(&ino).map(|r| &mut r.kind) {
+                    *parent = p;
+                }
             }
-            *links.entry(ino).or_default() += 1;
             self.add_name(ino, p, &name);
-            self.dirs.entry(p).or_default().insert(name, ino);
+            if let Some(children) = self.dirs.get_mut(&p) {
+                children.insert(name, ino);
+            }
         }
-        let unlinked: Vec<u64> = self.inodes.keys().copied().filter(|i| *i != ROOT && !links.contains_key(i)).collect();
+        let unlinked: Vec<u64> = self.inodes.keys().copied().filter(|i| *i != ROOT && !self.names.contains_key(i)).collect();
         for ino in unlinked {
             self.inodes.remove(&ino);
             self.dirs.remove(&ino);
             tx.del_inode(ino);
         }
-        links
     }
 
     /// Link counts and blob references are derived from the entries, never trusted.
-    fn derive_counts(&mut self, links: &HashMap<u64, u32>, tx: &mut Tx) {
-        let subdirs: HashMap<u64, u32> = self.dirs.iter().map(|(d, c)| (*d, c.values().filter(|i| self.dirs.contains_key(i)).count() as u32)).collect();
+    fn derive_counts(&mut self, tx: &mut Tx) {
+        let mut subdirs: Map<u64, u32> = Map::default();
+        for rec in self.inodes.values() {
+            if let InodeKind::Dir { parent } = rec.kind {
+                if rec.ino != ROOT {
+                    *subdirs.entry(parent).or_default() += 1;
+                }
+            }
+        }
         for rec in self.inodes.values_mut() {
             let want = match rec.kind {
                 InodeKind::Dir { .. } => 2 + subdirs.get(&rec.ino).copied().unwrap_or(0),
-                _ => links.get(&rec.ino).copied().unwrap_or(1),
+                _ => self.names.get(&rec.ino).map_or(1, |l| l.len() as u32),
             };
             if rec.nlink != want {
                 rec.nlink = want;
@@ -608,7 +647,7 @@ impl Tree {
 
     /// Blob records the names need are written, the others deleted; returns the blobs no
     /// name refers to (reclaimed once the commit is durable).
-    fn reconcile_blobs(&mut self, recs: &HashMap<BlobId, BlobRecord>, tx: &mut Tx) -> Vec<(BlobId, u64)> {
+    fn reconcile_blobs(&mut self, recs: &Map<BlobId, BlobRecord>, tx: &mut Tx) -> Vec<(BlobId, u64)> {
         for (id, e) in &self.blobs {
             if !recs.contains_key(id) {
                 tx.ops.push(Op::Put(keys::blob(id), records::encode(&BlobRecord { size: e.size })));
@@ -641,7 +680,7 @@ impl Tree {
 #[derive(Default)]
 struct Found {
     dirents: Vec<(u64, Vec<u8>, u64)>,
-    blobs: HashMap<BlobId, BlobRecord>,
+    blobs: Map<BlobId, BlobRecord>,
     pending: Vec<BlobId>,
     format: Option<u32>,
 }

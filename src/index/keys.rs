@@ -5,6 +5,7 @@
 //! |---------------------------------------|------------------------------------|---------------------------------|
 //! | `m` `format`                          | u32 BE                             | index format version (1)        |
 //! | `m` `next_ino`                        | u64 BE                             | next inode number to allocate   |
+//! | `m` `checkpoint`                      | 16-byte token                      | the last clean close's checkpoint |
 //! | `i` ino:u64 BE                        | bincode `InodeRecord`              | an inode (file, dir, symlink)   |
 //! | `d` parent:u64 BE name bytes          | child ino:u64 BE                   | a directory entry               |
 //! | `b` blake3:32                         | bincode `BlobRecord`               | a blob known to this node       |
@@ -44,6 +45,12 @@ pub const FORMAT: u32 = 1;
 /// `m` + `format`.
 pub fn format_version() -> Vec<u8> {
     [&[META][..], b"format"].concat()
+}
+
+/// `m` + `checkpoint`: the token of the checkpoint file the last clean close wrote
+/// ([`crate::index::checkpoint`]).
+pub fn checkpoint() -> Vec<u8> {
+    [&[META][..], b"checkpoint"].concat()
 }
 
 /// `m` + `next_ino`.

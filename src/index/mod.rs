@@ -10,6 +10,7 @@
 //!
 //! The fs core keeps the authoritative in-memory view and never reads SlateDB after mount.
 
+pub mod checkpoint;
 pub mod intent_log;
 pub mod keys;
 pub mod records;
@@ -175,8 +176,20 @@ fn metadata_cache() -> Arc<dyn slatedb::db_cache::DbCache> {
     Arc::new(slatedb::db_cache::SplitCache::new().with_meta_cache(Some(Arc::new(meta))).build())
 }
 
-/// Every key-value pair in the index, in key order.
+/// Every key-value pair in the index (in key order when scanned).
 pub type Records = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Read the whole index: large sequential fetches, several at a time, and no block cache
+/// pollution (the default is one block per request).
+async fn scan(db: &Db, dir: &Path) -> Result<Records, IndexError> {
+    let mut records = Vec::new();
+    let full = slatedb::config::ScanOptions { read_ahead_bytes: 4 << 20, max_fetch_tasks: 4, cache_blocks: false, ..Default::default() };
+    let mut it = db.scan_with_options::<std::ops::RangeFull>(.., &full).await.map_err(|e| db_err(e, dir))?;
+    while let Some(kv) = it.next().await.map_err(|e| db_err(e, dir))? {
+        records.push((kv.key.to_vec(), kv.value.to_vec()));
+    }
+    Ok(records)
+}
 
 impl Index {
     /// Open the index in `dir` (created if missing), replay any intent log left by a crash, and
@@ -213,14 +226,18 @@ impl Index {
                     IntentLog::remove_gen(&log_dir, gen).map_err(io("remove intent log"))?;
                 }
             }
-            let mut records = Vec::new();
-            // the whole index is read once: large sequential fetches, several at a time, and
-            // no block cache pollution (the default is one block per request)
-            let full = slatedb::config::ScanOptions { read_ahead_bytes: 4 << 20, max_fetch_tasks: 4, cache_blocks: false, ..Default::default() };
-            let mut it = db.scan_with_options::<std::ops::RangeFull>(.., &full).await.map_err(|e| db_err(e, dir))?;
-            while let Some(kv) = it.next().await.map_err(|e| db_err(e, dir))? {
-                records.push((kv.key.to_vec(), kv.value.to_vec()));
-            }
+            // after a clean close the records are in the checkpoint file, if SlateDB is as
+            // that close left it (its token and no replayed intent); the file goes either way
+            let token = match gens.is_empty() {
+                true => db.get(keys::checkpoint()).await.map_err(|e| db_err(e, dir))?.and_then(|t| checkpoint::Token::try_from(&t[..]).ok()),
+                false => None,
+            };
+            let saved = token.and_then(|t| checkpoint::read(dir, &t));
+            checkpoint::remove(dir).map_err(io("remove the index checkpoint"))?;
+            let records = match saved {
+                Some(records) => records,
+                None => scan(&db, dir).await?,
+            };
             Ok::<_, IndexError>((db, records, gens.last().map_or(1, |g| g + 1)))
         })?;
         let log = IntentLog::create(&log_dir, next_gen).map_err(io("create intent log"))?;
@@ -278,6 +295,26 @@ impl Index {
         st.log = IntentLog::create(&self.inner.log_dir, old + 1).map_err(io("create intent log"))?;
         st.rolled_at = Instant::now();
         self.inner.queue.push(Msg::Checkpoint(old, done), true);
+        Ok(())
+    }
+
+    /// [`Index::close`], then write every record to the checkpoint file the next open reads
+    /// instead of scanning: `fill` must hand over exactly what the index holds, and the caller
+    /// keeps anything else from committing meanwhile. A checkpoint that cannot be written is
+    /// logged: the next open scans.
+    pub fn close_with_checkpoint(&self, fill: impl FnOnce(&mut checkpoint::Writer)) -> Result<(), IndexError> {
+        let dir = self.inner.log_dir.parent().map(Path::to_path_buf).unwrap_or_default();
+        let token = checkpoint::new_token(&dir);
+        self.commit(vec![Op::Put(keys::checkpoint(), token.to_vec())])?;
+        self.close()?;
+        let t0 = Instant::now();
+        match checkpoint::save(&dir, &token, |w| {
+            w.put(&keys::checkpoint(), &token);
+            fill(w);
+        }) {
+            Ok(records) => tracing::info!(records, secs = t0.elapsed().as_secs_f64(), "index checkpoint written"),
+            Err(e) => tracing::warn!(error = %e, "could not write the index checkpoint; the next mount scans the index"),
+        }
         Ok(())
     }
 

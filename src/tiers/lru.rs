@@ -30,7 +30,7 @@ pub struct Lru {
     /// slots of `nodes` no blob uses
     free: Vec<u32>,
     index: HashTable<u32>,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: hashbrown::DefaultHashBuilder,
     /// least recently used
     head: Option<u32>,
     /// most recently used

@@ -13,6 +13,7 @@ pub mod local;
 pub mod lru;
 pub mod memory;
 pub mod metered;
+pub mod recency;
 pub mod s3;
 
 use std::path::Path;

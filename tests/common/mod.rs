@@ -80,7 +80,7 @@ impl Fixture {
         self.dir.path().join("cache")
     }
 
-    fn open(&mut self) {
+    fn open(&mut self) -> wombatfs::index::Records {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let cache = self.cache();
         std::fs::create_dir_all(&cache).unwrap();
@@ -93,9 +93,31 @@ impl Fixture {
         if let (true, Some(r)) = (snap.is_empty(), &self.shared) {
             snap = rt.block_on(wombatfs::sync::snapshot::restore(r.as_ref(), &index)).unwrap();
         }
+        let loaded = snap.clone();
         let core = FsCore::load(&cache, store, index, snap, CoreOptions::default()).unwrap();
         self.core = Some(Arc::new(core));
         self.rt = Some(rt);
+        loaded
+    }
+
+    /// After a clean shutdown that wrote an index checkpoint: what a scan of the index (a copy
+    /// without the checkpoint file) reads.
+    fn scan_behind_checkpoint(&self) -> Option<wombatfs::index::Records> {
+        let index = self.cache().join("index");
+        if !index.join("checkpoint").exists() {
+            return None;
+        }
+        let copy = self.dir.path().join("index-scanned");
+        let _ = std::fs::remove_dir_all(&copy);
+        let status = std::process::Command::new("cp").arg("-a").arg(&index).arg(&copy).status().unwrap();
+        assert!(status.success());
+        std::fs::remove_file(copy.join("checkpoint")).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let (idx, records) = Index::open(&copy, rt.handle()).unwrap();
+        idx.close().unwrap();
+        drop(rt);
+        std::fs::remove_dir_all(&copy).unwrap();
+        Some(records)
     }
 
     pub fn core(&self) -> &FsCore {
@@ -103,11 +125,20 @@ impl Fixture {
     }
 
     /// Clean unmount and mount again.
+    /// The index checkpoint a clean shutdown writes must hold exactly what the index holds:
+    /// every clean remount here compares what the mount loaded with a scan of the index.
     pub fn remount(&mut self) {
         self.core().shutdown(Duration::from_secs(10)).unwrap();
         self.core = None;
         self.rt = None;
-        self.open();
+        let scanned = self.scan_behind_checkpoint();
+        assert!(scanned.is_some() || self.shared.is_some(), "a clean shutdown on the local store writes an index checkpoint");
+        let mut loaded = self.open();
+        if let Some(mut scanned) = scanned {
+            loaded.sort();
+            scanned.sort();
+            assert_eq!(loaded, scanned, "the index checkpoint differs from the index");
+        }
     }
 
     /// Drop everything without any shutdown work (as kill -9 would), then mount again.

@@ -68,13 +68,13 @@ impl Budgets {
         if let Some(v) = rec.xattrs.get(BUDGET) {
             return std::str::from_utf8(v).ok().and_then(|s| crate::size::parse(s).ok()).filter(|b| *b > 0);
         }
-        let (_, name) = t.names.get(&ns)?.first()?;
+        let (_, name) = t.links(ns)?.first()?;
         self.config.get(std::str::from_utf8(name).ok()?).copied()
     }
 
     /// Every non-directory entry below `ns` as (directory, name, inode, record), and the bytes
     /// they use (each inode once, however many names it has).
-    fn walk<'t>(t: &'t Tree, ns: u64, mut each: impl FnMut(u64, &'t Vec<u8>, u64, &'t InodeRecord)) -> u64 {
+    fn walk<'t>(t: &'t Tree, ns: u64, mut each: impl FnMut(u64, &'t [u8], u64, &'t InodeRecord)) -> u64 {
         let (mut used, mut seen, mut stack) = (0, HashSet::new(), vec![ns]);
         while let Some(dir) = stack.pop() {
             for (name, &ino) in t.dirs.get(&dir).into_iter().flatten() {
@@ -97,7 +97,7 @@ impl Budgets {
         let mut files = Vec::new();
         let used = Self::walk(t, ns, |dir, name, ino, rec| {
             let recent = self.recent.get(&ino).map(|r| *r).unwrap_or(0);
-            files.push(Candidate { recency: (recent, rec.atime.max(rec.mtime)), parent: dir, name: name.clone(), ino, size: rec.size });
+            files.push(Candidate { recency: (recent, rec.atime.max(rec.mtime)), parent: dir, name: name.to_vec(), ino, size: rec.size });
         });
         (used, files)
     }
@@ -160,7 +160,7 @@ pub fn namespace_of(t: &Tree, ino: u64) -> Option<u64> {
     for _ in 0..4096 {
         let parent = match t.inodes.get(&cur)?.kind {
             InodeKind::Dir { parent } => parent,
-            _ => t.names.get(&cur)?.first()?.0,
+            _ => t.links(cur)?.first()?.0,
         };
         if parent == ROOT {
             return (cur != ROOT).then_some(cur);

@@ -1,38 +1,91 @@
-//! The names of one inode: (directory, name) per link. Nearly every inode has exactly one,
-//! so that case is held inline (no vector): with a million names this table is one of the
-//! daemon's largest, and an inline link saves a heap block per name.
+//! An inode as the tree holds it: its record and its names, (directory, name) per link, for
+//! publishing changes by path. The names live in the inode's own box (a separate table keyed
+//! by inode cost a 40-byte slot, half of them empty, per name), and nearly every inode has
+//! exactly one, held inline (no vector).
+
+use crate::index::records::InodeRecord;
+
+/// An inode in the tree: the persisted record, and its links (not persisted: derived from the
+/// directory entries at mount).
+#[derive(Debug)]
+pub struct Inode {
+    /// what the index holds
+    pub rec: InodeRecord,
+    /// where it is linked
+    pub links: Links,
+}
+
+impl Inode {
+    /// A record not linked anywhere yet.
+    pub fn new(rec: InodeRecord) -> Box<Self> {
+        Box::new(Inode { rec, links: Links::None })
+    }
+}
+
+impl std::ops::Deref for Inode {
+    type Target = InodeRecord;
+
+    fn deref(&self) -> &InodeRecord {
+        &self.rec
+    }
+}
+
+impl std::ops::DerefMut for Inode {
+    fn deref_mut(&mut self) -> &mut InodeRecord {
+        &mut self.rec
+    }
+}
 
 /// An inode's links, in the order they were made.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub enum Links {
+    /// unlinked (new, or removed but still open)
+    #[default]
+    None,
     /// the usual case
-    One(u64, Box<[u8]>),
+    One(u64, Name),
     /// hard links
-    Many(Vec<(u64, Box<[u8]>)>),
+    Many(Vec<(u64, Name)>),
 }
+
+/// A name in a directory: one heap block shared by the directory's entry and the inode's link.
+pub type Name = std::sync::Arc<[u8]>;
 
 impl Links {
     /// A first link.
-    pub fn new(parent: u64, name: &[u8]) -> Self {
-        Links::One(parent, name.into())
+    pub fn new(parent: u64, name: Name) -> Self {
+        Links::One(parent, name)
     }
 
     /// Add a link.
-    pub fn push(&mut self, parent: u64, name: &[u8]) {
-        match self {
-            Links::One(p, n) => *self = Links::Many(vec![(*p, std::mem::take(n)), (parent, name.into())]),
-            Links::Many(v) => v.push((parent, name.into())),
+    pub fn push(&mut self, parent: u64, name: Name) {
+        match std::mem::take(self) {
+            Links::None => *self = Links::new(parent, name),
+            Links::One(p, n) => *self = Links::Many(vec![(p, n), (parent, name)]),
+            Links::Many(mut v) => {
+                v.push((parent, name));
+                *self = Links::Many(v);
+            }
         }
     }
 
     /// Remove the link `name` in `parent`; returns whether none is left.
     pub fn remove(&mut self, parent: u64, name: &[u8]) -> bool {
         match self {
-            Links::One(p, n) => *p == parent && **n == *name,
+            Links::None => true,
+            Links::One(p, n) => {
+                if *p == parent && **n == *name {
+                    *self = Links::None;
+                }
+                matches!(self, Links::None)
+            }
             Links::Many(v) => {
                 v.retain(|(p, n)| !(*p == parent && **n == *name));
                 match v.as_slice() {
-                    [] => true,
+                    [] => {
+                        *self = Links::None;
+                        true
+                    }
                     [(p, n)] => {
                         *self = Links::One(*p, n.clone());
                         false
@@ -46,12 +99,13 @@ impl Links {
     /// How many links.
     pub fn len(&self) -> usize {
         match self {
+            Links::None => 0,
             Links::One(..) => 1,
             Links::Many(v) => v.len(),
         }
     }
 
-    /// Whether there is none (only a `Many` emptied by hand can be).
+    /// Whether there is none.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -64,6 +118,7 @@ impl Links {
     /// Every link.
     pub fn iter(&self) -> impl Iterator<Item = (u64, &[u8])> {
         let (one, many) = match self {
+            Links::None => (None, &[][..]),
             Links::One(p, n) => (Some((*p, &**n)), &[][..]),
             Links::Many(v) => (None, v.as_slice()),
         };
@@ -77,10 +132,10 @@ mod tests {
 
     #[test]
     fn one_link_inline_more_in_a_vector_and_back() {
-        let mut l = Links::new(1, b"a");
+        let mut l = Links::new(1, b"a"[..].into());
         assert_eq!(l.first(), Some((1, &b"a"[..])));
-        l.push(2, b"b");
-        l.push(1, b"c");
+        l.push(2, b"b"[..].into());
+        l.push(1, b"c"[..].into());
         assert_eq!(l.iter().collect::<Vec<_>>(), [(1, &b"a"[..]), (2, &b"b"[..]), (1, &b"c"[..])]);
         assert!(!l.remove(1, b"a"));
         assert!(!l.remove(9, b"b"));
@@ -89,5 +144,8 @@ mod tests {
         assert_eq!(l.first(), Some((1, &b"c"[..])));
         assert!(!l.remove(1, b"a"), "not a link of it");
         assert!(l.remove(1, b"c"));
+        assert!(l.is_empty() && l.first().is_none());
+        l.push(3, b"d"[..].into());
+        assert_eq!(l.iter().collect::<Vec<_>>(), [(3, &b"d"[..])]);
     }
 }

@@ -46,6 +46,6 @@ impl FsCore {
     /// The name of namespace `ns`, for labels and logs.
     pub fn namespace_name(&self, ns: u64) -> String {
         let t = self.read_tree();
-        t.names.get(&ns).and_then(|n| n.first()).map(|(_, name)| String::from_utf8_lossy(name).into_owned()).unwrap_or_else(|| ns.to_string())
+        t.links(ns).and_then(|n| n.first()).map(|(_, name)| String::from_utf8_lossy(name).into_owned()).unwrap_or_else(|| ns.to_string())
     }
 }

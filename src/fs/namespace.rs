@@ -222,7 +222,7 @@ impl Namespace {
         if is_dir {
             t.dirs.insert(ino, Default::default());
         }
-        t.inodes.insert(ino, Box::new(rec));
+        t.inodes.insert(ino, crate::fs::links::Inode::new(rec));
         t.link_entry(tx, parent, name, ino);
         if is_dir {
             t.get_mut(parent)?.nlink += 1;
@@ -504,7 +504,7 @@ impl Namespace {
         v.push(DirEntry { ino: parent, kind: Kind::Dir, name: b"..".to_vec() });
         for (name, &child) in children {
             if let Ok(rec) = t.get(child) {
-                v.push(DirEntry { ino: child, kind: attr_of(rec).kind, name: name.clone() });
+                v.push(DirEntry { ino: child, kind: attr_of(rec).kind, name: name.to_vec() });
             }
         }
         Ok(v)

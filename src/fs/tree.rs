@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::blob::BlobId;
 use crate::fs::error::{FsError, FsResult};
+use crate::fs::links::{Inode, Links, Name};
 use crate::fs::open::OpenInode;
 use crate::fs::publish::Outbox;
 use crate::index::keys;
@@ -83,11 +84,12 @@ impl Tx {
 /// The whole namespace, guarded by one lock in the core.
 #[derive(Default)]
 pub struct Tree {
-    /// every live inode, including unlinked-but-open ones; boxed, so the table's empty slots
-    /// (up to half of them, as it grows by doubling) cost a pointer, not a whole record
-    pub inodes: Map<u64, Box<InodeRecord>>,
+    /// every live inode (record and links), including unlinked-but-open ones; boxed, so the
+    /// table's empty slots (up to half of them, as it grows by doubling) cost a pointer, not a
+    /// whole record
+    pub inodes: Map<u64, Box<Inode>>,
     /// children of each directory
-    pub dirs: Map<u64, BTreeMap<Vec<u8>, u64>>,
+    pub dirs: Map<u64, BTreeMap<Name, u64>>,
     /// blobs referenced by inodes
     pub blobs: Map<BlobId, BlobEntry>,
     /// next inode number
@@ -102,8 +104,6 @@ pub struct Tree {
     pub kernel_cached: HashMap<u64, BlobId>,
     /// committed changes since mount (tells a snapshot writer whether anything changed)
     pub changes: u64,
-    /// the names of every linked inode (a directory has one), for publishing changes by path
-    pub names: Map<u64, crate::fs::links::Links>,
     /// changes waiting to be published to the other nodes, and the journal cursors
     pub outbox: Outbox,
     /// this node's clock for version stamps
@@ -120,16 +120,16 @@ const TOMB_PRUNE_EVERY_MS: u64 = 60_000;
 impl Tree {
     /// Inode by number.
     pub fn get(&self, ino: u64) -> FsResult<&InodeRecord> {
-        self.inodes.get(&ino).map(|r| &**r).ok_or(FsError::NotFound)
+        self.inodes.get(&ino).map(|r| &r.rec).ok_or(FsError::NotFound)
     }
 
     /// Mutable inode by number.
     pub fn get_mut(&mut self, ino: u64) -> FsResult<&mut InodeRecord> {
-        self.inodes.get_mut(&ino).map(|r| &mut **r).ok_or(FsError::NotFound)
+        self.inodes.get_mut(&ino).map(|r| &mut r.rec).ok_or(FsError::NotFound)
     }
 
     /// Children of a directory (ENOTDIR for anything else).
-    pub fn children(&self, ino: u64) -> FsResult<&BTreeMap<Vec<u8>, u64>> {
+    pub fn children(&self, ino: u64) -> FsResult<&BTreeMap<Name, u64>> {
         match self.inodes.get(&ino) {
             None => Err(FsError::NotFound),
             Some(_) => self.dirs.get(&ino).ok_or(FsError::NotDir),
@@ -151,11 +151,12 @@ impl Tree {
 
     /// Insert a directory entry.
     pub fn link_entry(&mut self, tx: &mut Tx, parent: u64, name: &[u8], ino: u64) {
-        if let Some(old) = self.dirs.entry(parent).or_default().insert(name.to_vec(), ino) {
-            self.forget_name(old, parent, name);
+        let name: Name = name.into();
+        if let Some(old) = self.dirs.entry(parent).or_default().insert(name.clone(), ino) {
+            self.forget_name(old, parent, &name);
         }
+        tx.put_dirent(parent, &name, ino);
         self.add_name(ino, parent, name);
-        tx.put_dirent(parent, name, ino);
     }
 
     /// Remove a directory entry (not the inode).
@@ -167,18 +168,21 @@ impl Tree {
     }
 
     fn forget_name(&mut self, ino: u64, parent: u64, name: &[u8]) {
-        if self.names.get_mut(&ino).is_some_and(|l| l.remove(parent, name)) {
-            self.names.remove(&ino);
+        if let Some(i) = self.inodes.get_mut(&ino) {
+            i.links.remove(parent, name);
         }
     }
 
-    fn add_name(&mut self, ino: u64, parent: u64, name: &[u8]) {
-        match self.names.get_mut(&ino) {
-            Some(l) => l.push(parent, name),
-            None => {
-                self.names.insert(ino, crate::fs::links::Links::new(parent, name));
-            }
+    /// (The inode is in the table before any entry names it.)
+    fn add_name(&mut self, ino: u64, parent: u64, name: Name) {
+        if let Some(i) = self.inodes.get_mut(&ino) {
+            i.links.push(parent, name);
         }
+    }
+
+    /// The links of an inode.
+    pub fn links(&self, ino: u64) -> Option<&Links> {
+        self.inodes.get(&ino).map(|i| &i.links)
     }
 
     /// Path of a directory relative to the root (empty for the root itself).
@@ -186,7 +190,7 @@ impl Tree {
         if ino == ROOT {
             return Some(Vec::new());
         }
-        let (parent, name) = self.names.get(&ino)?.first()?;
+        let (parent, name) = self.links(ino)?.first()?;
         self.path(parent, name)
     }
 
@@ -228,7 +232,7 @@ impl Tree {
         } else {
             Stamp::ZERO
         };
-        let paths: Vec<Vec<u8>> = self.names.get(&ino).into_iter().flat_map(|l| l.iter()).filter_map(|(parent, name)| self.path(parent, name)).collect();
+        let paths: Vec<Vec<u8>> = self.links(ino).into_iter().flat_map(|l| l.iter()).filter_map(|(parent, name)| self.path(parent, name)).collect();
         for path in paths {
             if stamp.is_set() {
                 self.clear_tomb(tx, &path, stamp);
@@ -485,7 +489,7 @@ impl Tree {
         }
         t.inodes.entry(ROOT).or_insert_with(|| {
             tx.put_inode(&root);
-            Box::new(root)
+            Inode::new(root)
         });
         if let Some(max) = t.inodes.keys().max() {
             t.next_ino = t.next_ino.max(max + 1);
@@ -532,7 +536,6 @@ impl Tree {
         let count = |p: u8| records.iter().filter(|(k, _)| k.first() == Some(&p)).count();
         let (inodes, dirents, blobs) = (count(keys::INODE), count(keys::DIRENT), count(keys::BLOB));
         t.inodes.reserve(inodes);
-        t.names.reserve(dirents);
         found.dirents.reserve(dirents);
         found.blobs.reserve(blobs);
         t.blobs.reserve(blobs);
@@ -543,7 +546,7 @@ impl Tree {
             }
             match records::decode_inode(&v) {
                 Some(rec) => {
-                    t.inodes.insert(rec.ino, Box::new(rec));
+                    t.inodes.insert(rec.ino, Inode::new(rec));
                 }
                 None => tracing::error!(key = %hex::encode(&k), "undecodable inode record skipped"),
             }
@@ -552,13 +555,11 @@ impl Tree {
     }
 
     /// A record of [`Tree::decode`] other than an inode.
-    fn decode_other(&mut self, found: &mut Found, mut k: Vec<u8>, v: Vec<u8>) {
+    fn decode_other(&mut self, found: &mut Found, k: Vec<u8>, v: Vec<u8>) {
         match k.first() {
             Some(&keys::DIRENT) => {
-                if let (Some(p), Ok(b)) = (keys::id_after_prefix(&k), <[u8; 8]>::try_from(v.as_slice())) {
-                    // the key's own bytes become the name (no second copy)
-                    k.drain(..9);
-                    found.dirents.push((p, k, u64::from_be_bytes(b)));
+                if let (Some((p, name)), Ok(b)) = (keys::split_dirent(&k), <[u8; 8]>::try_from(v.as_slice())) {
+                    found.dirents.push((p, name.into(), u64::from_be_bytes(b)));
                 }
             }
             Some(&keys::BLOB) => {
@@ -589,7 +590,7 @@ impl Tree {
 
     /// Link the directory entries (dropping dangling ones) and the inodes nobody links to (a
     /// crash between an unlink and its forget).
-    fn link_entries(&mut self, dirents: Vec<(u64, Vec<u8>, u64)>, tx: &mut Tx) {
+    fn link_entries(&mut self, dirents: Vec<(u64, Name, u64)>, tx: &mut Tx) {
         for rec in self.inodes.values() {
             if matches!(rec.kind, InodeKind::Dir { .. }) {
                 self.dirs.insert(rec.ino, BTreeMap::new());
@@ -607,12 +608,12 @@ impl Tree {
                     *parent = p;
                 }
             }
-            self.add_name(ino, p, &name);
             if let Some(children) = self.dirs.get_mut(&p) {
-                children.insert(name, ino);
+                children.insert(name.clone(), ino);
             }
+            self.add_name(ino, p, name);
         }
-        let unlinked: Vec<u64> = self.inodes.keys().copied().filter(|i| *i != ROOT && !self.names.contains_key(i)).collect();
+        let unlinked: Vec<u64> = self.inodes.iter().filter(|(i, n)| **i != ROOT && n.links.is_empty()).map(|(i, _)| *i).collect();
         for ino in unlinked {
             self.inodes.remove(&ino);
             self.dirs.remove(&ino);
@@ -633,7 +634,7 @@ impl Tree {
         for rec in self.inodes.values_mut() {
             let want = match rec.kind {
                 InodeKind::Dir { .. } => 2 + subdirs.get(&rec.ino).copied().unwrap_or(0),
-                _ => self.names.get(&rec.ino).map_or(1, |l| l.len() as u32),
+                _ => rec.links.len().max(1) as u32,
             };
             if rec.nlink != want {
                 rec.nlink = want;
@@ -679,7 +680,7 @@ impl Tree {
 /// What `Tree::decode` found besides the tree itself.
 #[derive(Default)]
 struct Found {
-    dirents: Vec<(u64, Vec<u8>, u64)>,
+    dirents: Vec<(u64, Name, u64)>,
     blobs: Map<BlobId, BlobRecord>,
     pending: Vec<BlobId>,
     format: Option<u32>,

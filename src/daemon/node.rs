@@ -120,6 +120,7 @@ fn open_layers(s: &Settings, rt: &tokio::runtime::Runtime) -> Result<(Arc<FsCore
     let opts = CoreOptions { max_file_size: s.max_file_size, budgets: s.tiers.budgets.clone(), ..CoreOptions::default() };
     let t0 = std::time::Instant::now();
     let core = Arc::new(FsCore::load(&s.cache_dir, store, index, records, opts)?);
+    crate::sys::trim_heap();
     tracing::info!(secs = t0.elapsed().as_secs_f64(), "tree loaded");
     if !objects.is_local() && !s.poll_interval.is_zero() {
         // catch up with the other nodes before serving

@@ -2,6 +2,7 @@
 //! handles and staging, and a thin FUSE adapter ([`fuse`], mounted by [`mount`]) — the only
 //! place `fuser` appears.
 
+pub mod blobs;
 pub mod budget;
 pub mod core;
 pub mod error;

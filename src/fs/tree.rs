@@ -25,14 +25,7 @@ pub type Map<K, V> = HashMap<K, V, hashbrown::DefaultHashBuilder>;
 /// The root directory's inode number.
 pub const ROOT: u64 = 1;
 
-/// A blob's in-memory bookkeeping.
-#[derive(Debug, Clone, Copy)]
-pub struct BlobEntry {
-    /// raw size
-    pub size: u64,
-    /// inodes bound to it (including unlinked-but-open ones)
-    pub refs: u64,
-}
+pub use crate::fs::blobs::{BlobEntry, BlobTable};
 
 /// An open inode's registration.
 pub struct OpenEntry {
@@ -91,7 +84,7 @@ pub struct Tree {
     /// children of each directory
     pub dirs: Map<u64, BTreeMap<Name, u64>>,
     /// blobs referenced by inodes
-    pub blobs: Map<BlobId, BlobEntry>,
+    pub blobs: BlobTable,
     /// next inode number
     pub next_ino: u64,
     /// open inodes
@@ -336,7 +329,7 @@ impl Tree {
     /// Take a reference on a blob that is already in the flat tier. A blob new to this node is
     /// recorded and queued for upload.
     pub fn incref(&mut self, tx: &mut Tx, store: &BlobStore, id: BlobId, size: u64) {
-        let e = self.blobs.entry(id).or_insert_with(|| {
+        let e = self.blobs.get_or_insert_with(id, || {
             tx.ops.push(Op::Put(keys::blob(&id), records::encode(&BlobRecord { size })));
             if !store.put_now(&id) {
                 tx.ops.push(Op::Put(keys::upload(&id), Vec::new()));
@@ -351,7 +344,7 @@ impl Tree {
     /// this node's seal uploaded it (`--upload sync`) — so it is recorded without an upload
     /// (and, if not local, fetched on first read).
     pub fn incref_published(&mut self, tx: &mut Tx, id: BlobId, size: u64) {
-        let e = self.blobs.entry(id).or_insert_with(|| {
+        let e = self.blobs.get_or_insert_with(id, || {
             tx.ops.push(Op::Put(keys::blob(&id), records::encode(&BlobRecord { size })));
             BlobEntry { size, refs: 0 }
         });
@@ -641,7 +634,8 @@ impl Tree {
                 tx.put_inode(rec);
             }
             if let InodeKind::File { blob } = rec.kind {
-                self.blobs.entry(blob).or_insert(BlobEntry { size: rec.size, refs: 0 }).refs += 1;
+                let size = rec.size;
+                self.blobs.get_or_insert_with(blob, || BlobEntry { size, refs: 0 }).refs += 1;
             }
         }
     }
@@ -649,14 +643,14 @@ impl Tree {
     /// Blob records the names need are written, the others deleted; returns the blobs no
     /// name refers to (reclaimed once the commit is durable).
     fn reconcile_blobs(&mut self, recs: &Map<BlobId, BlobRecord>, tx: &mut Tx) -> Vec<(BlobId, u64)> {
-        for (id, e) in &self.blobs {
+        for (id, e) in self.blobs.iter() {
             if !recs.contains_key(id) {
                 tx.ops.push(Op::Put(keys::blob(id), records::encode(&BlobRecord { size: e.size })));
             }
         }
         let empty = BlobId::empty();
         if let Some(r) = recs.get(&empty) {
-            self.blobs.entry(empty).or_insert(BlobEntry { size: r.size, refs: 0 });
+            self.blobs.get_or_insert_with(empty, || BlobEntry { size: r.size, refs: 0 });
         }
         let mut gone = Vec::new();
         for (id, r) in recs.iter().filter(|(id, _)| !self.blobs.contains_key(*id)) {

@@ -101,12 +101,69 @@ pub struct InodeRecord {
     /// change time
     pub ctime: Ts,
     /// `user.*` extended attributes
-    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    pub xattrs: Xattrs,
     /// version of the name's content on a shared bucket (files and symlinks; zero elsewhere
     /// and in records from before stamps): persisted after the bincode body, see
     /// [`encode_inode`]
     #[serde(skip)]
     pub stamp: Stamp,
+}
+
+/// An inode's `user.*` extended attributes: nearly every inode has none, and an empty map
+/// costs nothing but a null pointer (8 bytes instead of a `BTreeMap`'s 24 in every record).
+/// Persisted exactly as the map it holds (bincode: length u64, then the pairs).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Xattrs(Option<Box<BTreeMap<Vec<u8>, Vec<u8>>>>);
+
+impl Xattrs {
+    /// The value of `name`.
+    pub fn get(&self, name: &[u8]) -> Option<&Vec<u8>> {
+        self.0.as_ref()?.get(name)
+    }
+
+    /// Whether `name` is set.
+    pub fn contains_key(&self, name: &[u8]) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Every (name, value), in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Vec<u8>, &Vec<u8>)> {
+        self.0.iter().flat_map(|m| m.iter())
+    }
+
+    /// Every name, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &Vec<u8>> {
+        self.iter().map(|(k, _)| k)
+    }
+
+    /// Set `name`; returns the value it had.
+    pub fn insert(&mut self, name: Vec<u8>, value: Vec<u8>) -> Option<Vec<u8>> {
+        self.0.get_or_insert_with(Default::default).insert(name, value)
+    }
+
+    /// Remove `name`; returns the value it had.
+    pub fn remove(&mut self, name: &[u8]) -> Option<Vec<u8>> {
+        let m = self.0.as_mut()?;
+        let old = m.remove(name);
+        if m.is_empty() {
+            self.0 = None;
+        }
+        old
+    }
+}
+
+impl Serialize for Xattrs {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        static EMPTY: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        self.0.as_deref().unwrap_or(&EMPTY).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Xattrs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let m = BTreeMap::<Vec<u8>, Vec<u8>>::deserialize(d)?;
+        Ok(Xattrs((!m.is_empty()).then(|| Box::new(m))))
+    }
 }
 
 /// A blob this node knows about.
@@ -170,7 +227,7 @@ mod tests {
             atime: Ts { secs: 1, nanos: 0 },
             mtime: Ts { secs: 1, nanos: 0 },
             ctime: Ts { secs: 1, nanos: 0 },
-            xattrs: BTreeMap::new(),
+            xattrs: Xattrs::default(),
             stamp: Stamp::ZERO,
         };
         let enc = encode_inode(&r);
@@ -183,6 +240,17 @@ mod tests {
         let stamped = InodeRecord { stamp: Stamp { hlc: 9, node: 3 }, ..r };
         let enc2 = encode_inode(&stamped);
         assert_eq!(&enc2[..enc.len()], &enc[..]);
-        assert_eq!(decode_inode(&enc2), Some(stamped));
+        assert_eq!(decode_inode(&enc2), Some(stamped.clone()));
+        // attributes are encoded as the map they are, and an emptied set is no set
+        let mut with = InodeRecord { stamp: Stamp::ZERO, ..stamped };
+        with.xattrs.insert(b"user.k".to_vec(), b"v".to_vec());
+        let enc3 = encode_inode(&with);
+        let mut map = BTreeMap::new();
+        map.insert(b"user.k".to_vec(), b"v".to_vec());
+        assert_eq!(bincode::serialize(&map).unwrap(), enc3[enc.len() - 8..].to_vec());
+        assert_eq!(decode_inode(&enc3), Some(with.clone()));
+        with.xattrs.remove(b"user.k");
+        assert_eq!(with.xattrs, Xattrs::default());
+        assert_eq!(encode_inode(&with), enc);
     }
 }

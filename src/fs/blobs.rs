@@ -116,7 +116,7 @@ mod tests {
         for _ in 0..20_000 {
             x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
             let k = id((x >> 8) % 500);
-            if x % 3 == 0 {
+            if x.is_multiple_of(3) {
                 assert_eq!(t.remove(&k).map(|e| e.refs), model.remove(&k));
             } else {
                 t.get_or_insert_with(k, || BlobEntry { size: 7, refs: 0 }).refs += 1;

@@ -149,3 +149,16 @@ mod tests {
         assert_eq!(l.iter().collect::<Vec<_>>(), [(3, &b"d"[..])]);
     }
 }
+
+#[cfg(test)]
+mod size {
+    use super::*;
+
+    /// A million names hold a million of these boxes: glibc serves a request of n bytes from a
+    /// chunk of n + 8 rounded up to 16, so 168 bytes is a 176-byte chunk (at 169 it is 192).
+    #[test]
+    fn an_inode_box_stays_in_the_176_byte_chunk() {
+        assert!(std::mem::size_of::<Inode>() <= 168, "Inode is {} bytes", std::mem::size_of::<Inode>());
+        assert_eq!(std::mem::size_of::<crate::index::records::Ts>(), 12);
+    }
+}

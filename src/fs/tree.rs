@@ -653,7 +653,7 @@ impl Tree {
             self.blobs.get_or_insert_with(empty, || BlobEntry { size: r.size, refs: 0 });
         }
         let mut gone = Vec::new();
-        for (id, r) in recs.iter().filter(|(id, _)| !self.blobs.contains_key(*id)) {
+        for (id, r) in recs.iter().filter(|(id, _)| !self.blobs.contains_key(id)) {
             tx.ops.push(Op::Delete(keys::blob(id)));
             gone.push((*id, r.size));
         }

@@ -46,6 +46,7 @@ impl FlatTier {
             None => tier.scan_times()?,
         };
         let mut lru = tier.lock();
+        lru.reserve(found.len());
         for (id, size) in found {
             lru.touch(id, Some(size));
         }

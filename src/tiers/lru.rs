@@ -45,6 +45,13 @@ impl std::fmt::Debug for Lru {
 }
 
 impl Lru {
+    /// Room for `n` more blobs, exactly (the open of the flat tier knows how many it found).
+    pub fn reserve(&mut self, n: usize) {
+        self.nodes.reserve_exact(n);
+        let (nodes, hasher) = (&self.nodes, &self.hasher);
+        self.index.reserve(n, |&j| hasher.hash_one(nodes[j as usize].id));
+    }
+
     fn find(&self, id: &BlobId) -> Option<u32> {
         let nodes = &self.nodes;
         self.index.find(self.hasher.hash_one(id), |&i| nodes[i as usize].id == *id).copied()

@@ -8,7 +8,7 @@
 //! through its normal unlink path (so other nodes see the removals too).
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use dashmap::DashMap;
 
@@ -45,19 +45,25 @@ pub struct Victim {
 pub struct Budgets {
     /// budgets set in the config file: namespace name → bytes (an attribute wins)
     config: BTreeMap<String, u64>,
-    /// last open of each inode since mount
+    /// last open of each inode since mount, kept only while some namespace has a budget
+    /// (a million names would otherwise hold a million entries nothing reads)
     recent: DashMap<u64, u64>,
     tick: AtomicU64,
+    /// whether some namespace had a budget at the last pass (true until the first)
+    active: AtomicBool,
 }
 
 impl Budgets {
     /// Budgets with the config file's table.
     pub fn new(config: BTreeMap<String, u64>) -> Self {
-        Budgets { config, recent: DashMap::new(), tick: AtomicU64::new(0) }
+        Budgets { config, recent: DashMap::new(), tick: AtomicU64::new(0), active: AtomicBool::new(true) }
     }
 
     /// Record an open (budget recency).
     pub fn note_use(&self, ino: u64) {
+        if !self.active.load(Ordering::Relaxed) {
+            return;
+        }
         let tick = self.tick.fetch_add(1, Ordering::Relaxed) + 1;
         self.recent.insert(ino, tick);
     }
@@ -116,8 +122,10 @@ impl Budgets {
             self.recent.retain(|ino, _| t.inodes.contains_key(ino));
         }
         let mut out = Vec::new();
+        let mut any = false;
         for &ns in t.dirs.get(&ROOT).into_iter().flat_map(|d| d.values()) {
             let Some(budget) = self.budget_of(t, ns) else { continue };
+            any = true;
             let (mut used, mut files) = self.scan(t, ns);
             if used <= budget {
                 continue;
@@ -139,6 +147,12 @@ impl Budgets {
                 }
                 out.push(Victim { ns, parent: c.parent, name: c.name });
             }
+        }
+        // no budget anywhere: stop recording opens (and drop what was recorded); a budget set
+        // later orders the files used before it by their times alone
+        self.active.store(any, Ordering::Relaxed);
+        if !any && !self.recent.is_empty() {
+            self.recent.clear();
         }
         out
     }

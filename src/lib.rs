@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod name;
 pub mod size;
 pub mod sys;
+pub mod sealed;
 pub mod codec;
 pub mod index;
 pub mod proof;

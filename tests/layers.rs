@@ -9,17 +9,17 @@ use std::path::Path;
 /// `admin`, `mount_helper` and `kv` (a node as a library)
 /// are the program around the library and may use all of it; nothing below may use them.
 fn allowed(module: &str) -> Option<&'static [&'static str]> {
-    const BASE: &[&str] = &["backoff", "blob", "hlc", "metrics", "name", "size", "sys"];
+    const BASE: &[&str] = &["backoff", "blob", "hlc", "metrics", "name", "sealed", "size", "sys"];
     Some(match module {
-        "backoff" | "blob" | "hlc" | "name" | "size" | "sys" => &[],
+        "backoff" | "blob" | "hlc" | "name" | "sealed" | "size" | "sys" => &[],
         "metrics" => &["sys"],
         "proof" => &["blob"],
         "codec" => &["blob", "proof"],
-        "index" => &["blob", "hlc", "proof", "codec"],
-        "tiers" => &["backoff", "blob", "hlc", "metrics", "name", "size", "sys", "proof", "codec"],
-        "store" => &["backoff", "blob", "hlc", "metrics", "name", "size", "sys", "proof", "codec", "tiers"],
-        "sync" => &["backoff", "blob", "hlc", "metrics", "name", "size", "sys", "proof", "codec", "tiers", "store", "index"],
-        "fs" => &["backoff", "blob", "hlc", "metrics", "name", "size", "sys", "proof", "codec", "tiers", "store", "index", "sync"],
+        "index" => &["blob", "hlc", "proof", "codec", "sealed"],
+        "tiers" => &["backoff", "blob", "hlc", "metrics", "name", "sealed", "size", "sys", "proof", "codec"],
+        "store" => &["backoff", "blob", "hlc", "metrics", "name", "sealed", "size", "sys", "proof", "codec", "tiers"],
+        "sync" => &["backoff", "blob", "hlc", "metrics", "name", "sealed", "size", "sys", "proof", "codec", "tiers", "store", "index"],
+        "fs" => &["backoff", "blob", "hlc", "metrics", "name", "sealed", "size", "sys", "proof", "codec", "tiers", "store", "index", "sync"],
         "cli" | "config" | "daemon" | "admin" | "mount_helper" | "kv" | "lib" | "main" => return None,
         other => panic!("src/{other}: a new top-level module: give it a place in the layer table of tests/layers.rs (BASE = {BASE:?})"),
     })

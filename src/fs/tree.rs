@@ -526,8 +526,13 @@ impl Tree {
         let mut t = Tree { next_ino: ROOT + 1, ..Default::default() };
         let mut found = Found::default();
         // the tables are sized once: a million names grew them by doubling ~20 times each
-        let count = |p: u8| records.iter().filter(|(k, _)| k.first() == Some(&p)).count();
-        let (inodes, dirents, blobs) = (count(keys::INODE), count(keys::DIRENT), count(keys::BLOB));
+        let mut per_prefix = [0usize; 256];
+        for (k, _) in &records {
+            if let Some(&p) = k.first() {
+                per_prefix[p as usize] += 1;
+            }
+        }
+        let [inodes, dirents, blobs] = [keys::INODE, keys::DIRENT, keys::BLOB].map(|p| per_prefix[p as usize]);
         t.inodes.reserve(inodes);
         found.dirents.reserve(dirents);
         found.blobs.reserve(blobs);

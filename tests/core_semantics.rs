@@ -2,6 +2,10 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
 use common::{Fixture, CALLER, ROOT};
 use wombatfs::blob::BlobId;
 use wombatfs::fs::Kind;
@@ -256,6 +260,45 @@ fn closed_files_survive_clean_remount_and_crash() {
     // new inode numbers never collide with old ones after a crash
     f.write_file("ns/c", b"gamma").unwrap();
     assert_ne!(f.resolve("ns/c").unwrap(), f.resolve("ns/b").unwrap());
+}
+
+/// The clean shutdown locks the tree to write the index checkpoint, and the index close waits
+/// on the runtime; runtime tasks read the tree (the publisher, a metrics scrape). With every
+/// worker waiting for the tree the close never ended (CI saw a daemon hang at unmount), so the
+/// tree must be unlocked before anything waits on the runtime.
+#[test]
+fn a_clean_shutdown_ends_while_every_runtime_worker_reads_the_tree() {
+    let f = Fixture::new();
+    f.mkdir_p("ns");
+    f.write_file("ns/a", b"alpha").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    // more readers than workers, each yielding between reads, so every worker is inside
+    // `getattr` whenever the tree is locked for writing
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (core, stop) = (f.core_arc(), stop.clone());
+            f.handle().spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let _ = core.getattr(ROOT);
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let core = f.core_arc();
+    std::thread::spawn(move || tx.send(core.shutdown(Duration::from_secs(10)).map_err(|e| e.to_string())));
+    let done = rx.recv_timeout(Duration::from_secs(60));
+    stop.store(true, Ordering::SeqCst);
+    if !matches!(done, Ok(Ok(()))) {
+        // the runtime's workers are stuck: dropping it would wait for them forever
+        std::mem::forget(f);
+        panic!("the shutdown did not end (or failed) while runtime tasks read the tree: {done:?}");
+    }
+    for r in readers {
+        f.block_on(r).unwrap();
+    }
+    assert!(f.cache().join("index/checkpoint").exists(), "and it wrote the index checkpoint");
 }
 
 #[test]

@@ -60,12 +60,14 @@ impl Node {
         &self.rt
     }
 
-    /// Stop following the other nodes, seal and drain (waiting up to 30 s for uploads),
-    /// checkpoint the index, publish the last changes, release the cache dir.
+    /// Stop following the other nodes, seal and drain (waiting up to 30 s for uploads), publish
+    /// the last changes, stop the background tasks, checkpoint and close the index, release
+    /// the cache dir. The index closes only after every task that changes the tree has ended.
     pub fn shutdown(mut self) -> Result<()> {
         self.bg.stop_following();
-        self.core.shutdown(Duration::from_secs(30))?;
-        self.bg.stop_publishing();
+        self.core.settle(Duration::from_secs(30));
+        self.bg.stop(&self.rt);
+        self.core.close()?;
         drop(self.lock);
         Ok(())
     }
@@ -194,17 +196,19 @@ struct Background {
     snapshots: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
     following: Arc<AtomicBool>,
     publishing: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Background {
     fn start(s: &Settings, rt: &tokio::runtime::Runtime, core: &Arc<FsCore>, objects: &Arc<dyn ObjectStore>) -> Self {
         let snapshots = spawn_snapshotter(s, core, objects);
         let (following, publishing) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let mut tasks = Vec::new();
         {
             // every second: namespace budgets (also enforced at once when one is set), and the
             // flat tier's bound (blobs become evictable when their upload completes)
             let (core, stop) = (core.clone(), following.clone());
-            rt.spawn(async move {
+            tasks.push(rt.spawn(async move {
                 while !stop.load(Ordering::SeqCst) {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     let c = core.clone();
@@ -214,15 +218,15 @@ impl Background {
                     })
                     .await;
                 }
-            });
+            }));
         }
         if !objects.is_local() {
-            rt.spawn(core.namespace().clone().publish_loop(publishing.clone()));
+            tasks.push(rt.spawn(core.namespace().clone().publish_loop(publishing.clone())));
             if !s.poll_interval.is_zero() {
-                rt.spawn(core.namespace().clone().poll_loop(s.poll_interval, s.poll_idle_max, following.clone()));
+                tasks.push(rt.spawn(core.namespace().clone().poll_loop(s.poll_interval, s.poll_idle_max, following.clone())));
             }
         }
-        Background { snapshots, following, publishing }
+        Background { snapshots, following, publishing, tasks }
     }
 
     /// After the unmount: no more periodic snapshots (the shutdown writes the last one),
@@ -235,9 +239,19 @@ impl Background {
         self.following.store(true, Ordering::SeqCst);
     }
 
-    /// After the shutdown flushed: the publisher ends too.
-    fn stop_publishing(&self) {
+    /// After the shutdown flushed: the publisher ends too, and the shutdown waits (up to 2 s:
+    /// a task stuck on an unreachable bucket is not waited for; nothing it commits later can
+    /// spoil the index checkpoint, whose close drops it then) for every task to end, so
+    /// normally nothing changes the tree while the index closes.
+    fn stop(&mut self, rt: &tokio::runtime::Runtime) {
+        self.following.store(true, Ordering::SeqCst);
         self.publishing.store(true, Ordering::SeqCst);
+        let tasks = std::mem::take(&mut self.tasks);
+        // (the timer is made inside the runtime: it needs its clock)
+        let ended = rt.block_on(async { tokio::time::timeout(Duration::from_secs(2), futures::future::join_all(tasks)).await });
+        if ended.is_err() {
+            tracing::warn!("background tasks still running after 2 s; closing the index anyway");
+        }
     }
 }
 

@@ -207,8 +207,15 @@ impl FsCore {
         removed.values().sum()
     }
 
-    /// Flush everything: seal open dirty files, drain uploads, checkpoint and close the index.
+    /// Flush everything: [`FsCore::settle`], then [`FsCore::close`].
     pub fn shutdown(&self, upload_timeout: std::time::Duration) -> FsResult<()> {
+        self.settle(upload_timeout);
+        self.close()
+    }
+
+    /// The first half of a shutdown, while the publisher still runs: seal open dirty files,
+    /// drain uploads, wait for the changes to be published and write a tree snapshot.
+    pub fn settle(&self, upload_timeout: std::time::Duration) {
         let node = self.node_id();
         let fhs = self.handles.open_files();
         for fh in fhs {
@@ -226,6 +233,11 @@ impl FsCore {
                 Err(e) => tracing::warn!(error = %e, "could not write a tree snapshot"),
             }
         }
+    }
+
+    /// The second half, once nothing else works on the tree: close foyer, checkpoint and
+    /// close the index, save the flat tier's order.
+    pub fn close(&self) -> FsResult<()> {
         if let Some(f) = self.store.foyer() {
             self.store.block_on(f.close());
         }

@@ -74,19 +74,21 @@ fn export_to(t: &Tree, orphans: bool, mut put: impl FnMut(&[u8], &[u8])) {
 impl Namespace {
     /// Close the index, with a checkpoint of the tree for the next mount when the tree holds
     /// everything the index does: no change waits to be published, no upload is pending (their
-    /// records are the index's alone). The tree stays locked until the index is closed, so no
-    /// commit lands between the export and the close.
+    /// records are the index's alone). The tree is locked while the checkpoint is written, so
+    /// no commit lands between its token and the export; it is unlocked before the close,
+    /// which waits on the runtime whose tasks (the publisher, a metrics scrape) read the tree.
+    /// A commit after the checkpoint makes the close drop it.
     pub fn close_index(&self) -> FsResult<()> {
-        let t = self.write_tree();
-        let pending = self.store().upload_stats().pending.load(Ordering::SeqCst);
-        if !t.outbox.queue.is_empty() || pending != 0 {
-            tracing::info!(unpublished = t.outbox.queue.len(), pending_uploads = pending, "no index checkpoint: the next mount scans the index");
-            self.index.close()?;
-        } else {
-            self.index.close_with_checkpoint(|w| export_to(&t, true, |k, v| w.put(k, v)))?;
+        {
+            let t = self.write_tree();
+            let pending = self.store().upload_stats().pending.load(Ordering::SeqCst);
+            if !t.outbox.queue.is_empty() || pending != 0 {
+                tracing::info!(unpublished = t.outbox.queue.len(), pending_uploads = pending, "no index checkpoint: the next mount scans the index");
+            } else if let Err(e) = self.index.write_checkpoint(|w| export_to(&t, true, |k, v| w.put(k, v))) {
+                tracing::warn!(error = %e, "no index checkpoint: the next mount scans the index");
+            }
         }
-        drop(t);
-        Ok(())
+        Ok(self.index.close()?)
     }
 }
 

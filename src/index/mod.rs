@@ -108,6 +108,11 @@ impl Queue {
 struct LogState {
     log: IntentLog,
     rolled_at: Instant,
+    /// Batches committed since open.
+    commits: u64,
+    /// `commits` when the checkpoint file was written: a batch committed after it makes the
+    /// file stale, so the close removes it.
+    checkpointed: Option<u64>,
 }
 
 /// Handle to the index; cheap to clone.
@@ -245,7 +250,7 @@ impl Index {
         let inner = Arc::new(Inner {
             poisoned: AtomicBool::new(false),
             log_dir: log_dir.clone(),
-            state: Mutex::new(Some(LogState { log, rolled_at: Instant::now() })),
+            state: Mutex::new(Some(LogState { log, rolled_at: Instant::now(), commits: 0, checkpointed: None })),
             queue: queue.clone(),
             db: db.clone(),
             rt: rt.clone(),
@@ -261,6 +266,10 @@ impl Index {
         }
         let mut guard = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
         let st = guard.as_mut().ok_or(IndexError::Closed)?;
+        self.append(st, ops)
+    }
+
+    fn append(&self, st: &mut LogState, ops: Vec<Op>) -> Result<(), IndexError> {
         if self.inner.poisoned.load(Ordering::SeqCst) {
             return Err(IndexError::Poisoned);
         }
@@ -269,6 +278,7 @@ impl Index {
             tracing::error!(error = %e, "intent log write failed; refusing further changes until remount");
             return Err(IndexError::Io { what: "append intent log", source: e });
         }
+        st.commits += 1;
         self.inner.queue.push(Msg::Batch(ops), false);
         if st.log.bytes() >= ROLL_BYTES || st.rolled_at.elapsed() >= ROLL_AFTER {
             self.roll(st, None)?;
@@ -298,15 +308,22 @@ impl Index {
         Ok(())
     }
 
-    /// [`Index::close`], then write every record to the checkpoint file the next open reads
-    /// instead of scanning: `fill` must hand over exactly what the index holds, and the caller
-    /// keeps anything else from committing meanwhile. A checkpoint that cannot be written is
-    /// logged: the next open scans.
-    pub fn close_with_checkpoint(&self, fill: impl FnOnce(&mut checkpoint::Writer)) -> Result<(), IndexError> {
-        let dir = self.inner.log_dir.parent().map(Path::to_path_buf).unwrap_or_default();
+    /// Write every record to the checkpoint file the next open reads instead of scanning, just
+    /// before [`Index::close`]: `fill` must hand over exactly what the index holds, and the
+    /// caller keeps anything else from committing while it runs. Commits a fresh token that
+    /// the file carries; the open uses the file only if SlateDB holds that token and no intent
+    /// log was replayed, and the close removes it if anything committed after it. Never blocks
+    /// on the runtime, so the caller may hold a lock that runtime tasks take. A file that
+    /// cannot be written is logged: the next open scans.
+    pub fn write_checkpoint(&self, fill: impl FnOnce(&mut checkpoint::Writer)) -> Result<(), IndexError> {
+        let dir = self.dir();
         let token = checkpoint::new_token(&dir);
-        self.commit(vec![Op::Put(keys::checkpoint(), token.to_vec())])?;
-        self.close()?;
+        {
+            let mut guard = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+            let st = guard.as_mut().ok_or(IndexError::Closed)?;
+            self.append(st, vec![Op::Put(keys::checkpoint(), token.to_vec())])?;
+            st.checkpointed = Some(st.commits);
+        }
         let t0 = Instant::now();
         match checkpoint::save(&dir, &token, |w| {
             w.put(&keys::checkpoint(), &token);
@@ -318,23 +335,35 @@ impl Index {
         Ok(())
     }
 
-    /// Flush everything into SlateDB, delete the intent log and close the database.
-    /// Must not be called from inside the runtime.
+    fn dir(&self) -> PathBuf {
+        self.inner.log_dir.parent().map(Path::to_path_buf).unwrap_or_default()
+    }
+
+    /// Flush everything into SlateDB, delete the intent log and close the database. A
+    /// checkpoint file that no longer matches (a batch committed after it, or the close
+    /// failed) is removed. Must not be called from inside the runtime.
     pub fn close(&self) -> Result<(), IndexError> {
         let (tx, rx) = oneshot::channel();
-        {
+        let stale = {
             let mut guard = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
             let Some(mut st) = guard.take() else { return Ok(()) };
+            let stale = st.checkpointed.is_some_and(|at| at != st.commits);
             self.roll(&mut st, Some(tx))?;
             let last = st.log.gen();
             drop(st);
             let _ = IntentLog::remove_gen(&self.inner.log_dir, last);
-        }
+            stale
+        };
         self.inner.queue.close();
-        self.inner.rt.block_on(async {
+        let closed = self.inner.rt.block_on(async {
             rx.await.map_err(|_| IndexError::Closed)??;
             self.inner.db.close().await.map_err(IndexError::Db)
-        })
+        });
+        if stale || closed.is_err() {
+            tracing::info!(stale, "index checkpoint dropped; the next mount scans the index");
+            checkpoint::remove(&self.dir()).map_err(io("remove the index checkpoint"))?;
+        }
+        closed
     }
 }
 
@@ -448,5 +477,28 @@ mod tests {
         assert!(IntentLog::existing(&dir.path().join("intent-log")).unwrap().is_empty());
         let (_idx, snap) = Index::open(dir.path(), rt2.handle()).unwrap();
         assert_eq!(snap.len(), 2);
+    }
+
+    #[test]
+    fn a_checkpoint_is_read_at_open_unless_a_batch_committed_after_it() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let kv = |k: &str, v: &str| (k.as_bytes().to_vec(), v.as_bytes().to_vec());
+        let (idx, _) = Index::open(dir.path(), rt.handle()).unwrap();
+        idx.commit(vec![Op::Put(b"k1".to_vec(), b"v1".to_vec())]).unwrap();
+        // the file says something the index does not, so the test can tell which was read
+        idx.write_checkpoint(|w| w.put(b"k1", b"from the file")).unwrap();
+        idx.close().unwrap();
+        let (idx, mut snap) = Index::open(dir.path(), rt.handle()).unwrap();
+        snap.retain(|(k, _)| k != &keys::checkpoint());
+        assert_eq!(snap, vec![kv("k1", "from the file")], "a clean close's checkpoint is read instead of a scan");
+        idx.write_checkpoint(|w| w.put(b"k1", b"from the file")).unwrap();
+        idx.commit(vec![Op::Put(b"k2".to_vec(), b"v2".to_vec())]).unwrap();
+        idx.close().unwrap();
+        assert!(!dir.path().join("checkpoint").exists(), "a batch after the checkpoint makes the close drop it");
+        let (idx, mut snap) = Index::open(dir.path(), rt.handle()).unwrap();
+        snap.retain(|(k, _)| k != &keys::checkpoint());
+        assert_eq!(snap, vec![kv("k1", "v1"), kv("k2", "v2")], "the scan sees every batch");
+        idx.close().unwrap();
     }
 }

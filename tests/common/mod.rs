@@ -124,6 +124,16 @@ impl Fixture {
         self.core.as_ref().unwrap()
     }
 
+    /// The core, shared (for tasks and threads).
+    pub fn core_arc(&self) -> Arc<FsCore> {
+        self.core.as_ref().unwrap().clone()
+    }
+
+    /// The runtime the core's background work runs on.
+    pub fn handle(&self) -> tokio::runtime::Handle {
+        self.rt.as_ref().unwrap().handle().clone()
+    }
+
     /// Clean unmount and mount again.
     /// The index checkpoint a clean shutdown writes must hold exactly what the index holds:
     /// every clean remount here compares what the mount loaded with a scan of the index.

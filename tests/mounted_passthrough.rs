@@ -135,8 +135,21 @@ fn a_writer_waits_for_passthrough_readers_and_never_truncates_a_file_it_cannot_o
     let mut v2 = v1.clone();
     v2[1 << 20..(1 << 20) + 9].copy_from_slice(b"REWRITTEN");
 
-    // reader A holds the inode (passthrough); a writer's open waits for it, then goes on
+    // reader A holds the inode (passthrough); a writer's open waits for it, then goes on. The
+    // kernel sends the first write's RELEASE asynchronously, and until the daemon has it an
+    // open takes the daemon's path: open until one is a passthrough open
+    let start = get(&scrape(&m), OPENS);
     let mut a = File::open(m.path("ns/f")).unwrap();
+    for _ in 0..100 {
+        if !on || get(&scrape(&m), OPENS) > start {
+            break;
+        }
+        // closed first: an open on the daemon's path keeps later opens off passthrough
+        drop(a);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        a = File::open(m.path("ns/f")).unwrap();
+    }
+    assert!(!on || get(&scrape(&m), OPENS) > start, "a reader gets passthrough once the writer's release is in");
     let mut head = vec![0u8; 4096];
     a.read_exact(&mut head).unwrap();
     assert!(head == v1[..4096]);

@@ -72,18 +72,27 @@ fn read_direct(p: &std::path::Path, len: usize) -> Vec<u8> {
     out
 }
 
-/// Read `p` until one of the reads was a passthrough open: the kernel sends RELEASE after a
-/// close asynchronously, and until the daemon has it the inode still counts the closed open.
-fn reads_until_passthrough(m: &Mount, p: &std::path::Path, want: &[u8]) -> bool {
+/// Run `open` (which opens the file once) until one of its opens was a passthrough open, and
+/// return what that one returned: the kernel sends RELEASE after a close asynchronously, and
+/// until the daemon has it the inode still counts the closed open. What an attempt returned is
+/// dropped (closed) before the next: an open on the daemon's path keeps later ones off
+/// passthrough.
+fn until_passthrough<T>(m: &Mount, mut open: impl FnMut() -> T) -> Option<T> {
     let start = get(&scrape(m), OPENS);
     for _ in 0..100 {
-        assert!(fs::read(p).unwrap() == want);
+        let got = open();
         if get(&scrape(m), OPENS) > start {
-            return true;
+            return Some(got);
         }
+        drop(got);
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    false
+    None
+}
+
+/// Read `p` until one of the reads was a passthrough open.
+fn reads_until_passthrough(m: &Mount, p: &std::path::Path, want: &[u8]) -> bool {
+    until_passthrough(m, || assert!(fs::read(p).unwrap() == want)).is_some()
 }
 
 #[test]
@@ -135,21 +144,13 @@ fn a_writer_waits_for_passthrough_readers_and_never_truncates_a_file_it_cannot_o
     let mut v2 = v1.clone();
     v2[1 << 20..(1 << 20) + 9].copy_from_slice(b"REWRITTEN");
 
-    // reader A holds the inode (passthrough); a writer's open waits for it, then goes on. The
-    // kernel sends the first write's RELEASE asynchronously, and until the daemon has it an
-    // open takes the daemon's path: open until one is a passthrough open
-    let start = get(&scrape(&m), OPENS);
-    let mut a = File::open(m.path("ns/f")).unwrap();
-    for _ in 0..100 {
-        if !on || get(&scrape(&m), OPENS) > start {
-            break;
-        }
-        // closed first: an open on the daemon's path keeps later opens off passthrough
-        drop(a);
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        a = File::open(m.path("ns/f")).unwrap();
-    }
-    assert!(!on || get(&scrape(&m), OPENS) > start, "a reader gets passthrough once the writer's release is in");
+    // reader A holds the inode (passthrough); a writer's open waits for it, then goes on (the
+    // first write's RELEASE may still be on its way: opened until it is a passthrough open)
+    let open_a = || File::open(m.path("ns/f")).unwrap();
+    let mut a = match on {
+        true => until_passthrough(&m, open_a).expect("a reader gets passthrough once the writer's release is in"),
+        false => open_a(),
+    };
     let mut head = vec![0u8; 4096];
     a.read_exact(&mut head).unwrap();
     assert!(head == v1[..4096]);

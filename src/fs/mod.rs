@@ -7,6 +7,7 @@ pub mod budget;
 pub mod core;
 pub mod error;
 pub mod fuse;
+pub mod inodes;
 pub mod io;
 pub mod links;
 pub mod lookups;

@@ -222,7 +222,7 @@ impl Namespace {
         if is_dir {
             t.dirs.insert(ino, Default::default());
         }
-        t.inodes.insert(ino, crate::fs::links::Inode::new(rec));
+        t.inodes.insert(crate::fs::links::Inode::new(rec));
         t.link_entry(tx, parent, name, ino);
         if is_dir {
             t.get_mut(parent)?.nlink += 1;

@@ -48,9 +48,9 @@ fn export_to(t: &Tree, orphans: bool, mut put: impl FnMut(&[u8], &[u8])) {
     if t.next_ino != crate::fs::tree::ROOT + 1 {
         put(&keys::next_ino(), &t.next_ino.to_be_bytes());
     }
-    for (ino, rec) in &t.inodes {
-        if orphans || !t.orphans.contains(ino) {
-            put(&keys::inode(*ino), &records::encode_inode(rec));
+    for (ino, rec) in t.inodes.iter() {
+        if orphans || !t.orphans.contains(&ino) {
+            put(&keys::inode(ino), &records::encode_inode(rec));
         }
     }
     for (parent, children) in &t.dirs {

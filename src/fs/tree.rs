@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::blob::BlobId;
 use crate::fs::error::{FsError, FsResult};
+use crate::fs::inodes::InodeTable;
 use crate::fs::links::{Inode, Links, Name};
 use crate::fs::open::OpenInode;
 use crate::fs::publish::Outbox;
@@ -77,10 +78,8 @@ impl Tx {
 /// The whole namespace, guarded by one lock in the core.
 #[derive(Default)]
 pub struct Tree {
-    /// every live inode (record and links), including unlinked-but-open ones; boxed, so the
-    /// table's empty slots (up to half of them, as it grows by doubling) cost a pointer, not a
-    /// whole record
-    pub inodes: Map<u64, Box<Inode>>,
+    /// every live inode (record and links), including unlinked-but-open ones
+    pub inodes: InodeTable,
     /// children of each directory
     pub dirs: Map<u64, BTreeMap<Name, u64>>,
     /// blobs referenced by inodes
@@ -480,7 +479,7 @@ impl Tree {
             None => tx.ops.push(Op::Put(keys::format_version(), keys::FORMAT.to_be_bytes().to_vec())),
             Some(_) => return Err(FsError::NotSupported("the index was written by a newer wombatfs format")),
         }
-        t.inodes.entry(ROOT).or_insert_with(|| {
+        t.inodes.get_or_insert_with(ROOT, || {
             tx.put_inode(&root);
             Inode::new(root)
         });
@@ -544,7 +543,7 @@ impl Tree {
             }
             match records::decode_inode(&v) {
                 Some(rec) => {
-                    t.inodes.insert(rec.ino, Inode::new(rec));
+                    t.inodes.insert(Inode::new(rec));
                 }
                 None => tracing::error!(key = %hex::encode(&k), "undecodable inode record skipped"),
             }
@@ -594,24 +593,38 @@ impl Tree {
                 self.dirs.insert(rec.ino, BTreeMap::new());
             }
         }
-        for (p, name, ino) in dirents {
-            // (the inode table's slots hold the keys: no record is read for a file's entry)
+        // each directory's entries are gathered and its B-tree built in one go: built from
+        // sorted entries its nodes are full, inserted one by one in name order they stay about
+        // half full (~25 bytes more per name)
+        let mut children: Vec<(Name, u64)> = Vec::new();
+        let mut dirents = dirents.into_iter().peekable();
+        while let Some((p, name, ino)) = dirents.next() {
             if ino == ROOT || !self.dirs.contains_key(&p) || !self.inodes.contains_key(&ino) {
                 tracing::warn!(parent = p, ino, "dangling directory entry removed");
                 tx.del_dirent(p, &name);
-                continue;
+            } else {
+                if self.dirs.contains_key(&ino) {
+                    if let Some(InodeKind::Dir { parent }) = self.inodes.get_mut(&ino).map(|r| &mut r.kind) {
+                        *parent = p;
+                    }
+                }
+                children.push((name.clone(), ino));
+                self.add_name(ino, p, name);
             }
-            if self.dirs.contains_key(&ino) {
-                if let Some(InodeKind::Dir { parent }) = self.inodes.get_mut(&ino).map(|r| &mut r.kind) {
-                    *parent = p;
+            if dirents.peek().is_none_or(|(next, _, _)| *next != p) && !children.is_empty() {
+                // (the index lists entries by directory, so a directory's run is contiguous;
+                // were it not, the later run's entries join the earlier ones)
+                if let Some(dir) = self.dirs.get_mut(&p) {
+                    let built: BTreeMap<Name, u64> = std::mem::take(&mut children).into_iter().collect();
+                    if dir.is_empty() {
+                        *dir = built;
+                    } else {
+                        dir.extend(built);
+                    }
                 }
             }
-            if let Some(children) = self.dirs.get_mut(&p) {
-                children.insert(name.clone(), ino);
-            }
-            self.add_name(ino, p, name);
         }
-        let unlinked: Vec<u64> = self.inodes.iter().filter(|(i, n)| **i != ROOT && n.links.is_empty()).map(|(i, _)| *i).collect();
+        let unlinked: Vec<u64> = self.inodes.iter().filter(|(i, n)| *i != ROOT && n.links.is_empty()).map(|(i, _)| i).collect();
         for ino in unlinked {
             self.inodes.remove(&ino);
             self.dirs.remove(&ino);

@@ -37,7 +37,7 @@ fn export(t: &Tree) -> Records {
     let mut kv = Vec::new();
     export_to(t, false, |k, v| kv.push((k.to_vec(), v.to_vec())));
     kv.sort();
-    kv
+    kv.into_iter().collect()
 }
 
 /// Hand every record of the tree to `put`: its inodes (unlinked-but-open ones with

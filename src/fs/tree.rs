@@ -526,7 +526,7 @@ impl Tree {
         let mut found = Found::default();
         // the tables are sized once: a million names grew them by doubling ~20 times each
         let mut per_prefix = [0usize; 256];
-        for (k, _) in &records {
+        for (k, _) in records.iter() {
             if let Some(&p) = k.first() {
                 per_prefix[p as usize] += 1;
             }
@@ -536,48 +536,48 @@ impl Tree {
         found.dirents.reserve(dirents);
         found.blobs.reserve(blobs);
         t.blobs.reserve(blobs);
-        for (k, v) in records {
+        for (k, v) in records.iter() {
             if k.first() != Some(&keys::INODE) {
                 t.decode_other(&mut found, k, v);
                 continue;
             }
-            match records::decode_inode(&v) {
+            match records::decode_inode(v) {
                 Some(rec) => {
                     t.inodes.insert(Inode::new(rec));
                 }
-                None => tracing::error!(key = %hex::encode(&k), "undecodable inode record skipped"),
+                None => tracing::error!(key = %hex::encode(k), "undecodable inode record skipped"),
             }
         }
         (t, found)
     }
 
     /// A record of [`Tree::decode`] other than an inode.
-    fn decode_other(&mut self, found: &mut Found, k: Vec<u8>, v: Vec<u8>) {
+    fn decode_other(&mut self, found: &mut Found, k: &[u8], v: &[u8]) {
         match k.first() {
             Some(&keys::DIRENT) => {
-                if let (Some((p, name)), Ok(b)) = (keys::split_dirent(&k), <[u8; 8]>::try_from(v.as_slice())) {
+                if let (Some((p, name)), Ok(b)) = (keys::split_dirent(k), <[u8; 8]>::try_from(v)) {
                     found.dirents.push((p, name.into(), u64::from_be_bytes(b)));
                 }
             }
             Some(&keys::BLOB) => {
-                if let (Some(id), Some(r)) = (keys::blob_after_prefix(&k), records::decode::<BlobRecord>(&v)) {
+                if let (Some(id), Some(r)) = (keys::blob_after_prefix(k), records::decode::<BlobRecord>(v)) {
                     found.blobs.insert(id, r);
                 }
             }
-            Some(&keys::UPLOAD) => found.pending.extend(keys::blob_after_prefix(&k)),
-            Some(&keys::CURSOR) => self.outbox.load_cursor(&k, &v),
-            Some(&keys::OUTBOX) => self.outbox.load_change(&k, &v),
-            Some(&keys::TOMB) => match Stamp::from_bytes(&v) {
+            Some(&keys::UPLOAD) => found.pending.extend(keys::blob_after_prefix(k)),
+            Some(&keys::CURSOR) => self.outbox.load_cursor(k, v),
+            Some(&keys::OUTBOX) => self.outbox.load_change(k, v),
+            Some(&keys::TOMB) => match Stamp::from_bytes(v) {
                 Some(s) => {
                     self.tombs.insert(k[1..].to_vec(), s);
                 }
-                None => tracing::error!(key = %hex::encode(&k), "undecodable tombstone skipped"),
+                None => tracing::error!(key = %hex::encode(k), "undecodable tombstone skipped"),
             },
             Some(&keys::META) if k == keys::format_version() => {
-                found.format = <[u8; 4]>::try_from(v.as_slice()).ok().map(u32::from_be_bytes);
+                found.format = <[u8; 4]>::try_from(v).ok().map(u32::from_be_bytes);
             }
             Some(&keys::META) if k == keys::next_ino() => {
-                if let Ok(b) = <[u8; 8]>::try_from(v.as_slice()) {
+                if let Ok(b) = <[u8; 8]>::try_from(v) {
                     self.next_ino = self.next_ino.max(u64::from_be_bytes(b));
                 }
             }

@@ -106,17 +106,8 @@ fn decode(body: &[u8], token: &Token) -> Option<Records> {
     }
     let (frame, count) = rest.split_at_checked(rest.len().checked_sub(8)?)?;
     let count = usize::try_from(u64::from_le_bytes(count.try_into().ok()?)).ok()?;
-    let raw = zstd::stream::decode_all(frame).ok()?;
-    let mut records = Vec::with_capacity(count);
-    let mut rest = raw.as_slice();
-    while !rest.is_empty() {
-        let (kl, vl) = (u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize, u32::from_le_bytes(rest.get(4..8)?.try_into().ok()?) as usize);
-        let k = rest.get(8..8 + kl)?;
-        let v = rest.get(8 + kl..8 + kl + vl)?;
-        records.push((k.to_vec(), v.to_vec()));
-        rest = &rest[8 + kl + vl..];
-    }
-    (records.len() == count).then_some(records)
+    // (the frame holds the records in the layout `Records` keeps them in)
+    Records::from_raw(zstd::stream::decode_all(frame).ok()?, count)
 }
 
 #[cfg(test)]

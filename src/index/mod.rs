@@ -13,6 +13,7 @@
 pub mod checkpoint;
 pub mod intent_log;
 pub mod keys;
+pub mod record_set;
 pub mod records;
 
 use std::os::fd::AsRawFd;
@@ -181,17 +182,16 @@ fn metadata_cache() -> Arc<dyn slatedb::db_cache::DbCache> {
     Arc::new(slatedb::db_cache::SplitCache::new().with_meta_cache(Some(Arc::new(meta))).build())
 }
 
-/// Every key-value pair in the index (in key order when scanned).
-pub type Records = Vec<(Vec<u8>, Vec<u8>)>;
+pub use record_set::Records;
 
 /// Read the whole index: large sequential fetches, several at a time, and no block cache
 /// pollution (the default is one block per request).
 async fn scan(db: &Db, dir: &Path) -> Result<Records, IndexError> {
-    let mut records = Vec::new();
+    let mut records = Records::with_capacity(1 << 20);
     let full = slatedb::config::ScanOptions { read_ahead_bytes: 4 << 20, max_fetch_tasks: 4, cache_blocks: false, ..Default::default() };
     let mut it = db.scan_with_options::<std::ops::RangeFull>(.., &full).await.map_err(|e| db_err(e, dir))?;
     while let Some(kv) = it.next().await.map_err(|e| db_err(e, dir))? {
-        records.push((kv.key.to_vec(), kv.value.to_vec()));
+        records.push(&kv.key, &kv.value);
     }
     Ok(records)
 }
@@ -470,7 +470,7 @@ mod tests {
         // the first db is still open in rt; drop that runtime so its tasks stop
         drop(rt);
         let (idx, snap) = Index::open(dir.path(), rt2.handle()).unwrap();
-        assert_eq!(snap, vec![(b"k2".to_vec(), b"v2".to_vec())]);
+        assert_eq!(snap.to_pairs(), vec![(b"k2".to_vec(), b"v2".to_vec())]);
         idx.commit(vec![Op::Put(b"k3".to_vec(), b"v3".to_vec())]).unwrap();
         idx.sync().unwrap();
         idx.close().unwrap();
@@ -489,14 +489,16 @@ mod tests {
         // the file says something the index does not, so the test can tell which was read
         idx.write_checkpoint(|w| w.put(b"k1", b"from the file")).unwrap();
         idx.close().unwrap();
-        let (idx, mut snap) = Index::open(dir.path(), rt.handle()).unwrap();
+        let (idx, snap) = Index::open(dir.path(), rt.handle()).unwrap();
+        let mut snap = snap.to_pairs();
         snap.retain(|(k, _)| k != &keys::checkpoint());
         assert_eq!(snap, vec![kv("k1", "from the file")], "a clean close's checkpoint is read instead of a scan");
         idx.write_checkpoint(|w| w.put(b"k1", b"from the file")).unwrap();
         idx.commit(vec![Op::Put(b"k2".to_vec(), b"v2".to_vec())]).unwrap();
         idx.close().unwrap();
         assert!(!dir.path().join("checkpoint").exists(), "a batch after the checkpoint makes the close drop it");
-        let (idx, mut snap) = Index::open(dir.path(), rt.handle()).unwrap();
+        let (idx, snap) = Index::open(dir.path(), rt.handle()).unwrap();
+        let mut snap = snap.to_pairs();
         snap.retain(|(k, _)| k != &keys::checkpoint());
         assert_eq!(snap, vec![kv("k1", "v1"), kv("k2", "v2")], "the scan sees every batch");
         idx.close().unwrap();

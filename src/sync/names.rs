@@ -77,7 +77,7 @@ impl NameTable {
                     }
                 }
                 Some(&keys::DIRENT) => {
-                    if let (Some((p, name)), Ok(b)) = (keys::split_dirent(k), <[u8; 8]>::try_from(v.as_slice())) {
+                    if let (Some((p, name)), Ok(b)) = (keys::split_dirent(k), <[u8; 8]>::try_from(v)) {
                         children.entry(p).or_default().push((name.to_vec(), u64::from_be_bytes(b)));
                     }
                 }

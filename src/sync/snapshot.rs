@@ -77,15 +77,18 @@ pub fn open_snapshot(name: &str, env: &[u8]) -> Result<Records, StoreError> {
 pub async fn restore(remote: &dyn ObjectStore, index: &Index) -> Result<Records, RestoreError> {
     let Some((name, kv)) = newest(remote).await? else {
         tracing::info!("no tree snapshot in the object store; starting from the change journals");
-        return Ok(Vec::new());
+        return Ok(Records::default());
     };
     let inodes = kv.iter().filter(|(k, _)| k.first() == Some(&keys::INODE)).count();
     tracing::info!(%name, inodes, records = kv.len(), "restoring the tree");
-    let mut done = 0;
-    for chunk in kv.chunks(10_000) {
-        index.commit(chunk.iter().map(|(k, v)| Op::Put(k.clone(), v.clone())).collect())?;
-        done += chunk.len();
-        tracing::info!(%name, done, of = kv.len(), "restoring the tree");
+    let (mut done, mut ops) = (0, Vec::with_capacity(10_000));
+    for (i, (k, v)) in kv.iter().enumerate() {
+        ops.push(Op::Put(k.to_vec(), v.to_vec()));
+        if ops.len() == 10_000 || i + 1 == kv.len() {
+            done += ops.len();
+            index.commit(std::mem::take(&mut ops))?;
+            tracing::info!(%name, done, of = kv.len(), "restoring the tree");
+        }
     }
     index.sync()?;
     tracing::info!(%name, inodes, "tree restored; file contents come from the object store on first read");

@@ -143,8 +143,9 @@ impl Fixture {
         self.rt = None;
         let scanned = self.scan_behind_checkpoint();
         assert!(scanned.is_some() || self.shared.is_some(), "a clean shutdown on the local store writes an index checkpoint");
-        let mut loaded = self.open();
-        if let Some(mut scanned) = scanned {
+        let mut loaded = self.open().to_pairs();
+        if let Some(scanned) = scanned {
+            let mut scanned = scanned.to_pairs();
             loaded.sort();
             scanned.sort();
             assert_eq!(loaded, scanned, "the index checkpoint differs from the index");

@@ -1,7 +1,7 @@
 //! An inode as the tree holds it: its record and its names, (directory, name) per link, for
-//! publishing changes by path. The names live in the inode's own box (a separate table keyed
-//! by inode cost a 40-byte slot, half of them empty, per name), and nearly every inode has
-//! exactly one, held inline (no vector).
+//! publishing changes by path. The names live in the inode itself (a separate table keyed by
+//! inode cost a 40-byte slot, half of them empty, per name), and nearly every inode has exactly
+//! one, held inline (no vector).
 
 use crate::index::records::InodeRecord;
 
@@ -44,12 +44,68 @@ pub enum Links {
     None,
     /// the usual case
     One(u64, Name),
-    /// hard links
-    Many(Vec<(u64, Name)>),
+    /// hard links (boxed: the usual case stays 16 bytes)
+    Many(Box<Vec<(u64, Name)>>),
 }
 
-/// A name in a directory: one heap block shared by the directory's entry and the inode's link.
-pub type Name = std::sync::Arc<[u8]>;
+/// A name in a directory: one heap block (count, length, bytes) shared by the directory's entry
+/// and the inode's link, held by an 8-byte pointer (an `Arc<[u8]>` is 16: a million names
+/// paid 8 bytes more in each of the directory's B-tree and the inode).
+#[derive(Clone)]
+pub struct Name(triomphe::ThinArc<(), u8>);
+
+impl From<&[u8]> for Name {
+    fn from(bytes: &[u8]) -> Self {
+        Name(triomphe::ThinArc::from_header_and_slice((), bytes))
+    }
+}
+
+impl std::ops::Deref for Name {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0.slice
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for Name {
+    fn borrow(&self) -> &[u8] {
+        self
+    }
+}
+
+impl PartialEq for Name {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Name {}
+
+impl PartialOrd for Name {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Byte order, as `[u8]` (a directory's B-tree is looked up with `&[u8]`).
+impl Ord for Name {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (**self).cmp(&**other)
+    }
+}
+
+impl std::hash::Hash for Name {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (**self).hash(state)
+    }
+}
+
+impl std::fmt::Debug for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self))
+    }
+}
 
 impl Links {
     /// A first link.
@@ -61,7 +117,7 @@ impl Links {
     pub fn push(&mut self, parent: u64, name: Name) {
         match std::mem::take(self) {
             Links::None => *self = Links::new(parent, name),
-            Links::One(p, n) => *self = Links::Many(vec![(p, n), (parent, name)]),
+            Links::One(p, n) => *self = Links::Many(Box::new(vec![(p, n), (parent, name)])),
             Links::Many(mut v) => {
                 v.push((parent, name));
                 *self = Links::Many(v);
@@ -157,9 +213,11 @@ mod size {
     /// A million names hold a million of these in the inode table's slots (`fs/inodes.rs`),
     /// whose empty slots (`None`) must cost nothing more than an inode.
     #[test]
-    fn an_inode_slot_stays_at_168_bytes() {
-        assert!(std::mem::size_of::<Inode>() <= 168, "Inode is {} bytes", std::mem::size_of::<Inode>());
+    fn an_inode_slot_stays_at_160_bytes() {
+        assert!(std::mem::size_of::<Inode>() <= 160, "Inode is {} bytes", std::mem::size_of::<Inode>());
         assert_eq!(std::mem::size_of::<Option<Inode>>(), std::mem::size_of::<Inode>());
         assert_eq!(std::mem::size_of::<crate::index::records::Ts>(), 12);
+        assert_eq!(std::mem::size_of::<Name>(), 8);
+        assert!(std::mem::size_of::<Links>() <= 24, "Links is {} bytes", std::mem::size_of::<Links>());
     }
 }

@@ -34,10 +34,9 @@ impl Namespace {
 }
 
 fn export(t: &Tree) -> Records {
-    let mut kv = Vec::new();
-    export_to(t, false, |k, v| kv.push((k.to_vec(), v.to_vec())));
-    kv.sort();
-    kv.into_iter().collect()
+    let mut kv = Records::default();
+    export_to(t, false, |k, v| kv.push(k, v));
+    kv.sorted()
 }
 
 /// Hand every record of the tree to `put`: its inodes (unlinked-but-open ones with

@@ -61,6 +61,25 @@ impl Records {
         Iter { rest: &self.buf }
     }
 
+    /// The same records in key order (then value order): one new buffer and one vector of
+    /// offsets, no allocation per record.
+    pub fn sorted(self) -> Records {
+        let mut spans: Vec<(usize, usize, usize)> = Vec::with_capacity(self.count);
+        let mut at = 0;
+        for (k, v) in self.iter() {
+            let start = at + 8;
+            spans.push((start, start + k.len(), start + k.len() + v.len()));
+            at = start + k.len() + v.len();
+        }
+        let buf = &self.buf;
+        spans.sort_unstable_by(|a, b| (&buf[a.0..a.1], &buf[a.1..a.2]).cmp(&(&buf[b.0..b.1], &buf[b.1..b.2])));
+        let mut out = Records::with_capacity(self.buf.len());
+        for (s, m, e) in spans {
+            out.push(&buf[s..m], &buf[m..e]);
+        }
+        out
+    }
+
     /// Every (key, value) as owned vectors, in order (for tests and tools).
     pub fn to_pairs(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
         self.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
@@ -157,6 +176,16 @@ mod tests {
         let r: Records = pairs().into_iter().collect();
         assert_eq!(r.len(), 301);
         assert_eq!(r.to_pairs(), pairs());
+    }
+
+    #[test]
+    fn sorted_orders_by_key_then_value() {
+        let mut want = pairs();
+        want.extend([(b"key7".to_vec(), b"a".to_vec()), (b"k".to_vec(), b"zz".to_vec())]);
+        let r: Records = want.iter().rev().cloned().collect();
+        want.sort();
+        assert_eq!(r.sorted().to_pairs(), want);
+        assert_eq!(Records::default().sorted(), Records::default());
     }
 
     #[test]

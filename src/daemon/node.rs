@@ -205,8 +205,9 @@ impl Background {
         let (following, publishing) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
         let mut tasks = Vec::new();
         {
-            // every second: namespace budgets (also enforced at once when one is set), and the
-            // flat tier's bound (blobs become evictable when their upload completes)
+            // every second: namespace budgets (also enforced at once when one is set), the flat
+            // tier's bound (blobs become evictable when their upload completes), and every few
+            // minutes its recency hint (what an open after a crash starts from)
             let (core, stop) = (core.clone(), following.clone());
             tasks.push(rt.spawn(async move {
                 while !stop.load(Ordering::SeqCst) {
@@ -215,6 +216,9 @@ impl Background {
                     let _ = tokio::task::spawn_blocking(move || {
                         c.enforce_budgets();
                         c.store().maybe_evict();
+                        if let Err(e) = c.store().flat().save_hint_if_due() {
+                            tracing::warn!(error = %e, "could not write the flat tier's recency hint; a crash would scan the tier");
+                        }
                     })
                     .await;
                 }

@@ -1,6 +1,6 @@
 //! The flat tier: one plain, uncompressed file per blob at `<dir>/<aa>/<blake3-hex>`,
 //! bounded by bytes (`--flat-size`) and evicted least recently used first (recency survives
-//! restarts through the files' access times).
+//! restarts through the recency files, `recency.rs`, else the files' access times).
 //!
 //! Files enter by `rename` from the staging directory (same filesystem), so a blob file is
 //! either absent or complete. Backing files are opened with `O_NOFOLLOW`; names are hashes,
@@ -28,7 +28,12 @@ pub struct FlatTier {
     dir: PathBuf,
     lru: Mutex<Lru>,
     limit: AtomicU64,
+    /// when the last recency hint was written, and the LRU's change count then
+    hint: Mutex<(std::time::Instant, u64)>,
 }
+
+/// How often a recency hint is written while the order changes.
+pub const HINT_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl FlatTier {
     /// Open (creating the fan-out directories) the flat tier in `dir`.
@@ -37,12 +42,14 @@ impl FlatTier {
             let sub = dir.join(hex::encode([i]));
             fs::create_dir_all(&sub).map_err(|e| StoreError::io(format!("create {}", sub.display()), e))?;
         }
-        let tier = FlatTier { dir: dir.to_path_buf(), lru: Mutex::new(Lru::default()), limit: AtomicU64::new(u64::MAX) };
+        let tier = FlatTier::empty(dir);
         // after a clean shutdown the recency order is in one file (a million blobs: one read
-        // instead of a million stats); otherwise the files' access times, oldest first, and a
-        // file whose name is no blob id (a leftover of a crashed tool) is removed in the same pass
+        // instead of a million stats); after a crash, the last hint reconciled with a listing
+        // of the tier; without either, the files' access times, oldest first. A file whose
+        // name is no blob id (a leftover of a crashed tool) is removed by either listing.
         let found = match recency::take(dir) {
-            Some(found) => found,
+            Some(recency::Saved { entries, exact: true }) => entries,
+            Some(recency::Saved { entries, exact: false }) => tier.reconcile(entries)?,
             None => tier.scan_times()?,
         };
         let mut lru = tier.lock();
@@ -50,16 +57,76 @@ impl FlatTier {
         for (id, size) in found {
             lru.touch(id, Some(size));
         }
+        let changes = lru.changes();
         drop(lru);
+        *tier.hint.lock().unwrap_or_else(|p| p.into_inner()) = (std::time::Instant::now(), changes);
         Ok(tier)
+    }
+
+    fn empty(dir: &Path) -> Self {
+        let hint = Mutex::new((std::time::Instant::now(), 0));
+        FlatTier { dir: dir.to_path_buf(), lru: Mutex::new(Lru::default()), limit: AtomicU64::new(u64::MAX), hint }
+    }
+
+    /// The order of a hint written before a crash, fitted to the files there now: blobs gone
+    /// since are dropped, blobs sealed since (stat'ed, by time) are the most recent. Only the
+    /// new files are stat'ed.
+    fn reconcile(&self, saved: Vec<(BlobId, u64)>) -> Result<Vec<(BlobId, u64)>, StoreError> {
+        let mut listed: Vec<BlobId> = Vec::new();
+        for (id, path) in self.scan()? {
+            match id {
+                Some(id) => listed.push(id),
+                None => remove_stray(&path),
+            }
+        }
+        listed.sort_unstable();
+        let mut known = vec![false; listed.len()];
+        let mut out = Vec::with_capacity(listed.len());
+        for (id, size) in saved {
+            if let Ok(i) = listed.binary_search(&id) {
+                if !std::mem::replace(&mut known[i], true) {
+                    out.push((id, size));
+                }
+            }
+        }
+        let mut new = Vec::new();
+        for (id, _) in listed.iter().zip(&known).filter(|(_, k)| !**k) {
+            if let Ok(m) = fs::metadata(self.path(id)) {
+                new.push((m.atime().max(m.mtime()), *id, m.len()));
+            }
+        }
+        tracing::info!(hinted = out.len(), new = new.len(), "flat tier order taken from the recency hint written before a crash");
+        new.sort();
+        out.extend(new.into_iter().map(|(_, id, size)| (id, size)));
+        Ok(out)
     }
 
     /// Write the recency order for the next open (at a clean shutdown, when nothing changes the
     /// tier any more). A later change to the tier by hand only misstates its byte count until
     /// eviction or a read meets the blob: membership is always read from the files themselves.
     pub fn save_recency(&self) -> Result<(), StoreError> {
-        let entries: Vec<(BlobId, u64)> = self.lock().oldest_first().map(|(id, size)| (*id, size)).collect();
-        recency::save(&self.dir, &entries).map_err(|e| StoreError::io("write the flat tier's recency file", e))
+        self.save_order(true).map(|_| ())
+    }
+
+    /// Write the recency hint if [`HINT_EVERY`] has passed since the last one and the order
+    /// changed since (a crash then costs a listing of the tier, not a stat per blob). Returns
+    /// whether it wrote one.
+    pub fn save_hint_if_due(&self) -> Result<bool, StoreError> {
+        let (at, changes) = *self.hint.lock().unwrap_or_else(|p| p.into_inner());
+        if at.elapsed() < HINT_EVERY || self.lock().changes() == changes {
+            return Ok(false);
+        }
+        self.save_order(false)
+    }
+
+    fn save_order(&self, exact: bool) -> Result<bool, StoreError> {
+        let (entries, changes) = {
+            let lru = self.lock();
+            (lru.oldest_first().map(|(id, size)| (*id, size)).collect::<Vec<(BlobId, u64)>>(), lru.changes())
+        };
+        recency::save(&self.dir, &entries, exact).map_err(|e| StoreError::io("write the flat tier's recency file", e))?;
+        *self.hint.lock().unwrap_or_else(|p| p.into_inner()) = (std::time::Instant::now(), changes);
+        Ok(true)
     }
 
     /// Every blob file with its size, least recently used first (by access or modification
@@ -73,10 +140,7 @@ impl FlatTier {
                         found.push((m.atime().max(m.mtime()), id, m.len()));
                     }
                 }
-                None => {
-                    tracing::debug!(path = %path.display(), "removing stray flat file");
-                    let _ = fs::remove_file(&path);
-                }
+                None => remove_stray(&path),
             }
         }
         found.sort();
@@ -249,6 +313,12 @@ impl FlatTier {
     }
 }
 
+/// A file in the tier that is no blob (a leftover of a crashed tool).
+fn remove_stray(path: &Path) {
+    tracing::debug!(path = %path.display(), "removing stray flat file");
+    let _ = fs::remove_file(path);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,7 +336,7 @@ mod tests {
     }
 
     #[test]
-    fn a_clean_reopen_keeps_the_recency_order_and_a_crashed_one_scans() {
+    fn a_clean_reopen_keeps_the_recency_order_and_a_crashed_one_fits_the_hint_to_the_files() {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().join("flat");
         let tier = FlatTier::open(&dir).unwrap();
@@ -282,16 +352,46 @@ mod tests {
         let tier = FlatTier::open(&dir).unwrap();
         assert_eq!(order(&tier), want, "the saved order, not the files' times");
         assert_eq!(tier.bytes(), bytes);
-        assert!(!dir.join("recency").exists(), "the file is used once");
+        assert!(!dir.join("recency").exists(), "the exact file is used once");
         // a blob the file does not know is still found, and counted when read
-        let late = put(&FlatTier { dir: dir.clone(), lru: Mutex::new(Lru::default()), limit: AtomicU64::new(u64::MAX) }, d.path(), b"late");
+        let late = put(&FlatTier::empty(&dir), d.path(), b"late");
         assert!(tier.contains(&late));
         tier.open_blob(&late).unwrap();
         assert_eq!(tier.len(), 6);
         drop(tier);
-        // no recency file (as after a crash): the tier is scanned, strays removed
+        // a crash (no exact file): the hint's order, the blob sealed since as the newest, a
+        // blob removed since dropped, strays removed by the listing
+        fs::remove_file(dir.join(ids[1].fanout()).join(ids[1].to_hex())).unwrap();
         let tier = FlatTier::open(&dir).unwrap();
-        assert_eq!(tier.len(), 6);
+        let mut hinted: Vec<BlobId> = want.iter().filter(|id| **id != ids[1]).copied().collect();
+        hinted.push(late);
+        assert_eq!(order(&tier), hinted);
+        assert_eq!(tier.bytes(), bytes - 101 + 4);
         assert!(!dir.join("00").join("not-a-blob").exists());
+        drop(tier);
+        // no file at all: the tier is scanned
+        fs::remove_file(dir.join("recency-hint")).unwrap();
+        fs::write(dir.join("00").join("not-a-blob"), b"x").unwrap();
+        let tier = FlatTier::open(&dir).unwrap();
+        assert_eq!(tier.len(), 5);
+        assert_eq!(tier.bytes(), bytes - 101 + 4);
+        assert!(!dir.join("00").join("not-a-blob").exists());
+    }
+
+    #[test]
+    fn a_hint_is_written_only_when_due_and_the_order_changed() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("flat");
+        let tier = FlatTier::open(&dir).unwrap();
+        let a = put(&tier, d.path(), b"a");
+        assert!(!tier.save_hint_if_due().unwrap(), "not due yet");
+        let long_ago = std::time::Instant::now() - HINT_EVERY;
+        tier.hint.lock().unwrap().0 = long_ago;
+        assert!(tier.save_hint_if_due().unwrap(), "due, and a blob came in");
+        assert!(dir.join("recency-hint").exists());
+        tier.hint.lock().unwrap().0 = long_ago;
+        assert!(!tier.save_hint_if_due().unwrap(), "due, but nothing changed");
+        tier.touch(&a);
+        assert!(tier.save_hint_if_due().unwrap());
     }
 }

@@ -36,6 +36,8 @@ pub struct Lru {
     /// most recently used
     tail: Option<u32>,
     bytes: u64,
+    /// touches and removals so far (tells a saver whether the order changed)
+    changes: u64,
 }
 
 impl std::fmt::Debug for Lru {
@@ -83,6 +85,7 @@ impl Lru {
     /// Mark `id` as just used; a blob not in the set is added with `size` (and ignored
     /// without one).
     pub fn touch(&mut self, id: BlobId, size: Option<u64>) {
+        self.changes += 1;
         if let Some(i) = self.find(&id) {
             self.unlink(i);
             self.push_newest(i);
@@ -108,6 +111,7 @@ impl Lru {
 
     /// Drop `id` from the set.
     pub fn forget(&mut self, id: &BlobId) {
+        self.changes += 1;
         let nodes = &self.nodes;
         let Ok(slot) = self.index.find_entry(self.hasher.hash_one(id), |&j| nodes[j as usize].id == *id) else { return };
         let (i, _) = slot.remove();
@@ -124,6 +128,11 @@ impl Lru {
     /// How many blobs the set holds.
     pub fn len(&self) -> usize {
         self.index.len()
+    }
+
+    /// Touches and removals so far.
+    pub fn changes(&self) -> u64 {
+        self.changes
     }
 
     /// Whether the set is empty.

@@ -314,8 +314,11 @@ impl Fixture {
     }
 
     /// Files in the flat tier and objects in the local store.
+    /// Blob files in the flat tier (in its fan-out directories; the tier's own files, such as
+    /// its recency hint, sit beside them).
     pub fn flat_count(&self) -> usize {
-        walk_files(&self.cache().join("flat"))
+        let fanouts = std::fs::read_dir(self.cache().join("flat")).into_iter().flatten().flatten();
+        fanouts.filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| walk_files(&e.path())).sum()
     }
 
     pub fn object_count(&self) -> usize {

@@ -72,13 +72,7 @@ impl FlatTier {
     /// since are dropped, blobs sealed since (stat'ed, by time) are the most recent. Only the
     /// new files are stat'ed.
     fn reconcile(&self, saved: Vec<(BlobId, u64)>) -> Result<Vec<(BlobId, u64)>, StoreError> {
-        let mut listed: Vec<BlobId> = Vec::new();
-        for (id, path) in self.scan()? {
-            match id {
-                Some(id) => listed.push(id),
-                None => remove_stray(&path),
-            }
-        }
+        let mut listed = self.blob_files()?;
         listed.sort_unstable();
         let mut known = vec![false; listed.len()];
         let mut out = Vec::with_capacity(listed.len());
@@ -89,15 +83,9 @@ impl FlatTier {
                 }
             }
         }
-        let mut new = Vec::new();
-        for (id, _) in listed.iter().zip(&known).filter(|(_, k)| !**k) {
-            if let Ok(m) = fs::metadata(self.path(id)) {
-                new.push((m.atime().max(m.mtime()), *id, m.len()));
-            }
-        }
+        let new = self.by_time(listed.iter().zip(&known).filter(|(_, k)| !**k).map(|(id, _)| *id));
         tracing::info!(hinted = out.len(), new = new.len(), "flat tier order taken from the recency hint written before a crash");
-        new.sort();
-        out.extend(new.into_iter().map(|(_, id, size)| (id, size)));
+        out.extend(new);
         Ok(out)
     }
 
@@ -105,7 +93,7 @@ impl FlatTier {
     /// tier any more). A later change to the tier by hand only misstates its byte count until
     /// eviction or a read meets the blob: membership is always read from the files themselves.
     pub fn save_recency(&self) -> Result<(), StoreError> {
-        self.save_order(true).map(|_| ())
+        self.save_order(true)
     }
 
     /// Write the recency hint if [`HINT_EVERY`] has passed since the last one and the order
@@ -116,35 +104,48 @@ impl FlatTier {
         if at.elapsed() < HINT_EVERY || self.lock().changes() == changes {
             return Ok(false);
         }
-        self.save_order(false)
+        self.save_order(false).map(|()| true)
     }
 
-    fn save_order(&self, exact: bool) -> Result<bool, StoreError> {
+    fn save_order(&self, exact: bool) -> Result<(), StoreError> {
         let (entries, changes) = {
             let lru = self.lock();
             (lru.oldest_first().map(|(id, size)| (*id, size)).collect::<Vec<(BlobId, u64)>>(), lru.changes())
         };
         recency::save(&self.dir, &entries, exact).map_err(|e| StoreError::io("write the flat tier's recency file", e))?;
         *self.hint.lock().unwrap_or_else(|p| p.into_inner()) = (std::time::Instant::now(), changes);
-        Ok(true)
+        Ok(())
     }
 
     /// Every blob file with its size, least recently used first (by access or modification
     /// time); other files are removed.
     fn scan_times(&self) -> Result<Vec<(BlobId, u64)>, StoreError> {
-        let mut found = Vec::new();
+        Ok(self.by_time(self.blob_files()?))
+    }
+
+    /// The blobs whose files are in the tier; files that are no blob are removed.
+    fn blob_files(&self) -> Result<Vec<BlobId>, StoreError> {
+        let mut ids = Vec::new();
         for (id, path) in self.scan()? {
             match id {
-                Some(id) => {
-                    if let Ok(m) = fs::metadata(&path) {
-                        found.push((m.atime().max(m.mtime()), id, m.len()));
-                    }
-                }
+                Some(id) => ids.push(id),
                 None => remove_stray(&path),
             }
         }
+        Ok(ids)
+    }
+
+    /// `ids` with their sizes, least recently used first by their files' access or
+    /// modification times (one stat each; a file gone meanwhile is left out).
+    fn by_time(&self, ids: impl IntoIterator<Item = BlobId>) -> Vec<(BlobId, u64)> {
+        let mut found = Vec::new();
+        for id in ids {
+            if let Ok(m) = fs::metadata(self.path(&id)) {
+                found.push((m.atime().max(m.mtime()), id, m.len()));
+            }
+        }
         found.sort();
-        Ok(found.into_iter().map(|(_, id, size)| (id, size)).collect())
+        found.into_iter().map(|(_, id, size)| (id, size)).collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Lru> {

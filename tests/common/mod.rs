@@ -313,7 +313,6 @@ impl Fixture {
         Ok(entries.iter().skip(2).map(|d| (String::from_utf8(d.name.clone()).unwrap(), d.kind)).collect())
     }
 
-    /// Files in the flat tier and objects in the local store.
     /// Blob files in the flat tier (in its fan-out directories; the tier's own files, such as
     /// its recency hint, sit beside them).
     pub fn flat_count(&self) -> usize {
@@ -321,6 +320,7 @@ impl Fixture {
         fanouts.filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| walk_files(&e.path())).sum()
     }
 
+    /// Objects in the local store.
     pub fn object_count(&self) -> usize {
         walk_files(&self.cache().join("objects").join("blobs"))
     }

@@ -1,105 +1,86 @@
-//! The tree's blob table: size and reference count per blob. Its entries sit in one dense
-//! vector under a hash table of 4-byte indices; a hash map of entries kept 48-byte slots of
-//! which up to half were empty (as it grows by doubling): at a million blobs 103 MB, here
-//! 58 MB.
-
-use std::hash::BuildHasher;
-
-use hashbrown::HashTable;
+//! The tree's blob table: size and reference count of every blob the tree names. The entries
+//! live in the node's blob catalog (`tiers/catalog.rs`), which the flat tier shares for its
+//! order of use, so each blob's id is held once. Counts change only under the tree lock; the
+//! catalog's own lock is taken by each call here and released before it returns.
 
 use crate::blob::BlobId;
+use crate::tiers::catalog::SharedCatalog;
 
-/// A blob's in-memory bookkeeping. Packed to 12 bytes, so an entry with its 32-byte id is 44
-/// bytes, not 48 (a million blobs: 4 MB).
-#[derive(Debug, Clone, Copy)]
-#[repr(C, packed(4))]
-pub struct BlobEntry {
-    /// raw size
-    pub size: u64,
-    /// inodes bound to it (including unlinked-but-open ones)
-    pub refs: u32,
-}
+pub use crate::tiers::catalog::BlobEntry;
 
-/// Blob id → [`BlobEntry`].
+/// Blob id → [`BlobEntry`], for the blobs the tree names.
 #[derive(Default)]
 pub struct BlobTable {
-    entries: Vec<(BlobId, BlobEntry)>,
-    index: HashTable<u32>,
-    hasher: hashbrown::DefaultHashBuilder,
+    catalog: SharedCatalog,
 }
 
 impl BlobTable {
-    fn slot(&self, id: &BlobId) -> Option<usize> {
-        let entries = &self.entries;
-        self.index.find(self.hasher.hash_one(id), |&i| entries[i as usize].0 == *id).map(|&i| i as usize)
+    /// The table kept in `catalog` (the flat tier's, so the two share entries). The catalog
+    /// must name nothing yet: one tree per node.
+    pub fn in_catalog(catalog: SharedCatalog) -> Self {
+        assert_eq!(
+            catalog.lock().named_len(),
+            0,
+            "a second tree on one blob catalog"
+        );
+        BlobTable { catalog }
     }
 
     /// The entry of `id`.
-    pub fn get(&self, id: &BlobId) -> Option<&BlobEntry> {
-        self.slot(id).map(|i| &self.entries[i].1)
+    pub fn get(&self, id: &BlobId) -> Option<BlobEntry> {
+        self.catalog.lock().named(id)
     }
 
-    /// The entry of `id`, to change.
-    pub fn get_mut(&mut self, id: &BlobId) -> Option<&mut BlobEntry> {
-        self.slot(id).map(|i| &mut self.entries[i].1)
-    }
-
-    /// Whether `id` has an entry.
+    /// Whether the tree names `id`.
     pub fn contains_key(&self, id: &BlobId) -> bool {
-        self.slot(id).is_some()
+        self.get(id).is_some()
     }
 
-    /// The entry of `id`, made by `make` if there is none.
-    pub fn get_or_insert_with(&mut self, id: BlobId, make: impl FnOnce() -> BlobEntry) -> &mut BlobEntry {
-        let i = match self.slot(&id) {
-            Some(i) => i,
-            None => {
-                let i = self.entries.len();
-                self.entries.push((id, make()));
-                let (entries, hasher) = (&self.entries, &self.hasher);
-                self.index.insert_unique(hasher.hash_one(id), i as u32, |&j| hasher.hash_one(entries[j as usize].0));
-                i
-            }
-        };
-        &mut self.entries[i].1
+    /// Take a reference on `id` (of `size`), naming it if the tree did not; returns whether
+    /// it was new to the tree.
+    pub fn incref(&self, id: BlobId, size: u64) -> bool {
+        let mut c = self.catalog.lock();
+        let new = c.name(id, size);
+        c.add_refs(&id, 1);
+        new
     }
 
-    /// Remove the entry of `id` (the last entry takes its place).
-    pub fn remove(&mut self, id: &BlobId) -> Option<BlobEntry> {
-        let entries = &self.entries;
-        let Ok(found) = self.index.find_entry(self.hasher.hash_one(id), |&i| entries[i as usize].0 == *id) else { return None };
-        let (i, _) = found.remove();
-        let i = i as usize;
-        let last = self.entries.len() - 1;
-        if i != last {
-            let moved = self.entries[last].0;
-            if let Some(slot) = self.index.find_mut(self.hasher.hash_one(moved), |&j| j as usize == last) {
-                *slot = i as u32;
-            }
+    /// Name `id` without a reference (the empty blob, pinned), unless it is named.
+    pub fn name(&self, id: BlobId, size: u64) {
+        self.catalog.lock().name(id, size);
+    }
+
+    /// Drop a reference; returns the entry after, if the tree names `id`.
+    pub fn decref(&self, id: &BlobId) -> Option<BlobEntry> {
+        self.catalog.lock().add_refs(id, -1)
+    }
+
+    /// Stop naming `id`; returns its entry.
+    pub fn remove(&self, id: &BlobId) -> Option<BlobEntry> {
+        self.catalog.lock().unname(id)
+    }
+
+    /// Call `f` on every blob and its entry (in no particular order), under the catalog's
+    /// lock: `f` must not call back into the table or the flat tier.
+    pub fn for_each(&self, mut f: impl FnMut(&BlobId, BlobEntry)) {
+        for (id, e) in self.catalog.lock().each_named() {
+            f(&id, e);
         }
-        Some(self.entries.swap_remove(i).1)
-    }
-
-    /// Every blob and its entry (in no particular order).
-    pub fn iter(&self) -> impl Iterator<Item = (&BlobId, &BlobEntry)> {
-        self.entries.iter().map(|(id, e)| (id, e))
     }
 
     /// How many blobs.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.catalog.lock().named_len()
     }
 
     /// Whether there is none.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
-    /// Room for `n` more blobs (exactly: the load at mount knows how many).
-    pub fn reserve(&mut self, n: usize) {
-        self.entries.reserve_exact(n);
-        let (entries, hasher) = (&self.entries, &self.hasher);
-        self.index.reserve(n, |&j| hasher.hash_one(entries[j as usize].0));
+    /// Room for `n` blobs in all (the load at mount knows how many).
+    pub fn reserve(&self, n: usize) {
+        self.catalog.lock().reserve(n);
     }
 }
 
@@ -109,27 +90,36 @@ mod tests {
     use std::collections::HashMap;
 
     #[test]
-    fn behaves_as_a_map_through_inserts_and_removals() {
-        let mut t = BlobTable::default();
+    fn behaves_as_a_map_of_counts_through_inserts_and_removals() {
+        let t = BlobTable::default();
         let mut model: HashMap<BlobId, u32> = HashMap::new();
         let id = |n: u32| BlobId::of(&n.to_le_bytes());
-        // a fixed pseudo-random walk of inserts, increments and removals
+        // a fixed pseudo-random walk of increments, decrements and removals
         let mut x: u32 = 12345;
         for _ in 0..20_000 {
             x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
             let k = id((x >> 8) % 500);
-            if x.is_multiple_of(3) {
-                assert_eq!(t.remove(&k).map(|e| e.refs), model.remove(&k));
-            } else {
-                t.get_or_insert_with(k, || BlobEntry { size: 7, refs: 0 }).refs += 1;
-                *model.entry(k).or_default() += 1;
+            match x % 3 {
+                0 => assert_eq!(t.remove(&k).map(|e| e.refs), model.remove(&k)),
+                1 => {
+                    assert_eq!(t.incref(k, 7), !model.contains_key(&k));
+                    *model.entry(k).or_default() += 1;
+                }
+                _ => {
+                    let want = model.get_mut(&k).map(|r| {
+                        *r = r.saturating_sub(1);
+                        *r
+                    });
+                    assert_eq!(t.decref(&k).map(|e| e.refs), want);
+                }
             }
             assert_eq!(t.len(), model.len());
         }
         for (k, refs) in &model {
             assert_eq!(t.get(k).map(|e| e.refs), Some(*refs));
         }
-        let mut seen: Vec<_> = t.iter().map(|(k, e)| (*k, e.refs)).collect();
+        let mut seen = Vec::new();
+        t.for_each(|k, e| seen.push((*k, e.refs)));
         let mut want: Vec<_> = model.into_iter().collect();
         seen.sort();
         want.sort();
@@ -138,7 +128,13 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_with_its_id_is_44_bytes() {
-        assert_eq!(std::mem::size_of::<(BlobId, BlobEntry)>(), 44);
+    fn the_flat_tiers_blobs_are_not_the_trees() {
+        let catalog = SharedCatalog::default();
+        catalog.lock().touch(BlobId::of(b"held"), Some(4));
+        let t = BlobTable::in_catalog(catalog.clone());
+        assert!(!t.contains_key(&BlobId::of(b"held")) && t.is_empty());
+        t.incref(BlobId::of(b"held"), 4);
+        assert_eq!(t.len(), 1);
+        assert!(catalog.lock().in_flat(&BlobId::of(b"held")));
     }
 }

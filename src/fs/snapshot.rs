@@ -57,9 +57,7 @@ fn export_to(t: &Tree, orphans: bool, mut put: impl FnMut(&[u8], &[u8])) {
             put(&keys::dirent(*parent, name), &ino.to_be_bytes());
         }
     }
-    for (id, e) in t.blobs.iter() {
-        put(&keys::blob(id), &records::encode(&BlobRecord { size: e.size }));
-    }
+    t.blobs.for_each(|id, e| put(&keys::blob(id), &records::encode(&BlobRecord { size: e.size })));
     // removals a node restoring from this snapshot must still order late writes against
     for (path, stamp) in &t.tombs {
         put(&keys::tomb(path), &stamp.to_bytes());

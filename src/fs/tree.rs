@@ -328,34 +328,29 @@ impl Tree {
     /// Take a reference on a blob that is already in the flat tier. A blob new to this node is
     /// recorded and queued for upload.
     pub fn incref(&mut self, tx: &mut Tx, store: &BlobStore, id: BlobId, size: u64) {
-        let e = self.blobs.get_or_insert_with(id, || {
+        if self.blobs.incref(id, size) {
             tx.ops.push(Op::Put(keys::blob(&id), records::encode(&BlobRecord { size })));
             if !store.put_now(&id) {
                 tx.ops.push(Op::Put(keys::upload(&id), Vec::new()));
                 tx.uploads.push(id);
             }
-            BlobEntry { size, refs: 0 }
-        });
-        e.refs += 1;
+        }
     }
 
     /// Take a reference on a blob already in the object store — another node published it, or
     /// this node's seal uploaded it (`--upload sync`) — so it is recorded without an upload
     /// (and, if not local, fetched on first read).
     pub fn incref_published(&mut self, tx: &mut Tx, id: BlobId, size: u64) {
-        let e = self.blobs.get_or_insert_with(id, || {
+        if self.blobs.incref(id, size) {
             tx.ops.push(Op::Put(keys::blob(&id), records::encode(&BlobRecord { size })));
-            BlobEntry { size, refs: 0 }
-        });
-        e.refs += 1;
+        }
     }
 
     /// Drop a reference; the last one reclaims the blob everywhere — after the transaction's
     /// commit (a destructive step only once the record that justifies it is written) and still
     /// under the tree lock, so no concurrent seal can re-adopt the same blob in between.
     pub fn decref(&mut self, tx: &mut Tx, id: BlobId) {
-        let Some(e) = self.blobs.get_mut(&id) else { return };
-        e.refs = e.refs.saturating_sub(1);
+        let Some(e) = self.blobs.decref(&id) else { return };
         // the empty blob is pinned: every new file starts bound to it
         if e.refs == 0 && id != BlobId::empty() {
             let size = e.size;
@@ -471,7 +466,7 @@ impl Tree {
     pub fn load(records: Records, store: &BlobStore, index: &Index, root: InodeRecord) -> FsResult<Tree> {
         let clock = std::time::Instant::now();
         let lap = |what: &str| tracing::debug!(secs = clock.elapsed().as_secs_f64(), "tree load: {what}");
-        let (mut t, found) = Self::decode(records);
+        let (mut t, found) = Self::decode(records, BlobTable::in_catalog(store.flat().catalog()));
         lap("decoded");
         let mut tx = Tx::default();
         match found.format {
@@ -521,8 +516,8 @@ impl Tree {
 
     /// Sort the index records into the tree's inodes, journal cursors and outbox, and what the
     /// repair steps need.
-    fn decode(records: Records) -> (Tree, Found) {
-        let mut t = Tree { next_ino: ROOT + 1, ..Default::default() };
+    fn decode(records: Records, blobs: BlobTable) -> (Tree, Found) {
+        let mut t = Tree { next_ino: ROOT + 1, blobs, ..Default::default() };
         let mut found = Found::default();
         // the tables are sized once: a million names grew them by doubling ~20 times each
         let mut per_prefix = [0usize; 256];
@@ -653,7 +648,7 @@ impl Tree {
             }
             if let InodeKind::File { blob } = rec.kind {
                 let size = rec.size;
-                self.blobs.get_or_insert_with(blob, || BlobEntry { size, refs: 0 }).refs += 1;
+                self.blobs.incref(blob, size);
             }
         }
     }
@@ -661,14 +656,14 @@ impl Tree {
     /// Blob records the names need are written, the others deleted; returns the blobs no
     /// name refers to (reclaimed once the commit is durable).
     fn reconcile_blobs(&mut self, recs: &Map<BlobId, BlobRecord>, tx: &mut Tx) -> Vec<(BlobId, u64)> {
-        for (id, e) in self.blobs.iter() {
+        self.blobs.for_each(|id, e| {
             if !recs.contains_key(id) {
                 tx.ops.push(Op::Put(keys::blob(id), records::encode(&BlobRecord { size: e.size })));
             }
-        }
+        });
         let empty = BlobId::empty();
         if let Some(r) = recs.get(&empty) {
-            self.blobs.get_or_insert_with(empty, || BlobEntry { size: r.size, refs: 0 });
+            self.blobs.name(empty, r.size);
         }
         let mut gone = Vec::new();
         for (id, r) in recs.iter().filter(|(id, _)| !self.blobs.contains_key(id)) {

@@ -1,6 +1,8 @@
 //! The flat tier: one plain, uncompressed file per blob at `<dir>/<aa>/<blake3-hex>`,
 //! bounded by bytes (`--flat-size`) and evicted least recently used first (recency survives
-//! restarts through the recency files, `recency.rs`, else the files' access times).
+//! restarts through the recency files, `recency.rs`, else the files' access times). Which
+//! blobs it holds and their order of use are kept in the node's blob catalog (`catalog.rs`),
+//! whose entries the tree shares.
 //!
 //! Files enter by `rename` from the staging directory (same filesystem), so a blob file is
 //! either absent or complete. Backing files are opened with `O_NOFOLLOW`; names are hashes,
@@ -13,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::blob::BlobId;
-use crate::tiers::lru::Lru;
+use crate::tiers::catalog::{Catalog, SharedCatalog};
 use crate::tiers::recency;
 use crate::tiers::StoreError;
 
@@ -26,9 +28,10 @@ fn cpath(p: &Path) -> Result<std::ffi::CString, StoreError> {
 #[derive(Debug)]
 pub struct FlatTier {
     dir: PathBuf,
-    lru: Mutex<Lru>,
+    /// which blobs the tier holds and their order of use, in the node's catalog
+    catalog: SharedCatalog,
     limit: AtomicU64,
-    /// when the last recency hint was written, and the LRU's change count then
+    /// when the last recency hint was written, and the catalog's count of flat changes then
     hint: Mutex<(std::time::Instant, u64)>,
 }
 
@@ -36,13 +39,20 @@ pub struct FlatTier {
 pub const HINT_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl FlatTier {
-    /// Open (creating the fan-out directories) the flat tier in `dir`.
+    /// Open (creating the fan-out directories) the flat tier in `dir`, with a catalog of its
+    /// own.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_in(dir, SharedCatalog::default())
+    }
+
+    /// Open the flat tier in `dir`, recording its blobs in `catalog` (which the node's tree
+    /// shares: `catalog.rs`).
+    pub fn open_in(dir: &Path, catalog: SharedCatalog) -> Result<Self, StoreError> {
         for i in 0..=255u8 {
             let sub = dir.join(hex::encode([i]));
             fs::create_dir_all(&sub).map_err(|e| StoreError::io(format!("create {}", sub.display()), e))?;
         }
-        let tier = FlatTier::empty(dir);
+        let tier = FlatTier::empty(dir, catalog);
         // after a clean shutdown the recency order is in one file (a million blobs: one read
         // instead of a million stats); after a crash, the last hint reconciled with a listing
         // of the tier; without either, the files' access times, oldest first. A file whose
@@ -52,20 +62,25 @@ impl FlatTier {
             Some(recency::Saved { entries, exact: false }) => tier.reconcile(entries)?,
             None => tier.scan_times()?,
         };
-        let mut lru = tier.lock();
-        lru.reserve(found.len());
+        let mut cat = tier.lock();
+        cat.reserve(found.len());
         for (id, size) in found {
-            lru.touch(id, Some(size));
+            cat.touch(id, Some(size));
         }
-        let changes = lru.changes();
-        drop(lru);
+        let changes = cat.changes();
+        drop(cat);
         *tier.hint.lock().unwrap_or_else(|p| p.into_inner()) = (std::time::Instant::now(), changes);
         Ok(tier)
     }
 
-    fn empty(dir: &Path) -> Self {
+    fn empty(dir: &Path, catalog: SharedCatalog) -> Self {
         let hint = Mutex::new((std::time::Instant::now(), 0));
-        FlatTier { dir: dir.to_path_buf(), lru: Mutex::new(Lru::default()), limit: AtomicU64::new(u64::MAX), hint }
+        FlatTier { dir: dir.to_path_buf(), catalog, limit: AtomicU64::new(u64::MAX), hint }
+    }
+
+    /// The catalog the tier records its blobs in.
+    pub fn catalog(&self) -> SharedCatalog {
+        self.catalog.clone()
     }
 
     /// The order of a hint written before a crash, fitted to the files there now: blobs gone
@@ -109,8 +124,8 @@ impl FlatTier {
 
     fn save_order(&self, exact: bool) -> Result<(), StoreError> {
         let (entries, changes) = {
-            let lru = self.lock();
-            (lru.oldest_first().map(|(id, size)| (*id, size)).collect::<Vec<(BlobId, u64)>>(), lru.changes())
+            let cat = self.lock();
+            (cat.oldest_first().collect::<Vec<(BlobId, u64)>>(), cat.changes())
         };
         recency::save(&self.dir, &entries, exact).map_err(|e| StoreError::io("write the flat tier's recency file", e))?;
         *self.hint.lock().unwrap_or_else(|p| p.into_inner()) = (std::time::Instant::now(), changes);
@@ -148,8 +163,8 @@ impl FlatTier {
         found.into_iter().map(|(_, id, size)| (id, size)).collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Lru> {
-        self.lru.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Catalog> {
+        self.catalog.lock()
     }
 
     /// Bound the tier to `bytes`.
@@ -164,12 +179,12 @@ impl FlatTier {
 
     /// Bytes of blobs in the tier.
     pub fn bytes(&self) -> u64 {
-        self.lock().bytes()
+        self.lock().flat_bytes()
     }
 
     /// Blobs in the tier.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().flat_len()
     }
 
     /// Whether the tier holds no blob.
@@ -177,7 +192,8 @@ impl FlatTier {
         self.len() == 0
     }
 
-    /// Bytes of the blobs `f` selects.
+    /// Bytes of the blobs `f` selects (`f` runs under the catalog's lock: it must not call
+    /// into the tier or the tree).
     pub fn bytes_where(&self, f: impl Fn(&BlobId) -> bool) -> u64 {
         self.lock().oldest_first().filter(|(id, _)| f(id)).map(|(_, size)| size).sum()
     }
@@ -188,26 +204,27 @@ impl FlatTier {
     }
 
     /// Least recently used blobs to evict so that the tier fits its bound with 5 % headroom,
-    /// skipping those `keep` says must stay (e.g. not yet durable in the object store).
+    /// skipping those `keep` says must stay (e.g. not yet durable in the object store). `keep`
+    /// runs under the catalog's lock: it must not call into the tier or the tree.
     pub fn victims(&self, keep: impl Fn(&BlobId) -> bool) -> Vec<BlobId> {
-        let lru = self.lock();
+        let cat = self.lock();
         let limit = self.limit();
-        if lru.bytes() <= limit {
+        if cat.flat_bytes() <= limit {
             return Vec::new();
         }
         let target = limit - limit / 20;
-        let mut excess = lru.bytes() - target;
+        let mut excess = cat.flat_bytes() - target;
         let mut out = Vec::new();
-        for (id, size) in lru.oldest_first() {
+        for (id, size) in cat.oldest_first() {
             if excess == 0 {
                 break;
             }
             // empty blobs free nothing (and every new file starts bound to the empty blob)
-            if size == 0 || keep(id) {
+            if size == 0 || keep(&id) {
                 continue;
             }
             excess = excess.saturating_sub(size);
-            out.push(*id);
+            out.push(id);
         }
         out
     }
@@ -232,13 +249,13 @@ impl FlatTier {
                 std::io::ErrorKind::NotFound => StoreError::NotFound(*id),
                 _ => StoreError::io(format!("open flat blob {id}"), e),
             })?;
-        let mut lru = self.lock();
-        if !lru.contains(id) {
+        let mut cat = self.lock();
+        if !cat.in_flat(id) {
             // present but untracked (relinked by the local store): count it now
             let size = f.metadata().map(|m| m.len()).unwrap_or(0);
-            lru.touch(*id, Some(size));
+            cat.touch(*id, Some(size));
         } else {
-            lru.touch(*id, None);
+            cat.touch(*id, None);
         }
         Ok(f)
     }
@@ -287,9 +304,11 @@ impl FlatTier {
         }
     }
 
-    /// The blobs in the tier for which `f` holds.
+    /// The blobs in the tier for which `f` holds (`f` runs after the catalog's lock is
+    /// released, so it may look at the tree).
     pub fn ids_where(&self, f: impl Fn(&BlobId) -> bool) -> Vec<BlobId> {
-        self.lock().oldest_first().map(|(id, _)| id).filter(|id| f(id)).copied().collect()
+        let all: Vec<BlobId> = self.lock().oldest_first().map(|(id, _)| id).collect();
+        all.into_iter().filter(|id| f(id)).collect()
     }
 
     /// Every file in the tier: `Some(id)` for well-formed blob names, `None` (with its path) for
@@ -355,7 +374,7 @@ mod tests {
         assert_eq!(tier.bytes(), bytes);
         assert!(!dir.join("recency").exists(), "the exact file is used once");
         // a blob the file does not know is still found, and counted when read
-        let late = put(&FlatTier::empty(&dir), d.path(), b"late");
+        let late = put(&FlatTier::empty(&dir, SharedCatalog::default()), d.path(), b"late");
         assert!(tier.contains(&late));
         tier.open_blob(&late).unwrap();
         assert_eq!(tier.len(), 6);

@@ -4,13 +4,13 @@
 //! with the S3 key layout); [`memory::MemoryStore`] serves tests. An S3 store drops in behind the
 //! same trait.
 
+pub mod catalog;
 pub mod chunk_sink;
 pub mod faulty;
 pub mod fetch;
 pub mod flat;
 pub mod foyer;
 pub mod local;
-pub mod lru;
 pub mod memory;
 pub mod metered;
 pub mod recency;

@@ -440,3 +440,49 @@ fn a_staging_file_the_kernel_writes_is_sealed_by_snapshot() {
     assert!(f.core().kernel_writer(fh).unwrap().is_none());
     f.core().release(fh);
 }
+
+#[test]
+fn times_persist_to_the_nanosecond_and_clamp_to_ext4s_range() {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    use wombatfs::fs::{SetAttr, SetTime};
+    let mut f = Fixture::new();
+    f.mkdir("ns").unwrap();
+    f.write_file("ns/a", b"a").unwrap();
+    let ino = f.resolve("ns/a").unwrap();
+    let before_1901 = UNIX_EPOCH - Duration::from_secs(3 << 31);
+    let exact = UNIX_EPOCH - Duration::new(12_345, 678_901_234);
+    let ch = SetAttr {
+        atime: Some(SetTime::At(before_1901)),
+        mtime: Some(SetTime::At(exact)),
+        ..Default::default()
+    };
+    f.core().setattr(ino, ch, None).unwrap();
+    f.write_file("ns/b", b"b").unwrap();
+    let after_2446 = UNIX_EPOCH + Duration::new(1 << 36, 5);
+    let ch = SetAttr {
+        mtime: Some(SetTime::At(after_2446)),
+        ..Default::default()
+    };
+    f.core()
+        .setattr(f.resolve("ns/b").unwrap(), ch, None)
+        .unwrap();
+    let check = |f: &Fixture| {
+        let a = f.stat("ns/a").unwrap();
+        assert_eq!(a.mtime, exact, "to the nanosecond, before the epoch");
+        assert_eq!(
+            a.atime,
+            UNIX_EPOCH - Duration::from_secs(1 << 31),
+            "clamped to 1901-12-13T20:45:52Z"
+        );
+        let b = f.stat("ns/b").unwrap();
+        assert_eq!(
+            b.mtime,
+            UNIX_EPOCH + Duration::new(15_032_385_535, 999_999_999),
+            "clamped to the end of 2446-05-10"
+        );
+        assert!(b.ctime <= SystemTime::now() && b.ctime > UNIX_EPOCH);
+    };
+    check(&f);
+    f.remount();
+    check(&f);
+}

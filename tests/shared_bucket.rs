@@ -335,7 +335,7 @@ mod one_set_of_rules {
     const PATHS: &[&str] = &["ns", "ns/a", "ns/b", "ns/d", "ns/d/x", "ns/d/e", "ns/d/e/y", "ns2", "ns2/a", "top"];
 
     fn attrs(perm: u16) -> Attrs {
-        Attrs { perm, uid: 0, gid: 0, mtime: Ts { secs: 1_700_000_000, nanos: 0 } }
+        Attrs { perm, uid: 0, gid: 0, mtime: Ts::new(1_700_000_000, 0) }
     }
 
     fn change() -> impl Strategy<Value = Change> {

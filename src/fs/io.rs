@@ -82,7 +82,7 @@ impl FsCore {
         if read_only {
             let now = Ts::now();
             if let Ok(rec) = t.get_mut(file.ino) {
-                if rec.atime <= rec.mtime || now.secs - rec.atime.secs >= ATIME_SLACK_SECS {
+                if rec.atime <= rec.mtime || now.secs() - rec.atime.secs() >= ATIME_SLACK_SECS {
                     rec.atime = now;
                     let mut tx = Tx::default();
                     tx.put_inode(rec);

@@ -64,7 +64,7 @@ impl Stamp {
     pub fn of(f: &File) -> std::io::Result<Self> {
         use std::os::unix::fs::MetadataExt;
         let m = f.metadata()?;
-        let ts = |secs, nanos: i64| Ts { secs, nanos: nanos as u32 };
+        let ts = |secs, nanos: i64| Ts::new(secs, nanos as u32);
         Ok(Stamp { len: m.len(), mtime: ts(m.mtime(), m.mtime_nsec()), ctime: ts(m.ctime(), m.ctime_nsec()) })
     }
 }

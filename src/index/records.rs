@@ -7,18 +7,69 @@ use serde::{Deserialize, Serialize};
 use crate::blob::BlobId;
 use crate::hlc::{self, Stamp};
 
-/// Seconds and nanoseconds since the Unix epoch. Packed to 12 bytes (an inode holds three;
-/// the natural layout padded each to 16).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
-#[repr(C, packed(4))]
-pub struct Ts {
-    /// seconds
-    pub secs: i64,
-    /// nanoseconds, < 1e9
-    pub nanos: u32,
+/// A time: seconds and nanoseconds since the Unix epoch, held in 8 bytes the way ext4 holds
+/// its times (an inode holds three: 12 bytes each before, 36 of an inode's 160). Seconds
+/// cover 1901-12-13 to 2446-05-10, ext4's range; a time outside it is clamped to its end, as
+/// ext4 does. Persisted as before: seconds (i64), then nanoseconds (u32).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(from = "TsWire", into = "TsWire")]
+pub struct Ts(
+    /// `(secs - MIN_SECS) << 30 | nanos`: ordered as the time is
+    u64,
+);
+
+/// The persisted form of a [`Ts`].
+#[derive(Clone, Copy, Serialize, Deserialize)]
+struct TsWire {
+    secs: i64,
+    nanos: u32,
+}
+
+impl From<TsWire> for Ts {
+    fn from(w: TsWire) -> Self {
+        Ts::new(w.secs, w.nanos)
+    }
+}
+
+impl From<Ts> for TsWire {
+    fn from(t: Ts) -> Self {
+        TsWire { secs: t.secs(), nanos: t.nanos() }
+    }
+}
+
+impl std::fmt::Debug for Ts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ts").field("secs", &self.secs()).field("nanos", &self.nanos()).finish()
+    }
 }
 
 impl Ts {
+    /// The earliest time held (1901-12-13T20:45:52Z).
+    pub const MIN_SECS: i64 = -(1 << 31);
+    /// The latest second held (2446-05-10T22:38:55Z).
+    pub const MAX_SECS: i64 = (1 << 34) - (1 << 31) - 1;
+
+    /// `secs` and `nanos` (< 1e9; more is taken as the last nanosecond) since the epoch,
+    /// clamped to the range held.
+    pub fn new(secs: i64, nanos: u32) -> Self {
+        let (secs, nanos) = match secs {
+            s if s < Self::MIN_SECS => (Self::MIN_SECS, 0),
+            s if s > Self::MAX_SECS => (Self::MAX_SECS, 999_999_999),
+            s => (s, nanos.min(999_999_999)),
+        };
+        Ts(((secs - Self::MIN_SECS) as u64) << 30 | nanos as u64)
+    }
+
+    /// Whole seconds since the epoch (negative before it).
+    pub fn secs(self) -> i64 {
+        (self.0 >> 30) as i64 + Self::MIN_SECS
+    }
+
+    /// Nanoseconds past [`Ts::secs`].
+    pub fn nanos(self) -> u32 {
+        (self.0 & ((1 << 30) - 1)) as u32
+    }
+
     /// The current wall-clock time.
     pub fn now() -> Self {
         Self::from_system(std::time::SystemTime::now())
@@ -27,26 +78,27 @@ impl Ts {
     /// Convert from `SystemTime` (times before the epoch are supported).
     pub fn from_system(t: std::time::SystemTime) -> Self {
         match t.duration_since(std::time::UNIX_EPOCH) {
-            Ok(d) => Ts { secs: d.as_secs() as i64, nanos: d.subsec_nanos() },
+            Ok(d) => Ts::new(i64::try_from(d.as_secs()).unwrap_or(i64::MAX), d.subsec_nanos()),
             Err(e) => {
                 let d = e.duration();
-                let (mut secs, mut nanos) = (-(d.as_secs() as i64), d.subsec_nanos());
+                let (mut secs, mut nanos) = (-i64::try_from(d.as_secs()).unwrap_or(i64::MAX), d.subsec_nanos());
                 if nanos > 0 {
                     secs -= 1;
                     nanos = 1_000_000_000 - nanos;
                 }
-                Ts { secs, nanos }
+                Ts::new(secs, nanos)
             }
         }
     }
 
     /// Convert to `SystemTime`.
     pub fn to_system(self) -> std::time::SystemTime {
+        let (secs, nanos) = (self.secs(), self.nanos());
         let base = std::time::UNIX_EPOCH;
-        if self.secs >= 0 {
-            base + std::time::Duration::new(self.secs as u64, self.nanos)
+        if secs >= 0 {
+            base + std::time::Duration::new(secs as u64, nanos)
         } else {
-            base - std::time::Duration::from_secs(self.secs.unsigned_abs()) + std::time::Duration::from_nanos(self.nanos as u64)
+            base - std::time::Duration::from_secs(secs.unsigned_abs()) + std::time::Duration::from_nanos(nanos as u64)
         }
     }
 }
@@ -211,9 +263,34 @@ mod tests {
 
     #[test]
     fn ts_round_trip_including_before_epoch() {
-        for t in [Ts { secs: 5, nanos: 7 }, Ts { secs: -3, nanos: 250 }, Ts::now()] {
+        for t in [Ts::new(5, 7), Ts::new(-3, 250), Ts::now(), Ts::new(Ts::MIN_SECS, 0), Ts::new(Ts::MAX_SECS, 999_999_999)] {
             assert_eq!(Ts::from_system(t.to_system()), t);
+            assert_eq!(Ts::new(t.secs(), t.nanos()), t);
         }
+        assert_eq!((Ts::new(-3, 250).secs(), Ts::new(-3, 250).nanos()), (-3, 250));
+        assert_eq!(std::mem::size_of::<Ts>(), 8);
+    }
+
+    #[test]
+    fn ts_orders_as_time_and_clamps_to_ext4s_range() {
+        let mut times = [Ts::new(1, 0), Ts::new(-1, 999_999_999), Ts::new(0, 5), Ts::new(1 << 33, 1), Ts::new(-(1 << 30), 0)];
+        times.sort();
+        let pairs: Vec<(i64, u32)> = times.iter().map(|t| (t.secs(), t.nanos())).collect();
+        assert_eq!(pairs, [(-(1 << 30), 0), (-1, 999_999_999), (0, 5), (1, 0), (1 << 33, 1)]);
+        assert_eq!(Ts::new(i64::MIN, 7), Ts::new(Ts::MIN_SECS, 0));
+        assert_eq!(Ts::new(i64::MAX, 7), Ts::new(Ts::MAX_SECS, 999_999_999));
+        assert_eq!(Ts::new(1, 2_000_000_000).nanos(), 999_999_999);
+        // 2446-05-10T22:38:55Z, 1901-12-13T20:45:52Z
+        assert_eq!((Ts::MAX_SECS, Ts::MIN_SECS), (15_032_385_535, -2_147_483_648));
+    }
+
+    #[test]
+    fn ts_persists_as_seconds_then_nanoseconds() {
+        let t = Ts::new(-3, 250);
+        let mut want = (-3i64).to_le_bytes().to_vec();
+        want.extend(250u32.to_le_bytes());
+        assert_eq!(encode(&t), want);
+        assert_eq!(bincode::deserialize::<Ts>(&want).unwrap(), t);
     }
 
     /// Pins the persisted inode encoding.
@@ -227,9 +304,9 @@ mod tests {
             gid: 0,
             nlink: 2,
             size: 0,
-            atime: Ts { secs: 1, nanos: 0 },
-            mtime: Ts { secs: 1, nanos: 0 },
-            ctime: Ts { secs: 1, nanos: 0 },
+            atime: Ts::new(1, 0),
+            mtime: Ts::new(1, 0),
+            ctime: Ts::new(1, 0),
             xattrs: Xattrs::default(),
             stamp: Stamp::ZERO,
         };

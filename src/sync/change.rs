@@ -241,7 +241,7 @@ mod tests {
 
     #[test]
     fn batch_round_trip_and_corruption() {
-        let attrs = Attrs { perm: 0o644, uid: 1, gid: 2, mtime: Ts { secs: 5, nanos: 6 } };
+        let attrs = Attrs { perm: 0o644, uid: 1, gid: 2, mtime: Ts::new(5, 6) };
         let b = Batch {
             node: "n1".into(),
             changes: vec![

@@ -32,6 +32,14 @@ pub(super) fn serve(s: &Settings, report: Option<&mut File>, lock: File, metrics
         offload,
         passthrough: s.passthrough,
     };
+    // SIGINT and SIGTERM are caught from before the mount goes live: a signal that arrived
+    // between the mount and a later registration killed the daemon and left a dead mount
+    let (int, term) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _in_rt = rt.enter();
+        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    };
+    let (mut int, mut term) = (int.context("catch SIGINT")?, term.context("catch SIGTERM")?);
     let session = crate::fs::mount::mount(core.clone(), &spec).with_context(|| format!("cannot mount on {}", s.mountpoint.display()))?;
     set_readahead(&s.mountpoint, s.readahead_kb);
     tracing::info!(mountpoint = %s.mountpoint.display(), cache = %s.cache_dir.display(), store = %node.objects().describe(), "mounted");
@@ -41,8 +49,6 @@ pub(super) fn serve(s: &Settings, report: Option<&mut File>, lock: File, metrics
     let signalled = Arc::new(AtomicBool::new(false));
     let flag = signalled.clone();
     rt.spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else { return };
         tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
         flag.store(true, Ordering::SeqCst);
     });

@@ -49,7 +49,11 @@ impl Eviction {
 
     /// Bytes in the flat tier that cannot be evicted now (pinned or not yet uploaded).
     pub fn unevictable_bytes(&self) -> u64 {
-        self.flat.bytes_where(|id| self.must_stay(id))
+        // from the pinned and queued blobs, not a pass over the tier: `statfs` asks for this,
+        // and the tier may hold a million blobs
+        let mut ids: std::collections::HashSet<BlobId> = self.pinned.iter().map(|e| *e.key()).collect();
+        ids.extend(self.ctx.queued.iter().map(|e| *e.key()));
+        self.flat.bytes_of(&ids)
     }
 
     /// Evict in the background when the flat tier is over its bound (one eviction at a time).

@@ -386,6 +386,37 @@ mod tests {
     }
 
     #[test]
+    fn unevictable_bytes_are_the_pinned_and_queued_blobs_in_the_flat_tier_each_once() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mem = Arc::new(MemoryStore::new());
+        let store = BlobStore::open(dir.path(), mem.clone(), rt.handle()).unwrap();
+        let adopt = |bytes: &[u8]| {
+            let (mut f, p) = store.new_staging().unwrap();
+            f.write_all(bytes).unwrap();
+            let id = BlobId::of(bytes);
+            store.adopt(&p, &id).unwrap();
+            id
+        };
+        let (a, b, _free) = (adopt(b"pinned"), adopt(b"queued and pinned"), adopt(b"evictable"));
+        let bytes = || store.eviction().unevictable_bytes();
+        assert_eq!(bytes(), 0);
+        store.pin(&a);
+        assert_eq!(bytes(), 6);
+        // every upload attempt fails for now: the blob stays queued
+        mem.fail_next(u32::MAX);
+        store.enqueue_upload(b);
+        store.pin(&b);
+        assert_eq!(bytes(), 6 + 17, "a blob both pinned and queued counts once");
+        store.unpin(&a);
+        store.unpin(&b);
+        assert_eq!(bytes(), 17);
+        mem.fail_next(0);
+        assert!(store.drain(Duration::from_secs(30)));
+        assert_eq!(bytes(), 0, "uploaded: evictable");
+    }
+
+    #[test]
     fn upload_queue_retries_until_success() {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let dir = tempfile::tempdir().unwrap();

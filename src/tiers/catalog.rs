@@ -220,6 +220,12 @@ impl Catalog {
             .is_some_and(|i| self.entries[i as usize].in_flat())
     }
 
+    /// The size of `id` if the flat tier holds it.
+    pub fn flat_size(&self, id: &BlobId) -> Option<u64> {
+        let e = &self.entries[self.find(id)? as usize];
+        e.in_flat().then_some(e.size)
+    }
+
     /// How many blobs the flat tier holds.
     pub fn flat_len(&self) -> usize {
         self.flat_len

@@ -192,10 +192,10 @@ impl FlatTier {
         self.len() == 0
     }
 
-    /// Bytes of the blobs `f` selects (`f` runs under the catalog's lock: it must not call
-    /// into the tier or the tree).
-    pub fn bytes_where(&self, f: impl Fn(&BlobId) -> bool) -> u64 {
-        self.lock().oldest_first().filter(|(id, _)| f(id)).map(|(_, size)| size).sum()
+    /// Bytes of the blobs among `ids` that the tier holds (each counted once per mention).
+    pub fn bytes_of<'a>(&self, ids: impl IntoIterator<Item = &'a BlobId>) -> u64 {
+        let cat = self.lock();
+        ids.into_iter().filter_map(|id| cat.flat_size(id)).sum()
     }
 
     /// A read of the blob (recency for eviction).

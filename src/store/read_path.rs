@@ -2,9 +2,10 @@
 //! promote it on the way back. Nothing else walks the tiers.
 //!
 //! - **flat** (`<cache>/flat`): a hit is a file to `pread`.
-//! - **foyer** (RAM + SSD, remote stores only): a flat miss asks foyer first; its pieces are
-//!   verified against the blob id before any byte is readable (`FoyerTier::read_into`), a
-//!   mismatch drops the blob from foyer and falls through.
+//! - **foyer** (RAM + SSD, remote stores only): a flat miss asks foyer first; each piece is
+//!   verified against the blob's proof table (itself checked against the blob id) and readable
+//!   as it arrives (`FoyerTier::read_into`; entries without a table are verified whole first);
+//!   a mismatch drops the blob from foyer and falls through.
 //! - **object store**: streamed into a staging file, each chunk readable once verified
 //!   ([`Fetch`]); a local store hard-links the object back instead (same disk, no copy).
 //!
@@ -242,7 +243,7 @@ impl ReadPath {
             return false;
         }
         let t0 = std::time::Instant::now();
-        let (len, tier) = match f.read_into(id, file).await {
+        let (len, tier) = match f.read_into(id, file, fetch).await {
             Ok(Some(got)) => got,
             Ok(None) => {
                 crate::metrics::get().tier_miss("foyer");
@@ -253,10 +254,6 @@ impl ReadPath {
                 return false;
             }
         };
-        if fetch.is_some_and(|x| x.len != len) {
-            f.remove(id, len);
-            return false;
-        }
         f.stats.hits.fetch_add(1, Ordering::Relaxed);
         crate::metrics::get().tier_served(tier, len);
         tracing::debug!(%id, len, took = ?t0.elapsed(), "served from foyer");

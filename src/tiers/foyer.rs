@@ -1,9 +1,12 @@
 //! The foyer hybrid tier (RAM + SSD) between the flat tier and the object store.
 //!
 //! Blobs are stored as 1 MiB pieces (read back concurrently) keyed by (blob id, piece index), because foyer silently
-//! drops entries larger than its block size or its flush buffer; the whole blob is verified
-//! against its id when it is read back (a corrupted or partially evicted blob is a miss, never
-//! data). Pieces are written to the disk engine on insertion (`WriteOnInsertion`), so what is
+//! drops entries larger than its block size or its flush buffer. A blob of more than one piece
+//! also has its proof table (the chaining value of each piece, `proof.rs`): a read checks the
+//! table against the blob id first and then each piece as it arrives, so a download waiting
+//! on foyer serves each piece at once instead of after the whole blob. Without a table (entries
+//! from before it was kept) the whole blob is verified at the end. A corrupted or partially
+//! evicted blob is a miss, never data. Pieces are written to the disk engine on insertion (`WriteOnInsertion`), so what is
 //! in foyer survives a daemon restart (recovery with a tombstone log, so removed blobs do not
 //! come back).
 //!
@@ -25,6 +28,7 @@ use foyer::{BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, Hybr
 
 use crate::blob::BlobId;
 use crate::proof;
+use crate::tiers::fetch::Fetch;
 use crate::tiers::StoreError;
 
 /// Bytes per piece: one blake3 chunk of the proofs (`proof::CHUNK`).
@@ -35,6 +39,8 @@ const BLOCK: usize = 16 << 20;
 type Key = ([u8; 32], u32);
 /// Piece index of the record holding a blob's length.
 const LEN: u32 = u32::MAX;
+/// Piece index of the record holding a blob's proof table (blobs of more than one piece).
+const PROOFS: u32 = u32::MAX - 1;
 
 fn pieces(len: u64) -> u32 {
     len.div_ceil(PIECE) as u32
@@ -123,6 +129,7 @@ impl FoyerTier {
         }
         let _one = self.admitting.lock().unwrap_or_else(|e| e.into_inner());
         let mut handed = 0;
+        let mut cvs = Vec::new();
         // pieces first, the length record last: a reader finds the blob only once all of it
         // was handed over
         for i in 0..pieces(len) {
@@ -134,8 +141,14 @@ impl FoyerTier {
             }
             let mut buf = vec![0u8; n as usize];
             file.read_exact_at(&mut buf, off).map_err(|e| StoreError::io("read blob for foyer", e))?;
+            if len > PIECE {
+                cvs.push(proof::chunk_cv(off, &buf));
+            }
             self.cache.insert((id.0, i), Bytes::from(buf));
             handed += n;
+        }
+        if len > PIECE {
+            self.cache.insert((id.0, PROOFS), Bytes::from(cvs.concat()));
         }
         self.cache.insert((id.0, LEN), Bytes::copy_from_slice(&len.to_le_bytes()));
         if self.batch > 0 {
@@ -151,11 +164,13 @@ impl FoyerTier {
     }
 
     /// Write the blob's pieces into `file` and verify them against the blob id (each 1 MiB
-    /// piece is a blake3 chunk: its chaining value is computed as it arrives and the values
-    /// are merged into the root). Its length, or `None` when a piece is missing or the bytes
-    /// do not hash to the id (then the blob is dropped from foyer); with it, where the pieces
+    /// piece is a blake3 chunk). With the blob's proof table each piece is checked against it
+    /// as it arrives and marked readable in `fetch` at once; without one, the pieces' chaining
+    /// values are merged into the root at the end. Its length, or `None` when a piece is
+    /// missing, the length is not `fetch`'s or the bytes do not hash to the id (then the blob
+    /// is dropped from foyer; pieces already marked were verified); with it, where the pieces
     /// came from: `foyer_memory`, or `foyer_disk` when any piece was read from the disk.
-    pub async fn read_into(&self, id: &BlobId, file: &File) -> Result<Option<(u64, &'static str)>, StoreError> {
+    pub async fn read_into(&self, id: &BlobId, file: &File, fetch: Option<&Fetch>) -> Result<Option<(u64, &'static str)>, StoreError> {
         let len = match self.cache.get(&(id.0, LEN)).await {
             Ok(Some(e)) => e.value().as_ref().try_into().ok().map(u64::from_le_bytes),
             _ => None,
@@ -164,8 +179,21 @@ impl FoyerTier {
             self.stats.misses.fetch_add(1, Ordering::Relaxed);
             return Ok(None);
         };
-        // pieces are read concurrently: the disk engine serves them in parallel
+        if fetch.is_some_and(|x| x.len != len) {
+            self.remove(id, len);
+            return Ok(None);
+        }
         let n = pieces(len);
+        let table = match self.cache.get(&(id.0, PROOFS)).await {
+            Ok(Some(e)) if n > 1 => Some(e.value().chunks_exact(32).map(|c| c.try_into().expect("32 bytes")).collect::<Vec<[u8; 32]>>()),
+            _ => None,
+        };
+        if table.as_ref().is_some_and(|t| proof::root(t, len) != Some(*id)) {
+            tracing::warn!(%id, "a blob's proof table in foyer does not match its id; dropped");
+            self.remove(id, len);
+            return Ok(None);
+        }
+        // pieces are read concurrently: the disk engine serves them in parallel
         let mut cvs = vec![[0u8; 32]; n as usize];
         let mut single = None;
         let mut from_disk = false;
@@ -198,7 +226,16 @@ impl FoyerTier {
             } else {
                 cvs[i as usize] = proof::chunk_cv(off, &piece);
             }
+            if table.as_ref().is_some_and(|t| t[i as usize] != cvs[i as usize]) {
+                drop(stream);
+                tracing::warn!(%id, piece = i, "a piece in foyer failed verification; the blob is dropped");
+                self.remove(id, len);
+                return Ok(None);
+            }
             file.write_all_at(&piece, off).map_err(|e| StoreError::io("write blob from foyer", e))?;
+            if let (Some(x), Some(_)) = (fetch, &table) {
+                x.mark(i as usize);
+            }
         }
         let got = if n == 1 { single } else { proof::root(&cvs, len) };
         if got != Some(*id) {
@@ -212,6 +249,7 @@ impl FoyerTier {
     /// Drop a blob's pieces.
     pub fn remove(&self, id: &BlobId, len: u64) {
         self.cache.remove(&(id.0, LEN));
+        self.cache.remove(&(id.0, PROOFS));
         for i in 0..pieces(len) {
             self.cache.remove(&(id.0, i));
         }
@@ -240,6 +278,43 @@ mod tests {
     }
 
     #[test]
+    fn each_piece_is_readable_once_verified_and_a_bad_piece_drops_the_blob() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..(4 * PIECE + 5)).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+        let id = BlobId::of(&data);
+        let f = rt.block_on(FoyerTier::open(&dir.path().join("foyer"), 64 << 20, 0)).unwrap();
+        let fetch_file = |name: &str| {
+            let p = dir.path().join(name);
+            let file = std::fs::OpenOptions::new().create_new(true).read(true).write(true).open(&p).unwrap();
+            Fetch::create(id, data.len() as u64, file, p, None).unwrap()
+        };
+        f.insert_file(&id, &file_with(dir.path(), "a", &data), data.len() as u64).unwrap();
+        let whole = fetch_file("whole");
+        assert_eq!(rt.block_on(f.read_into(&id, &whole.file, Some(&whole))).unwrap().map(|g| g.0), Some(data.len() as u64));
+        assert!(whole.complete(), "every piece was marked readable as it was verified");
+        assert_eq!(std::fs::read(&whole.path).unwrap(), data);
+        // piece 2 damaged in the cache: the pieces before it may be readable (verified), it is not
+        f.cache.insert((id.0, 2), Bytes::from(vec![0u8; PIECE as usize]));
+        let bad = fetch_file("bad");
+        assert_eq!(rt.block_on(f.read_into(&id, &bad.file, Some(&bad))).unwrap(), None);
+        assert!(!bad.ready(2 * PIECE, 1), "an unverified piece is never readable");
+        assert!(!f.contains(&id), "the blob is dropped");
+        // a proof table that does not hash to the id: nothing is marked
+        f.insert_file(&id, &file_with(dir.path(), "b", &data), data.len() as u64).unwrap();
+        f.cache.insert((id.0, PROOFS), Bytes::from(vec![1u8; 32 * 5]));
+        let forged = fetch_file("forged");
+        assert_eq!(rt.block_on(f.read_into(&id, &forged.file, Some(&forged))).unwrap(), None);
+        assert!(!forged.ready(0, 1));
+        // a blob of another length than the reader expects is no hit
+        f.insert_file(&id, &file_with(dir.path(), "c", &data), data.len() as u64).unwrap();
+        let p = dir.path().join("short");
+        let file = std::fs::OpenOptions::new().create_new(true).read(true).write(true).open(&p).unwrap();
+        let short = Fetch::create(id, PIECE, file, p, None).unwrap();
+        assert_eq!(rt.block_on(f.read_into(&id, &short.file, Some(&short))).unwrap(), None);
+    }
+
+    #[test]
     fn pieces_round_trip_are_verified_and_survive_a_restart() {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -255,9 +330,9 @@ mod tests {
         f.insert_file(&wrong, &file_with(dir.path(), "w", &data), data.len() as u64).unwrap();
         rt.block_on(async {
             let out = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(dir.path().join("out")).unwrap();
-            assert_eq!(f.read_into(&wrong, &out).await.unwrap(), None);
+            assert_eq!(f.read_into(&wrong, &out, None).await.unwrap(), None);
             // (`contains` may be a false positive; a read is the real test)
-            assert_eq!(f.read_into(&wrong, &out).await.unwrap(), None, "a blob failing verification is dropped");
+            assert_eq!(f.read_into(&wrong, &out, None).await.unwrap(), None, "a blob failing verification is dropped");
             f.close().await;
         });
         drop(f);
@@ -266,12 +341,12 @@ mod tests {
             let f = FoyerTier::open(&cache, 8 << 20, 64 << 20).await.unwrap();
             for (id, want) in [(id, &data), (sid, &small)] {
                 let out = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(dir.path().join("out2")).unwrap();
-                assert_eq!(f.read_into(&id, &out).await.unwrap().map(|g| g.0), Some(want.len() as u64));
+                assert_eq!(f.read_into(&id, &out, None).await.unwrap().map(|g| g.0), Some(want.len() as u64));
                 assert_eq!(&std::fs::read(dir.path().join("out2")).unwrap()[..want.len()], &want[..]);
             }
             f.remove(&id, data.len() as u64);
             let out = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(dir.path().join("out3")).unwrap();
-            assert_eq!(f.read_into(&id, &out).await.unwrap(), None, "removed");
+            assert_eq!(f.read_into(&id, &out, None).await.unwrap(), None, "removed");
             f.close().await;
         });
     }
@@ -300,7 +375,7 @@ mod sizing {
         rt.block_on(async {
             let f = FoyerTier::open(&dir.path().join("c"), 8 << 20, 64 << 20).await.unwrap();
             let out = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(dir.path().join("o")).unwrap();
-            assert_eq!(f.read_into(&id, &out).await.unwrap().map(|g| g.0), Some(data.len() as u64), "flushed to disk before close");
+            assert_eq!(f.read_into(&id, &out, None).await.unwrap().map(|g| g.0), Some(data.len() as u64), "flushed to disk before close");
         });
     }
 }
@@ -353,7 +428,7 @@ mod admission {
             .enumerate()
             .filter(|(_, (id, _, len))| {
                 let out = tempfile::tempfile_in(dir.path()).unwrap();
-                rt.block_on(f.read_into(id, &out)).unwrap().map(|g| g.0) != Some(*len)
+                rt.block_on(f.read_into(id, &out, None)).unwrap().map(|g| g.0) != Some(*len)
             })
             .map(|(i, _)| i)
             .collect();

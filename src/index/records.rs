@@ -11,7 +11,7 @@ use crate::hlc::{self, Stamp};
 /// its times (an inode holds three: 12 bytes each before, 36 of an inode's 160). Seconds
 /// cover 1901-12-13 to 2446-05-10, ext4's range; a time outside it is clamped to its end, as
 /// ext4 does. Persisted as before: seconds (i64), then nanoseconds (u32).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(from = "TsWire", into = "TsWire")]
 pub struct Ts(
     /// `(secs - MIN_SECS) << 30 | nanos`: ordered as the time is
@@ -34,6 +34,13 @@ impl From<TsWire> for Ts {
 impl From<Ts> for TsWire {
     fn from(t: Ts) -> Self {
         TsWire { secs: t.secs(), nanos: t.nanos() }
+    }
+}
+
+/// The epoch, as the two-field time was by default (a zero `u64` here would be 1901).
+impl Default for Ts {
+    fn default() -> Self {
+        Ts::new(0, 0)
     }
 }
 
@@ -269,6 +276,7 @@ mod tests {
         }
         assert_eq!((Ts::new(-3, 250).secs(), Ts::new(-3, 250).nanos()), (-3, 250));
         assert_eq!(std::mem::size_of::<Ts>(), 8);
+        assert_eq!((Ts::default().secs(), Ts::default().nanos()), (0, 0), "the default is the epoch");
     }
 
     #[test]

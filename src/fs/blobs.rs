@@ -68,6 +68,12 @@ impl BlobTable {
         }
     }
 
+    /// The blobs in the flat tier the tree does not name (both sides are in the catalog: one
+    /// pass under its lock).
+    pub fn unnamed_in_flat(&self) -> Vec<BlobId> {
+        self.catalog.lock().held_unnamed()
+    }
+
     /// How many blobs.
     pub fn len(&self) -> usize {
         self.catalog.lock().named_len()

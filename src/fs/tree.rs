@@ -676,7 +676,7 @@ impl Tree {
     /// Flat files no blob record knows: leftovers of a crash mid-seal.
     fn remove_stray_flat_files(&self, store: &BlobStore) -> FsResult<()> {
         // the tier's own scan at open removed files that are no blob at all
-        for id in store.flat().ids_where(|id| !self.blobs.contains_key(id) && !store.upload_pending(id)) {
+        for id in self.blobs.unnamed_in_flat().into_iter().filter(|id| !store.upload_pending(id)) {
             tracing::debug!(%id, "removing stray flat file");
             store.flat().remove(&id)?;
         }

@@ -317,6 +317,12 @@ impl Catalog {
         Some(was)
     }
 
+    /// The blobs the flat tier holds and the tree does not name (in no particular order).
+    pub fn held_unnamed(&self) -> Vec<BlobId> {
+        // a freed slot is neither held nor named
+        self.entries.iter().filter(|e| e.in_flat() && !e.named()).map(|e| e.id).collect()
+    }
+
     /// Every blob the tree names (in no particular order).
     pub fn each_named(&self) -> impl Iterator<Item = (BlobId, BlobEntry)> + '_ {
         // a freed slot keeps its old contents, unnamed (only unnamed entries are released)
@@ -501,6 +507,11 @@ mod tests {
         want.sort_by_key(|e| e.0);
         assert_eq!(named, want);
         assert_eq!(c.named_len(), want.len());
+        let mut held_unnamed = c.held_unnamed();
+        held_unnamed.sort();
+        let mut want_unnamed: Vec<BlobId> = flat.iter().map(|e| e.0).filter(|id| !want.iter().any(|(n, _)| n == id)).collect();
+        want_unnamed.sort();
+        assert_eq!(held_unnamed, want_unnamed);
         assert_eq!(c.index.len(), c.entries.len() - c.free.len());
     }
 }

@@ -304,13 +304,6 @@ impl FlatTier {
         }
     }
 
-    /// The blobs in the tier for which `f` holds (`f` runs after the catalog's lock is
-    /// released, so it may look at the tree).
-    pub fn ids_where(&self, f: impl Fn(&BlobId) -> bool) -> Vec<BlobId> {
-        let all: Vec<BlobId> = self.lock().oldest_first().map(|(id, _)| id).collect();
-        all.into_iter().filter(|id| f(id)).collect()
-    }
-
     /// Every file in the tier: `Some(id)` for well-formed blob names, `None` (with its path) for
     /// anything else, which [`FlatTier::open`] removes.
     fn scan(&self) -> Result<Vec<(Option<BlobId>, PathBuf)>, StoreError> {
@@ -352,7 +345,7 @@ mod tests {
     }
 
     fn order(tier: &FlatTier) -> Vec<BlobId> {
-        tier.ids_where(|_| true)
+        tier.lock().oldest_first().map(|(id, _)| id).collect()
     }
 
     #[test]

@@ -9,9 +9,11 @@
 //! - **object store**: streamed into a staging file, each chunk readable once verified
 //!   ([`Fetch`]); a local store hard-links the object back instead (same disk, no copy).
 //!
-//! A blob that came up from foyer or the object store is adopted into the flat tier; one that
-//! came from the object store is also admitted into foyer. Bounds and eviction are
-//! [`super::evict`]'s concern.
+//! A blob that came up from foyer or the object store is adopted into the flat tier. It enters
+//! foyer only when the flat tier evicts it ([`super::evict`]: foyer is the flat tier's victim
+//! cache), not when it arrives: an admission copies the whole blob, and on the reader's path it
+//! competed with the reader for the CPU and the disk (a quarter of a cold read's throughput),
+//! and it would keep every fetched blob twice on local disk while both tiers hold it.
 
 use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -146,7 +148,6 @@ impl ReadPath {
             }
         }
         self.flat.adopt(&tmp, id)?;
-        self.admit(id);
         self.flat.open_blob(id)
     }
 
@@ -188,12 +189,7 @@ impl ReadPath {
             }
             match res {
                 Ok(()) => match me.flat.adopt(&job.path, &id) {
-                    Ok(()) => {
-                        if !from_foyer {
-                            me.admit(&id);
-                        }
-                        promoted();
-                    }
+                    Ok(()) => promoted(),
                     Err(e) => tracing::warn!(%id, error = %e, "could not promote a fetched blob into the flat tier"),
                 },
                 Err(e) => {
@@ -225,13 +221,6 @@ impl ReadPath {
         if matches!(e, StoreError::Timeout { .. }) {
             self.store_timeouts.fetch_add(1, Ordering::Relaxed);
         }
-    }
-
-    /// Admit a blob now in the flat tier into foyer, in the background.
-    fn admit(&self, id: &BlobId) {
-        let Some(f) = self.foyer.clone() else { return };
-        let (flat, id) = (self.flat.clone(), *id);
-        self.rt.spawn_blocking(move || copy_to_foyer(&flat, &f, &id));
     }
 
     /// Fill `file` (and `fetch`, when given) from foyer; true when the whole blob was there

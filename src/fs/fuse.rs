@@ -410,7 +410,7 @@ impl Filesystem for WombatFuse {
                 Err(e) => return reply.error(errno("read", &e)),
             }
         }
-        self.run(move |core| match core.read(fh.0, offset, size) {
+        self.run(move |core| match core.read_buf(fh.0, offset, size) {
             Ok(buf) => {
                 crate::metrics::get().fuse_read_bytes.inc_by(buf.len() as u64);
                 reply.data(&buf)

@@ -11,6 +11,7 @@ use crate::blob::BlobId;
 use crate::fs::core::FsCore;
 use crate::fs::error::{FsError, FsResult};
 use crate::fs::open::{FileState, Handle, OpenInode, Stamp, Staging};
+use crate::fs::read_buf::ReadBuf;
 use crate::fs::seqhash::SeqHash;
 use crate::store::BlobReader;
 use crate::fs::tree::{OpenEntry, Tx};
@@ -150,16 +151,24 @@ impl FsCore {
     /// Read up to `size` bytes at `offset`: the staging file while the inode is being written,
     /// the sealed blob otherwise (waiting for verified bytes of a blob still downloading).
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
-        self.read_inner(fh, offset, size, true).map(|r| r.unwrap_or_default())
+        self.read_buf(fh, offset, size).map(ReadBuf::into_vec)
     }
 
-    /// Like `read`, but `Ok(None)` instead of waiting for bytes still downloading — the FUSE
-    /// adapter answers those reads inline and hands only the others to a blocking thread.
-    pub fn try_read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Option<Vec<u8>>> {
-        self.read_inner(fh, offset, size, false)
+    /// Like `read`, in a reply buffer reused across reads (see [`ReadBuf`]).
+    pub fn read_buf(&self, fh: u64, offset: u64, size: u32) -> FsResult<ReadBuf> {
+        let src = self.read_source(fh, offset, size, true)?.expect("a waiting read always has its bytes");
+        src.read()
     }
 
-    fn read_inner(&self, fh: u64, offset: u64, size: u32, wait: bool) -> FsResult<Option<Vec<u8>>> {
+    /// Like `read_buf`, but `Ok(None)` instead of waiting for bytes still downloading — the
+    /// FUSE adapter answers those reads inline and hands only the others to a blocking thread.
+    pub fn try_read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Option<ReadBuf>> {
+        self.read_source(fh, offset, size, false)?.map(|s| s.read()).transpose()
+    }
+
+    /// Where the bytes are, once they are readable; `None` when they are still downloading and
+    /// `wait` is false. A reader takes its buffer only after any wait.
+    fn read_source(&self, fh: u64, offset: u64, size: u32, wait: bool) -> FsResult<Option<ReadSource>> {
         let (file, _) = self.handle(fh)?;
         let (src, len, pending) = {
             let mut st = file.lock();
@@ -172,12 +181,9 @@ impl FsCore {
                 }
             }
         };
-        if offset >= len {
-            return Ok(Some(Vec::new()));
-        }
-        let want = (size as u64).min(len - offset) as usize;
+        let want = if offset >= len { 0 } else { (size as u64).min(len - offset) as usize };
         let mut from_flat = false;
-        if let Some(r) = pending {
+        if let Some(r) = pending.filter(|_| want > 0) {
             if !wait && !r.ready(offset, want as u64) {
                 return Ok(None);
             }
@@ -185,11 +191,7 @@ impl FsCore {
             r.wait(offset, want as u64)?;
             from_flat = matches!(r, BlobReader::Local(_));
         }
-        let bytes = read_exact_at(&src, offset, want)?;
-        if from_flat {
-            crate::metrics::get().tier_bytes("flat", bytes.len() as u64);
-        }
-        Ok(Some(bytes))
+        Ok(Some(ReadSource { file: src, offset, want, from_flat }))
     }
 
     fn reader(&self, st: &mut FileState) -> FsResult<BlobReader> {
@@ -509,28 +511,47 @@ impl FsCore {
 
 /// Read up to `want` bytes at `offset` (fewer only at end of file), into a buffer that is not
 /// zeroed first: reads are the hot path and each can be 1 MiB.
-fn read_exact_at(src: &File, offset: u64, want: usize) -> std::io::Result<Vec<u8>> {
-    use std::os::fd::AsRawFd;
-    let mut buf: Vec<u8> = Vec::with_capacity(want);
-    let mut done = 0;
-    while done < want {
-        // SAFETY: pread writes at most `want - done` bytes into the spare capacity of `buf`,
-        // which we own; `done` only counts bytes pread reported as written.
-        let n = unsafe { libc::pread(src.as_raw_fd(), buf.as_mut_ptr().add(done).cast(), want - done, (offset + done as u64) as libc::off_t) };
-        match n {
-            0 => break,
-            n if n > 0 => done += n as usize,
-            _ => {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(e);
+/// Readable bytes of an open file: `want` at `offset` of `file`.
+struct ReadSource {
+    file: Arc<File>,
+    offset: u64,
+    want: usize,
+    from_flat: bool,
+}
+
+impl ReadSource {
+    /// `pread` them into a pooled buffer, uninitialised until written (a short file gives
+    /// fewer bytes).
+    fn read(self) -> FsResult<ReadBuf> {
+        let mut out = ReadBuf::take();
+        if self.want == 0 {
+            return Ok(out);
+        }
+        let buf = out.vec();
+        buf.reserve(self.want);
+        let mut done = 0;
+        while done < self.want {
+            // SAFETY: pread writes at most `want - done` bytes into the spare capacity of
+            // `buf`, which we own; `done` only counts bytes pread reported as written.
+            let n = unsafe { libc::pread(self.file.as_raw_fd(), buf.as_mut_ptr().add(done).cast(), self.want - done, (self.offset + done as u64) as libc::off_t) };
+            match n {
+                0 => break,
+                n if n > 0 => done += n as usize,
+                _ => {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(e.into());
+                    }
                 }
             }
         }
+        // SAFETY: the first `done` bytes were initialised by pread.
+        unsafe { buf.set_len(done) };
+        if self.from_flat {
+            crate::metrics::get().tier_bytes("flat", done as u64);
+        }
+        Ok(out)
     }
-    // SAFETY: the first `done` bytes were initialised by pread.
-    unsafe { buf.set_len(done) };
-    Ok(buf)
 }
 
 /// A snapshot file removed on drop unless it was adopted (its path then cleared).

@@ -17,6 +17,7 @@ pub mod namespace;
 pub mod open;
 pub mod passthrough;
 pub mod publish;
+pub mod read_buf;
 pub mod follow;
 pub mod peers;
 pub mod seqhash;

@@ -42,6 +42,15 @@ const LEN: u32 = u32::MAX;
 /// Piece index of the record holding a blob's proof table (blobs of more than one piece).
 const PROOFS: u32 = u32::MAX - 1;
 
+/// Whether files in `dir` open with `O_DIRECT` (not every filesystem has it).
+fn direct_io_works(dir: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let probe = dir.join(".direct-io-probe");
+    let ok = std::fs::OpenOptions::new().create(true).truncate(true).write(true).custom_flags(libc::O_DIRECT).open(&probe).is_ok();
+    let _ = std::fs::remove_file(&probe);
+    ok
+}
+
 fn pieces(len: u64) -> u32 {
     len.div_ceil(PIECE) as u32
 }
@@ -87,7 +96,14 @@ impl FoyerTier {
             builder.build().await.map_err(err)?
         } else {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::io(format!("create {}", dir.display()), e))?;
-            let device = FsDeviceBuilder::new(dir).with_capacity(disk as usize).build().map_err(err)?;
+            // direct I/O where the filesystem has it: foyer's blocks then go between the disk
+            // and foyer's own buffers, not through the page cache as well (a copy on every
+            // read, and a second cache of what foyer holds, pushing out the flat tier's pages)
+            let direct = direct_io_works(dir);
+            if !direct {
+                tracing::info!(dir = %dir.display(), "the foyer dir's filesystem has no direct I/O; foyer's disk goes through the page cache");
+            }
+            let device = FsDeviceBuilder::new(dir).with_capacity(disk as usize).with_direct(direct).build().map_err(err)?;
             // every flusher holds a block while it fills it and reclaim needs free ones: with
             // too few blocks per flusher foyer stalls (its close then never returns), so a
             // small disk gets smaller blocks and fewer flushers
@@ -312,6 +328,15 @@ mod tests {
         let file = std::fs::OpenOptions::new().create_new(true).read(true).write(true).open(&p).unwrap();
         let short = Fetch::create(id, PIECE, file, p, None).unwrap();
         assert_eq!(rt.block_on(f.read_into(&id, &short.file, Some(&short))).unwrap(), None);
+    }
+
+    #[test]
+    fn direct_io_is_probed_and_the_probe_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        // whatever the test filesystem offers, the probe answers without error and cleans up
+        let _ = direct_io_works(dir.path());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert!(!direct_io_works(&dir.path().join("missing")), "a dir that does not exist cannot be probed");
     }
 
     #[test]

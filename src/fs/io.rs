@@ -509,8 +509,6 @@ impl FsCore {
     }
 }
 
-/// Read up to `want` bytes at `offset` (fewer only at end of file), into a buffer that is not
-/// zeroed first: reads are the hot path and each can be 1 MiB.
 /// Readable bytes of an open file: `want` at `offset` of `file`.
 struct ReadSource {
     file: Arc<File>,
@@ -520,8 +518,8 @@ struct ReadSource {
 }
 
 impl ReadSource {
-    /// `pread` them into a pooled buffer, uninitialised until written (a short file gives
-    /// fewer bytes).
+    /// `pread` them (fewer only at end of file) into a pooled buffer that is not zeroed
+    /// first: reads are the hot path and each can be 1 MiB.
     fn read(self) -> FsResult<ReadBuf> {
         let mut out = ReadBuf::take();
         if self.want == 0 {

@@ -7,10 +7,23 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::blob::BlobId;
-use crate::store::read_path::copy_to_foyer;
 use crate::store::upload::UploadCtx;
 use crate::tiers::flat::FlatTier;
 use crate::tiers::foyer::FoyerTier;
+
+/// Copy a flat-tier blob into foyer unless foyer (probably) has it already: the only way a
+/// blob enters foyer.
+fn copy_to_foyer(flat: &FlatTier, foyer: &FoyerTier, id: &BlobId) {
+    if foyer.contains(id) {
+        return;
+    }
+    if let Ok(file) = flat.open_blob(id) {
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if let Err(e) = foyer.insert_file(id, &file, len) {
+            tracing::warn!(%id, error = %e, "could not insert a blob into foyer");
+        }
+    }
+}
 
 /// Eviction from the flat tier, and what must stay there.
 pub struct Eviction {

@@ -70,19 +70,6 @@ impl BlobReader {
     }
 }
 
-/// Copy a flat-tier blob into foyer unless foyer (probably) has it already.
-pub(crate) fn copy_to_foyer(flat: &FlatTier, foyer: &FoyerTier, id: &BlobId) {
-    if foyer.contains(id) {
-        return;
-    }
-    if let Ok(file) = flat.open_blob(id) {
-        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-        if let Err(e) = foyer.insert_file(id, &file, len) {
-            tracing::warn!(%id, error = %e, "could not insert a blob into foyer");
-        }
-    }
-}
-
 /// The walk down the tiers, with the downloads in flight.
 pub struct ReadPath {
     flat: Arc<FlatTier>,

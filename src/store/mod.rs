@@ -349,12 +349,37 @@ mod tests {
     use std::sync::atomic::Ordering;
     use crate::tiers::memory::MemoryStore;
 
+    /// A store on an in-memory object store, with the runtime and cache dir it needs (fields
+    /// drop in order: the store first).
+    struct Fixture {
+        store: BlobStore,
+        mem: Arc<MemoryStore>,
+        _dir: tempfile::TempDir,
+        _rt: tokio::runtime::Runtime,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let mem = Arc::new(MemoryStore::new());
+            let store = BlobStore::open(dir.path(), mem.clone(), rt.handle()).unwrap();
+            Fixture { store, mem, _dir: dir, _rt: rt }
+        }
+    }
+
+    /// Write `bytes` to a staging file and adopt it into the flat tier (unpinned again at once).
+    fn adopt(store: &BlobStore, bytes: &[u8]) -> BlobId {
+        let (mut f, p) = store.new_staging().unwrap();
+        f.write_all(bytes).unwrap();
+        let id = BlobId::of(bytes);
+        store.adopt(&p, &id).unwrap();
+        id
+    }
+
     #[test]
     fn put_get_evict_refetch_and_corruption() {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let mem = Arc::new(MemoryStore::new());
-        let store = BlobStore::open(dir.path(), mem.clone(), rt.handle()).unwrap();
+        let Fixture { store, mem, .. } = &Fixture::new();
         let id = store.put(b"hello kv").unwrap();
         assert!(store.exists(&id).unwrap());
         assert_eq!(store.list().unwrap(), vec![id]);
@@ -375,10 +400,7 @@ mod tests {
 
     #[test]
     fn reclaim_never_deletes_from_a_shared_remote_store() {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let mem = Arc::new(MemoryStore::new());
-        let store = BlobStore::open(dir.path(), mem.clone(), rt.handle()).unwrap();
+        let Fixture { store, mem, .. } = &Fixture::new();
         let id = store.put(b"shared block").unwrap();
         store.reclaim(id, 0).unwrap();
         assert!(!store.flat().contains(&id), "the local copy goes");
@@ -387,18 +409,8 @@ mod tests {
 
     #[test]
     fn unevictable_bytes_are_the_pinned_and_queued_blobs_in_the_flat_tier_each_once() {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let mem = Arc::new(MemoryStore::new());
-        let store = BlobStore::open(dir.path(), mem.clone(), rt.handle()).unwrap();
-        let adopt = |bytes: &[u8]| {
-            let (mut f, p) = store.new_staging().unwrap();
-            f.write_all(bytes).unwrap();
-            let id = BlobId::of(bytes);
-            store.adopt(&p, &id).unwrap();
-            id
-        };
-        let (a, b, _free) = (adopt(b"pinned"), adopt(b"queued and pinned"), adopt(b"evictable"));
+        let Fixture { store, mem, .. } = &Fixture::new();
+        let (a, b, _free) = (adopt(store, b"pinned"), adopt(store, b"queued and pinned"), adopt(store, b"evictable"));
         let bytes = || store.eviction().unevictable_bytes();
         assert_eq!(bytes(), 0);
         store.pin(&a);
@@ -418,18 +430,12 @@ mod tests {
 
     #[test]
     fn upload_queue_retries_until_success() {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let mem = Arc::new(MemoryStore::new());
-        let store = BlobStore::open(dir.path(), mem.clone(), rt.handle()).unwrap();
+        let Fixture { store, mem, .. } = &Fixture::new();
         let done = Arc::new(std::sync::Mutex::new(Vec::new()));
         let d2 = done.clone();
         store.set_uploaded_hook(Arc::new(move |id| d2.lock().unwrap().push(id))).unwrap();
         assert!(store.set_uploaded_hook(Arc::new(|_| {})).is_err(), "a second owner is refused");
-        let (mut f, p) = store.new_staging().unwrap();
-        f.write_all(b"queued").unwrap();
-        let id = BlobId::of(b"queued");
-        store.adopt(&p, &id).unwrap();
+        let id = adopt(store, b"queued");
         mem.fail_next(2);
         store.enqueue_upload(id);
         assert!(store.drain(Duration::from_secs(10)));

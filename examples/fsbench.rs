@@ -1,7 +1,7 @@
 //! Micro-benchmarks of the file operations KV engines perform, run against any directory
 //! (a wombatfs mount or a native directory on the same disk) by `scripts/bench`.
 //!
-//! Usage: `fsbench <write4m|small|stat|statmiss|seqread|mkfiles|readdir|vllmload> PATH [N]`; prints
+//! Usage: `fsbench <write4m|small|stat|statmiss|firstmiss|seqread|mkfiles|readdir|vllmstore|vllmlookup|vllmload> PATH [N]`; prints
 //! `<metric> <value> <unit>`.
 
 use std::fs::{self, File};
@@ -12,7 +12,7 @@ use std::time::Instant;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
-        eprintln!("usage: fsbench <write4m|small|stat|statmiss|seqread|mkfiles|readdir|vllmstore|vllmlookup|vllmload> PATH [N]");
+        eprintln!("usage: fsbench <write4m|small|stat|statmiss|firstmiss|seqread|mkfiles|readdir|vllmstore|vllmlookup|vllmload> PATH [N]");
         std::process::exit(2);
     }
     let (cmd, path) = (args[1].as_str(), Path::new(&args[2]));
@@ -130,6 +130,19 @@ fn main() {
             let us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
             assert_eq!(hits, n.div_ceil(2), "half of the names are stored blocks");
             println!("vllmlookup {us:.2} us/op");
+        }
+        "firstmiss" => {
+            // first-time misses: access(F_OK) of N distinct names never asked for before, so
+            // each one is a lookup the filesystem must answer (no negative entry cached yet)
+            let tag = std::process::id();
+            let names: Vec<std::ffi::CString> =
+                (0..n).map(|i| std::ffi::CString::new(path.join(format!("never-{tag}-{i:07}")).into_os_string().into_encoded_bytes()).unwrap()).collect();
+            let t = Instant::now();
+            for c in &names {
+                // SAFETY: a valid C string.
+                assert_ne!(unsafe { libc::access(c.as_ptr(), libc::F_OK) }, 0, "the name does not exist");
+            }
+            println!("firstmiss {:.2} us/op", t.elapsed().as_secs_f64() * 1e6 / n as f64);
         }
         "vllmload" => {
             // vLLM's file tier loading blocks: every file of the directory opened

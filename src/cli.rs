@@ -185,6 +185,12 @@ pub struct MountArgs {
     /// where the cache dir's filesystem reflinks: see docs/benchmarks.md); `off` [default: on].
     #[arg(long, value_parser = ["on", "read-write", "off"])]
     pub passthrough: Option<String>,
+    /// How FUSE requests reach the daemon: `dev` (`read`/`writev` on /dev/fuse), or `uring`:
+    /// FUSE over io_uring, per-CPU queues that cut a request's round trip (Linux >= 6.14 with
+    /// `/sys/module/fuse/parameters/enable_uring` set; falls back to `dev` by itself and logs
+    /// why) [default: dev].
+    #[arg(long, env = "WOMBATFS_FUSE_TRANSPORT", value_parser = ["dev", "uring"])]
+    pub fuse_transport: Option<String>,
     /// How to reach S3.
     #[command(flatten)]
     pub s3: S3Args,
@@ -251,6 +257,11 @@ impl MountArgs {
                 "read-write" => PassthroughMode::ReadWrite,
                 "off" => PassthroughMode::Off,
                 other => anyhow::bail!("passthrough = {other:?}: use on, read-write or off"),
+            },
+            uring: match self.fuse_transport.as_deref().or(file.fuse_transport.as_deref()).unwrap_or("dev") {
+                "dev" => false,
+                "uring" => true,
+                other => anyhow::bail!("fuse_transport = {other:?}: use dev or uring"),
             },
             metrics_addr: parse_metrics_addr(self.metrics_addr.as_deref().or(file.metrics_addr.as_deref()).unwrap_or(defaults::METRICS_ADDR))?,
         };

@@ -159,6 +159,8 @@ pub struct FileSettings {
     pub metrics_addr: Option<String>,
     /// `on` (local reads), `read-write` (also writers of new files) or `off`: FUSE passthrough
     pub passthrough: Option<String>,
+    /// `dev` or `uring`: how FUSE requests reach the daemon
+    pub fuse_transport: Option<String>,
 }
 
 impl FileSettings {
@@ -211,6 +213,8 @@ pub struct Settings {
     /// FUSE passthrough (where the kernel allows it): for read-only opens of local blobs, and
     /// with `ReadWrite` for writers of new or truncated files
     pub passthrough: crate::fs::passthrough::PassthroughMode,
+    /// FUSE requests over io_uring queues where the kernel allows it (`--fuse-transport uring`)
+    pub uring: bool,
 }
 
 /// Parse `--metrics-addr`: `HOST:PORT`, or `off`.

@@ -91,6 +91,8 @@ pub struct Metrics {
     pub flat_evictions: Counter,
     /// opens served by FUSE passthrough (the kernel reads the flat file itself)
     pub passthrough_opens: Counter,
+    /// FUSE requests that arrived on an io_uring queue (`--fuse-transport uring`)
+    pub fuse_uring_requests: Counter,
     /// files removed because their namespace was over its budget
     pub budget_removals: Family<NamespaceLabel, Counter>,
     /// object-store calls by op and outcome
@@ -160,6 +162,7 @@ impl Metrics {
             tier_read_bytes: Family::default(),
             flat_evictions: Counter::default(),
             passthrough_opens: Counter::default(),
+            fuse_uring_requests: Counter::default(),
             budget_removals: Family::default(),
             store_requests: Family::default(),
             store_latency: Family::new_with_constructor(latency),
@@ -198,6 +201,7 @@ impl Metrics {
         r.register("tier_read_bytes", "Bytes read from a tier: READ bytes served from flat files, blob bytes brought up from foyer or downloaded from the object store", m.tier_read_bytes.clone());
         r.register("flat_evictions", "Blobs evicted from the flat tier to stay within --flat-size", m.flat_evictions.clone());
         r.register("passthrough_opens", "Opens served by FUSE passthrough: the kernel reads the blob's flat file (or, with --passthrough read-write, writes the staging file), no READ or WRITE reaches the daemon", m.passthrough_opens.clone());
+        r.register("fuse_uring_requests", "FUSE requests that arrived on an io_uring queue (--fuse-transport uring) rather than /dev/fuse", m.fuse_uring_requests.clone());
         r.register("budget_removals", "Files removed because their namespace was over its budget", m.budget_removals.clone());
         r.register("object_store_requests", "Object-store calls by op and outcome", m.store_requests.clone());
         r.register("object_store_request_duration_seconds", "Object-store call latency by op (retries inside a call included)", m.store_latency.clone());

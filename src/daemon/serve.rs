@@ -31,6 +31,7 @@ pub(super) fn serve(s: &Settings, report: Option<&mut File>, lock: File, metrics
         attr_ttl: s.attr_ttl,
         offload,
         passthrough: s.passthrough,
+        uring: s.uring,
     };
     // SIGINT and SIGTERM are caught from before the mount goes live: a signal that arrived
     // between the mount and a later registration killed the daemon and left a dead mount

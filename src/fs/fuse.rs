@@ -4,9 +4,8 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::cell::Cell;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
@@ -17,8 +16,12 @@ use fuser::{
 
 use crate::fs::core::FsCore;
 use crate::fs::error::FsError;
-use crate::fs::passthrough::{OpenError, Passthrough};
+use crate::fs::passthrough::{Backing, OpenError, OpenReply, Passthrough};
+use crate::fs::request::{self, InRequest};
 use crate::fs::{Attr, Caller, Kind, Opened, SetAttr, SetTime, BLOCK_SIZE, NAME_MAX};
+
+/// The largest WRITE (and, with `FUSE_MAX_PAGES`, READ) the kernel sends: 1 MiB.
+pub const MAX_WRITE: u32 = 1 << 20;
 
 /// The FUSE filesystem object handed to fuser.
 pub struct WombatFuse {
@@ -26,7 +29,8 @@ pub struct WombatFuse {
     ttl: Duration,
     notifier: Arc<OnceLock<Notifier>>,
     offload: Option<tokio::runtime::Handle>,
-    passthrough: Passthrough,
+    passthrough: Arc<Passthrough>,
+    uring: Option<Arc<crate::fs::uring::Negotiated>>,
 }
 
 impl WombatFuse {
@@ -40,8 +44,12 @@ impl WombatFuse {
     ///
     /// With `passthrough`, read-only opens of local sealed files are served by the kernel
     /// from the flat tier where the kernel allows it (see [`crate::fs::passthrough`]).
-    pub fn new(core: Arc<FsCore>, ttl: Duration, notifier: Arc<OnceLock<Notifier>>, offload: Option<tokio::runtime::Handle>, passthrough: crate::fs::passthrough::PassthroughMode) -> Self {
-        WombatFuse { core, ttl, notifier, offload, passthrough: Passthrough::new(passthrough) }
+    ///
+    /// With `uring`, the kernel is offered FUSE over io_uring and told whether it took it
+    /// (the io_uring queues, [`crate::fs::uring`], then serve every request but forgets and
+    /// interrupts; this adapter serves what arrives before they are ready).
+    pub fn new(core: Arc<FsCore>, ttl: Duration, notifier: Arc<OnceLock<Notifier>>, offload: Option<tokio::runtime::Handle>, passthrough: Arc<Passthrough>, uring: Option<Arc<crate::fs::uring::Negotiated>>) -> Self {
+        WombatFuse { core, ttl, notifier, offload, passthrough, uring }
     }
 
     /// Run `f` (which replies) on the blocking pool when offloading, inline otherwise; the
@@ -51,14 +59,9 @@ impl WombatFuse {
             Some(rt) => {
                 let core = self.core.clone();
                 // the thread that replies records the request's latency
-                let info = CURRENT.with(|c| {
-                    let info = c.get();
-                    c.set(info.map(|i| ReqInfo { handed_off: true, ..i }));
-                    info
-                });
-                let span = tracing::Span::current();
+                let handed = request::hand_off();
                 rt.spawn_blocking(move || {
-                    let _req = info.map(|i| enter(i, span));
+                    let _req = request::resume(handed);
                     f(&core)
                 });
             }
@@ -99,57 +102,12 @@ fn file_type(k: Kind) -> FileType {
     }
 }
 
-/// The FUSE request a thread is serving: its kernel-unique id, op and inode, when it
-/// arrived, and whether another thread replies to it (that thread records its latency).
-#[derive(Clone, Copy)]
-struct ReqInfo {
-    id: u64,
-    ino: u64,
-    op: &'static str,
-    start: Instant,
-    handed_off: bool,
-}
-
-thread_local! {
-    static CURRENT: Cell<Option<ReqInfo>> = const { Cell::new(None) };
-}
-
-/// While alive: the thread serves this request. Every log line inside its `req` span (debug
-/// level: follow one request through the tiers with `--log wombatfs=debug`) carries the id, op
-/// and inode, and a failure is logged once with them at any level.
-struct InRequest {
-    _span: tracing::span::EnteredSpan,
-    prev: Option<ReqInfo>,
-}
-
-impl Drop for InRequest {
-    fn drop(&mut self) {
-        if let Some(r) = CURRENT.with(|c| c.replace(self.prev)).filter(|r| !r.handed_off) {
-            crate::metrics::get().fuse_request(r.op, r.start.elapsed());
-        }
-    }
-}
-
-fn enter(info: ReqInfo, span: tracing::Span) -> InRequest {
-    let prev = CURRENT.with(|c| c.replace(Some(info)));
-    InRequest { _span: span.entered(), prev }
-}
-
 fn begin(req: &Request, op: &'static str, ino: u64) -> InRequest {
-    let id = req.unique().0;
-    enter(ReqInfo { id, ino, op, start: Instant::now(), handed_off: false }, tracing::debug_span!("req", id, op, ino))
+    request::begin(req.unique().0, op, ino)
 }
 
 fn errno(op: &'static str, e: &FsError) -> Errno {
-    let (id, ino) = CURRENT.with(|c| c.get()).map_or((0, 0), |r| (r.id, r.ino));
-    let errno = e.errno();
-    crate::metrics::get().fuse_error(op, errno);
-    if e.is_fault() {
-        tracing::warn!(req = id, op, ino, errno, error = %e, "request failed");
-    } else {
-        tracing::debug!(req = id, op, ino, errno, error = %e, "request refused");
-    }
-    Errno::from_i32(errno)
+    Errno::from_i32(request::errno(op, e))
 }
 
 fn caller(req: &Request) -> Caller {
@@ -161,17 +119,6 @@ fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
         TimeOrNow::Now => SetTime::Now,
         TimeOrNow::SpecificTime(s) => SetTime::At(s),
     })
-}
-
-fn fopen_flags(o: &Opened) -> FopenFlags {
-    let mut f = FopenFlags::empty();
-    if o.keep_cache {
-        f |= FopenFlags::FOPEN_KEEP_CACHE;
-    }
-    if o.direct_io {
-        f |= FopenFlags::FOPEN_DIRECT_IO;
-    }
-    f
 }
 
 impl WombatFuse {
@@ -203,11 +150,16 @@ impl WombatFuse {
     }
 
     fn after_open(&self, ino: u64, o: &Opened) {
-        if o.attr_changed {
-            if let Some(n) = self.notifier.get() {
-                // attributes only (negative offset): the cached pages stay valid
-                let _ = n.inval_inode(INodeNo(ino), -1, 0);
-            }
+        attrs_changed(&self.notifier, ino, o)
+    }
+}
+
+/// After an open that changed the inode's attributes (atime): the kernel's cached attributes
+/// are dropped (a negative offset keeps its cached pages, which stay valid).
+pub(crate) fn attrs_changed(notifier: &OnceLock<Notifier>, ino: u64, o: &Opened) {
+    if o.attr_changed {
+        if let Some(n) = notifier.get() {
+            let _ = n.inval_inode(INodeNo(ino), -1, 0);
         }
     }
 }
@@ -222,6 +174,62 @@ pub fn invalidator(notifier: Arc<OnceLock<Notifier>>) -> impl Fn(&[crate::fs::In
                 crate::fs::Inval::Entry(parent, name) => n.inval_entry(INodeNo(*parent), OsStr::from_bytes(name)),
                 crate::fs::Inval::Inode(ino) => n.inval_inode(INodeNo(*ino), -1, 0),
             };
+        }
+    }
+}
+
+fn fopen(bits: u32) -> FopenFlags {
+    FopenFlags::from_bits_retain(bits)
+}
+
+/// A passthrough open reply on `/dev/fuse` needs a backing fuser registered; one registered
+/// by the io_uring transport cannot be named here (never the case: once the rings serve the
+/// mount, no open arrives on `/dev/fuse`).
+fn fuser_backing(b: &Backing) -> Option<&fuser::BackingId> {
+    match b {
+        Backing::Fuser(id) => Some(id),
+        Backing::Dev(_) => {
+            tracing::warn!("passthrough: an open on /dev/fuse found the inode's backing registered by the io_uring transport");
+            None
+        }
+    }
+}
+
+impl OpenReply for ReplyOpen {
+    const DEV: bool = false;
+    fn backing(&self, file: &std::fs::File) -> std::io::Result<Backing> {
+        self.open_backing(file).map(Backing::Fuser)
+    }
+    fn opened(self, fh: u64, bits: u32) {
+        ReplyOpen::opened(self, FileHandle(fh), fopen(bits))
+    }
+    fn opened_passthrough(self, fh: u64, bits: u32, backing: &Backing) {
+        match fuser_backing(backing) {
+            Some(id) => ReplyOpen::opened_passthrough(self, FileHandle(fh), fopen(bits), id),
+            None => self.error(Errno::from_i32(libc::EIO)),
+        }
+    }
+}
+
+/// A create's reply with the entry it carries.
+struct Created {
+    reply: ReplyCreate,
+    ttl: Duration,
+    attr: FileAttr,
+}
+
+impl OpenReply for Created {
+    const DEV: bool = false;
+    fn backing(&self, file: &std::fs::File) -> std::io::Result<Backing> {
+        self.reply.open_backing(file).map(Backing::Fuser)
+    }
+    fn opened(self, fh: u64, bits: u32) {
+        self.reply.created(&self.ttl, &self.attr, Generation(0), FileHandle(fh), fopen(bits))
+    }
+    fn opened_passthrough(self, fh: u64, bits: u32, backing: &Backing) {
+        match fuser_backing(backing) {
+            Some(id) => self.reply.created_passthrough(&self.ttl, &self.attr, Generation(0), FileHandle(fh), fopen(bits), id),
+            None => self.reply.error(Errno::from_i32(libc::EIO)),
         }
     }
 }
@@ -250,7 +258,13 @@ impl Filesystem for WombatFuse {
             }
         }
         self.passthrough.init(config);
-        let _ = config.set_max_write(1 << 20);
+        if let Some(u) = &self.uring {
+            let accepted = config.add_capabilities(InitFlags::FUSE_OVER_IO_URING).is_ok();
+            // from here on only the rings register backing files
+            self.passthrough.set_dev_only(accepted);
+            u.offer(accepted);
+        }
+        let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
         Ok(())
@@ -379,7 +393,7 @@ impl Filesystem for WombatFuse {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _req = begin(req, "open", ino.0);
-        match self.passthrough.open(&self.core, ino.0, flags.0, reply, fopen_flags) {
+        match self.passthrough.open(&self.core, ino.0, flags.0, reply) {
             Ok(o) => self.after_open(ino.0, &o),
             Err((reply, OpenError::Core(e))) => reply.error(errno("open", &e)),
             Err((reply, OpenError::Busy)) => reply.error(errno("open", &FsError::Busy("open for passthrough reading"))),
@@ -557,7 +571,8 @@ impl Filesystem for WombatFuse {
             Ok((a, o)) => {
                 self.core.kernel_holds(a.ino);
                 let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
-                self.passthrough.create(&self.core, a.ino, &o, write, reply, &self.ttl, &file_attr(&a), fopen_flags(&o))
+                let reply = Created { reply, ttl: self.ttl, attr: file_attr(&a) };
+                self.passthrough.create(&self.core, a.ino, &o, write, reply)
             }
             Err(e) => reply.error(errno("create", &e)),
         }

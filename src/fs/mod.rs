@@ -18,11 +18,13 @@ pub mod open;
 pub mod passthrough;
 pub mod publish;
 pub mod read_buf;
+pub mod request;
 pub mod follow;
 pub mod peers;
 pub mod seqhash;
 pub mod snapshot;
 pub mod tree;
+pub mod uring;
 pub mod xattr;
 
 use std::time::SystemTime;

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use crate::fs::core::FsCore;
 use crate::fs::fuse::WombatFuse;
+use crate::fs::passthrough::Passthrough;
+use crate::fs::uring::serve::{Acl, Server};
+use crate::fs::uring::Negotiated;
 
 /// How to mount.
 pub struct MountSpec<'a> {
@@ -26,6 +29,8 @@ pub struct MountSpec<'a> {
     pub offload: Option<tokio::runtime::Handle>,
     /// what FUSE passthrough serves where the kernel allows it
     pub passthrough: crate::fs::passthrough::PassthroughMode,
+    /// serve requests from io_uring queues where the kernel allows it ([`crate::fs::uring`])
+    pub uring: bool,
 }
 
 /// A live mount, served by fuser's worker threads until it is unmounted.
@@ -48,13 +53,53 @@ impl Mounted {
 /// Mount `core` and serve it on fuser's threads; installs the core's kernel-cache invalidator.
 pub fn mount(core: Arc<FsCore>, spec: &MountSpec) -> std::io::Result<Mounted> {
     let notifier = Arc::new(OnceLock::new());
-    let fs = WombatFuse::new(core.clone(), spec.attr_ttl, notifier.clone(), spec.offload.clone(), spec.passthrough);
+    let passthrough = Arc::new(Passthrough::new(spec.passthrough));
+    let negotiated = spec.uring.then(|| Arc::new(Negotiated::default()));
+    let fs = WombatFuse::new(core.clone(), spec.attr_ttl, notifier.clone(), spec.offload.clone(), passthrough.clone(), negotiated.clone());
     let session = fuser::Session::new(fs, spec.mountpoint, &config(spec))?;
     // the notifier exists only once the session does; the adapter and the core read it
     // through the same cell, set exactly once here
     let _ = notifier.set(session.notifier());
-    core.set_invalidator(std::sync::Arc::new(crate::fs::fuse::invalidator(notifier)));
-    Ok(Mounted { session: session.spawn()? })
+    core.set_invalidator(std::sync::Arc::new(crate::fs::fuse::invalidator(notifier.clone())));
+    let dev = match negotiated {
+        Some(_) => Some(Arc::new(std::os::fd::AsFd::as_fd(&session).try_clone_to_owned()?)),
+        None => None,
+    };
+    let mounted = Mounted { session: session.spawn()? };
+    if let (Some(negotiated), Some(dev)) = (negotiated, dev) {
+        let server = Server { core, ttl: spec.attr_ttl, notifier, offload: spec.offload.clone(), passthrough: passthrough.clone(), dev: dev.clone(), acl: acl(spec), owner: unsafe { libc::geteuid() } };
+        start_uring(negotiated, server, dev, &passthrough);
+    } else {
+        tracing::info!("fuse transport: /dev/fuse");
+    }
+    Ok(mounted)
+}
+
+/// Serve the mount from io_uring queues if the kernel accepted them at `FUSE_INIT`; logs
+/// once which transport the mount runs on.
+fn start_uring(negotiated: Arc<Negotiated>, server: Server, dev: Arc<std::os::fd::OwnedFd>, passthrough: &Passthrough) {
+    match negotiated.wait(Duration::from_secs(10)) {
+        Some(true) => match crate::fs::uring::start(Arc::new(server), dev, crate::fs::fuse::MAX_WRITE as usize) {
+            Ok(()) => tracing::info!(queues = crate::fs::uring::queues(), depth = crate::fs::uring::DEPTH, "fuse transport: io_uring"),
+            Err(e) => {
+                // the kernel switches to the rings only once every queue has registered
+                passthrough.set_dev_only(false);
+                tracing::warn!(error = %e, "fuse transport: /dev/fuse (the io_uring queues could not start)");
+            }
+        },
+        Some(false) => tracing::info!("fuse transport: /dev/fuse (the kernel does not offer FUSE over io_uring: Linux >= 6.14 with `echo Y > /sys/module/fuse/parameters/enable_uring`)"),
+        None => tracing::warn!("fuse transport: /dev/fuse (no FUSE_INIT within 10 s)"),
+    }
+}
+
+fn acl(spec: &MountSpec) -> Acl {
+    if spec.options.iter().any(|o| o == "allow_other") {
+        Acl::All
+    } else if spec.options.iter().any(|o| o == "allow_root") {
+        Acl::RootAndOwner
+    } else {
+        Acl::Owner
+    }
 }
 
 fn config(spec: &MountSpec) -> fuser::Config {

@@ -19,15 +19,15 @@
 //! on an older kernel or with `--passthrough off`, every open takes the normal path.
 
 use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
-
-use fuser::{BackingId, FileHandle, FopenFlags, ReplyOpen};
 
 use crate::blob::BlobId;
 use crate::fs::core::FsCore;
 use crate::fs::error::FsError;
+use crate::fs::request::{fopen_bits, FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE};
 use crate::fs::Opened;
 
 /// What passthrough may serve (`--passthrough`).
@@ -73,7 +73,41 @@ struct InodeIo {
     /// live opens on the normal path (cached or direct I/O)
     normal: usize,
     passthrough: usize,
-    backing: Option<(Source, BackingId)>,
+    backing: Option<(Source, Backing)>,
+}
+
+/// A backing file registered with the kernel; the kernel closes it when this is dropped.
+pub enum Backing {
+    /// registered through fuser's channel (the `/dev/fuse` transport)
+    Fuser(fuser::BackingId),
+    /// registered on the mount's device descriptor (the io_uring transport)
+    Dev(DevBacking),
+}
+
+/// A backing file registered with `FUSE_DEV_IOC_BACKING_OPEN` on the mount's descriptor.
+pub struct DevBacking {
+    dev: Arc<OwnedFd>,
+    /// the id open replies carry
+    pub id: u32,
+}
+
+impl DevBacking {
+    /// Register `file` as a backing file on `dev`.
+    pub fn open(dev: &Arc<OwnedFd>, file: &std::fs::File) -> std::io::Result<Self> {
+        Ok(DevBacking { dev: dev.clone(), id: fuser::BackingId::create_raw(dev.as_ref(), file)? })
+    }
+}
+
+impl Drop for DevBacking {
+    fn drop(&mut self) {
+        /// `_IOW(229, 2, uint32_t)`
+        const FUSE_DEV_IOC_BACKING_CLOSE: libc::c_ulong = 0x4004_e502;
+        // SAFETY: the descriptor is open (held by the Arc) and the argument is a u32 id.
+        let r = unsafe { libc::ioctl(self.dev.as_raw_fd(), FUSE_DEV_IOC_BACKING_CLOSE, &self.id as *const u32) };
+        if r < 0 {
+            tracing::warn!(id = self.id, error = %std::io::Error::last_os_error(), "passthrough: closing a backing file failed");
+        }
+    }
 }
 
 /// The passthrough state of a mount.
@@ -87,6 +121,9 @@ pub struct Passthrough {
     /// an `open_backing` failure was logged (once)
     warned: AtomicBool,
     inodes: Mutex<HashMap<u64, InodeIo>>,
+    /// backings are registered by the io_uring transport only: an open answered on
+    /// `/dev/fuse` (before the rings are ready) takes the normal path
+    dev_only: AtomicBool,
     /// signalled when an inode's last passthrough open is released
     released: Condvar,
     handles: Mutex<HashMap<u64, (u64, Mode)>>,
@@ -109,22 +146,16 @@ impl Want {
     }
 }
 
-/// The two replies that can open a file.
-pub trait OpenReply {
+/// A reply that opens a file (an open or a create, on either transport).
+pub trait OpenReply: Sized {
+    /// whether its backings are [`Backing::Dev`] (the io_uring transport)
+    const DEV: bool;
     /// register a backing file
-    fn backing(&self, file: &std::fs::File) -> std::io::Result<BackingId>;
-}
-
-impl OpenReply for ReplyOpen {
-    fn backing(&self, file: &std::fs::File) -> std::io::Result<BackingId> {
-        self.open_backing(file)
-    }
-}
-
-impl OpenReply for fuser::ReplyCreate {
-    fn backing(&self, file: &std::fs::File) -> std::io::Result<BackingId> {
-        self.open_backing(file)
-    }
+    fn backing(&self, file: &std::fs::File) -> std::io::Result<Backing>;
+    /// reply: handle `fh` on the normal path, with `FOPEN_*` flags `fopen`
+    fn opened(self, fh: u64, fopen: u32);
+    /// reply: handle `fh` served by the kernel from `backing`
+    fn opened_passthrough(self, fh: u64, fopen: u32, backing: &Backing);
 }
 
 /// Write passthrough needs a kernel whose writes always move a file's mtime after an
@@ -146,9 +177,24 @@ impl Passthrough {
             writes: AtomicBool::new(false),
             warned: AtomicBool::new(false),
             inodes: Default::default(),
+            dev_only: AtomicBool::new(false),
             released: Condvar::new(),
             handles: Default::default(),
         }
+    }
+
+    /// The io_uring transport serves this mount: only its replies register backings.
+    pub fn set_dev_only(&self, on: bool) {
+        self.dev_only.store(on, Ordering::SeqCst);
+    }
+
+    /// Whether an open of `ino` with `flags` may have to wait for the inode's passthrough
+    /// readers to close (a writer while they are open): a transport whose threads serve other
+    /// requests too runs such an open elsewhere, so the readers' releases get through.
+    pub fn may_wait(&self, ino: u64, flags: i32) -> bool {
+        self.on.load(Ordering::Relaxed)
+            && flags & libc::O_ACCMODE != libc::O_RDONLY
+            && self.inodes.lock().unwrap_or_else(|p| p.into_inner()).get(&ino).is_some_and(|io| io.passthrough > 0)
     }
 
     /// At FUSE init: ask the kernel for passthrough; logs once which mode the mount runs in.
@@ -207,11 +253,11 @@ impl Passthrough {
     /// blob before the core sees its open (an `O_TRUNC` must not truncate a file it then
     /// fails to open) and joins the inode's kernel-written staging file; a reader that cannot
     /// share the inode's backing waits after. `Busy` after [`WAIT`].
-    pub fn open(&self, core: &FsCore, ino: u64, flags: i32, reply: ReplyOpen, fopen: impl Fn(&Opened) -> FopenFlags) -> Result<Opened, (ReplyOpen, OpenError)> {
+    pub fn open<R: OpenReply>(&self, core: &FsCore, ino: u64, flags: i32, reply: R) -> Result<Opened, (R, OpenError)> {
         if !self.on.load(Ordering::Relaxed) {
             return match core.open(ino, flags) {
                 Ok(o) => {
-                    reply.opened(FileHandle(o.fh), fopen(&o));
+                    reply.opened(o.fh, fopen_bits(&o));
                     Ok(o)
                 }
                 Err(e) => Err((reply, OpenError::Core(e))),
@@ -235,13 +281,12 @@ impl Passthrough {
             let want = self.want(core, o.fh, read_only, inodes.entry(ino).or_default());
             match self.settle(&mut inodes, core, ino, o.fh, &reply, want) {
                 Some(Some(id)) => {
-                    let flags = fopen(&o) - FopenFlags::FOPEN_DIRECT_IO - FopenFlags::FOPEN_KEEP_CACHE;
-                    reply.opened_passthrough(FileHandle(o.fh), flags, id);
+                    reply.opened_passthrough(o.fh, fopen_bits(&o) & !(FOPEN_DIRECT_IO | FOPEN_KEEP_CACHE), id);
                     return Ok(o);
                 }
                 Some(None) => {
                     drop(inodes);
-                    reply.opened(FileHandle(o.fh), fopen(&o));
+                    reply.opened(o.fh, fopen_bits(&o));
                     return Ok(o);
                 }
                 None => {}
@@ -258,23 +303,19 @@ impl Passthrough {
 
     /// A created file: its staging file is the kernel's to write when write passthrough is
     /// on; otherwise the handle is counted so no passthrough open of the inode conflicts.
-    /// Replies either way (so it takes what a create reply carries).
-    #[allow(clippy::too_many_arguments)]
-    pub fn create(&self, core: &FsCore, ino: u64, o: &Opened, write: bool, reply: fuser::ReplyCreate, ttl: &Duration, attr: &fuser::FileAttr, fopen: FopenFlags) {
+    /// Replies either way (the reply carries the new entry).
+    pub fn create<R: OpenReply>(&self, core: &FsCore, ino: u64, o: &Opened, write: bool, reply: R) {
         if !self.on.load(Ordering::Relaxed) {
-            return reply.created(ttl, attr, fuser::Generation(0), FileHandle(o.fh), fopen);
+            return reply.opened(o.fh, fopen_bits(o));
         }
         let mut inodes = self.inodes.lock().unwrap_or_else(|p| p.into_inner());
         let want = if !write { Want::None } else { self.want(core, o.fh, false, inodes.entry(ino).or_default()) };
         // a new inode: nothing else is open on it, so this never waits
         match self.settle(&mut inodes, core, ino, o.fh, &reply, want) {
-            Some(Some(id)) => {
-                let flags = fopen - FopenFlags::FOPEN_DIRECT_IO - FopenFlags::FOPEN_KEEP_CACHE;
-                reply.created_passthrough(ttl, attr, fuser::Generation(0), FileHandle(o.fh), flags, id);
-            }
+            Some(Some(id)) => reply.opened_passthrough(o.fh, fopen_bits(o) & !(FOPEN_DIRECT_IO | FOPEN_KEEP_CACHE), id),
             _ => {
                 drop(inodes);
-                reply.created(ttl, attr, fuser::Generation(0), FileHandle(o.fh), fopen);
+                reply.opened(o.fh, fopen_bits(o));
             }
         }
     }
@@ -282,7 +323,7 @@ impl Passthrough {
     /// Count handle `fh` of `ino` in the mode the inode allows: `Some(Some(backing))` for a
     /// passthrough open, `Some(None)` for the normal path, `None` when it must wait for the
     /// inode's passthrough opens to close.
-    fn settle<'a>(&self, inodes: &'a mut HashMap<u64, InodeIo>, core: &FsCore, ino: u64, fh: u64, reply: &impl OpenReply, want: Want) -> Option<Option<&'a BackingId>> {
+    fn settle<'a, R: OpenReply>(&self, inodes: &'a mut HashMap<u64, InodeIo>, core: &FsCore, ino: u64, fh: u64, reply: &R, want: Want) -> Option<Option<&'a Backing>> {
         let io = inodes.entry(ino).or_default();
         if let Some(src) = want.source() {
             if io.normal == 0 && io.passthrough == 0 && io.backing.is_none() {
@@ -344,7 +385,10 @@ impl Passthrough {
     /// Register the backing file: the blob's flat file or the staging file; `None` (the open
     /// goes the normal way) when the blob left the flat tier or the kernel refuses (logged
     /// once).
-    fn attach(&self, core: &FsCore, reply: &impl OpenReply, want: &Want) -> Option<BackingId> {
+    fn attach<R: OpenReply>(&self, core: &FsCore, reply: &R, want: &Want) -> Option<Backing> {
+        if self.dev_only.load(Ordering::Relaxed) && !R::DEV {
+            return None;
+        }
         let res = match want {
             Want::None => return None,
             Want::Blob(blob) => reply.backing(&core.store().flat().open_blob(blob).ok()?),

@@ -52,21 +52,9 @@ impl WombatFuse {
         WombatFuse { core, ttl, notifier, offload, passthrough, uring }
     }
 
-    /// Run `f` (which replies) on the blocking pool when offloading, inline otherwise; the
-    /// request's context goes with it.
+    /// Run `f` (which replies) on the blocking pool when offloading, inline otherwise.
     fn run<F: FnOnce(&FsCore) + Send + 'static>(&self, f: F) {
-        match &self.offload {
-            Some(rt) => {
-                let core = self.core.clone();
-                // the thread that replies records the request's latency
-                let handed = request::hand_off();
-                rt.spawn_blocking(move || {
-                    let _req = request::resume(handed);
-                    f(&core)
-                });
-            }
-            None => f(&self.core),
-        }
+        request::run(self.offload.as_ref(), &self.core, f)
     }
 }
 

@@ -4,8 +4,10 @@
 //! queues ([`crate::fs::uring`]) both serve requests through these.
 
 use std::cell::Cell;
+use std::sync::Arc;
 use std::time::Instant;
 
+use crate::fs::core::FsCore;
 use crate::fs::error::FsError;
 use crate::fs::{Kind, Opened};
 
@@ -66,6 +68,23 @@ pub fn hand_off() -> (Option<ReqInfo>, tracing::Span) {
 pub fn resume(handed: (Option<ReqInfo>, tracing::Span)) -> Option<InRequest> {
     let (info, span) = handed;
     info.map(|i| enter(i, span))
+}
+
+/// Run `f` (which replies) on `offload`'s blocking pool, with the request's context, when the
+/// mount offloads (its requests may wait on the network); here otherwise.
+pub fn run<F: FnOnce(&FsCore) + Send + 'static>(offload: Option<&tokio::runtime::Handle>, core: &Arc<FsCore>, f: F) {
+    match offload {
+        Some(rt) => {
+            let core = core.clone();
+            // the thread that replies records the request's latency
+            let handed = hand_off();
+            rt.spawn_blocking(move || {
+                let _req = resume(handed);
+                f(&core)
+            });
+        }
+        None => f(core),
+    }
 }
 
 /// The errno for a failed request, counted in the metrics and logged once with the request's

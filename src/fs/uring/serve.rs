@@ -293,17 +293,7 @@ impl Server {
 
     /// Run `f` (which replies) on the blocking pool when offloading, here otherwise.
     fn run<F: FnOnce(&FsCore, Reply) + Send + 'static>(&self, reply: Reply, f: F) {
-        match &self.offload {
-            Some(rt) => {
-                let core = self.core.clone();
-                let handed = request::hand_off();
-                rt.spawn_blocking(move || {
-                    let _req = request::resume(handed);
-                    f(&core, reply)
-                });
-            }
-            None => f(&self.core, reply),
-        }
+        request::run(self.offload.as_ref(), &self.core, move |core| f(core, reply))
     }
 
     fn entry_reply(&self, mut reply: Reply, a: &Attr, holds: bool) {

@@ -248,6 +248,13 @@ impl Filesystem for WombatFuse {
         self.passthrough.init(config);
         if let Some(u) = &self.uring {
             let accepted = config.add_capabilities(InitFlags::FUSE_OVER_IO_URING).is_ok();
+            if accepted {
+                // a ring entry's payload holds the largest request the kernel sends, which
+                // max_write and max_readahead bound: readahead no larger than max_write
+                if let Ok(kernel) = config.set_max_readahead(MAX_WRITE) {
+                    let _ = config.set_max_readahead(kernel.min(MAX_WRITE));
+                }
+            }
             // from here on only the rings register backing files
             self.passthrough.set_dev_only(accepted);
             u.offer(accepted);

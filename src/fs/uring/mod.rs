@@ -83,7 +83,13 @@ pub fn start(server: Arc<Server>, dev: Arc<OwnedFd>, payload: usize) -> std::io:
             };
             match queue.serve(|reply, req| server.handle(reply, req)) {
                 Ok(()) => tracing::debug!(qid, "io_uring queue: the connection ended"),
-                Err(e) => tracing::error!(qid, error = %e, "io_uring queue stopped; the kernel keeps its requests until the mount ends"),
+                Err((e, 0)) => {
+                    // the kernel refused the entries: it never switches to the rings, and
+                    // fuser answers everything, passthrough included
+                    server.passthrough.set_dev_only(false);
+                    tracing::error!(qid, error = %e, "fuse transport: /dev/fuse (the kernel refused an io_uring queue's entries)");
+                }
+                Err((e, _)) => tracing::error!(qid, error = %e, "io_uring queue stopped; the kernel keeps its requests until the mount ends"),
             }
             // the kernel may still own entries (its buffers) until the connection is torn
             // down: they are never freed, and `dev` stays open with them

@@ -177,9 +177,15 @@ impl Queue {
         Ok(())
     }
 
-    /// Serve requests until the connection ends: `handle(queue, slot, request)` must reply
-    /// (now or later, from any thread) through [`Reply`].
-    pub fn serve(self: &Arc<Self>, handle: impl Fn(Reply, Arrived)) -> std::io::Result<()> {
+    /// Serve requests until the connection ends: `handle(reply, request)` must reply (now or
+    /// later, from any thread) through [`Reply`]. A failure says how many requests the queue
+    /// had served (none: the kernel refused its entries).
+    pub fn serve(self: &Arc<Self>, handle: impl Fn(Reply, Arrived)) -> Result<(), (std::io::Error, u64)> {
+        let mut served = 0;
+        self.serve_counting(&mut served, handle).map_err(|e| (e, served))
+    }
+
+    fn serve_counting(self: &Arc<Self>, served: &mut u64, handle: impl Fn(Reply, Arrived)) -> std::io::Result<()> {
         SERVING.with(|q| q.set(Some(self.qid)));
         loop {
             match self.ring.submitter().submit_and_wait(1) {
@@ -220,6 +226,7 @@ impl Queue {
                 let unique = ent.u64(8);
                 let reply = Reply { queue: self.clone(), slot, unique, commit_id: ent.u64(ENT_COMMIT_ID), sent: false };
                 crate::metrics::get().fuse_uring_requests.inc();
+                *served += 1;
                 handle(reply, Arrived { header: &header[..40], op: &header[OP_IN..OP_IN + OP_IN_SIZE], payload: &payload[..payload_len] });
             }
         }

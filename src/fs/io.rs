@@ -166,6 +166,16 @@ impl FsCore {
         self.read_source(fh, offset, size, false)?.map(|s| s.read()).transpose()
     }
 
+    /// Like `read_buf`, into `out` (at most `out.len()` bytes): the io_uring transport reads
+    /// straight into a ring entry's payload. With `wait` false, `Ok(None)` instead of waiting
+    /// for bytes still downloading.
+    pub fn read_into(&self, fh: u64, offset: u64, out: &mut [u8], wait: bool) -> FsResult<Option<usize>> {
+        let size = u32::try_from(out.len()).unwrap_or(u32::MAX);
+        let Some(src) = self.read_source(fh, offset, size, wait)? else { return Ok(None) };
+        // SAFETY: `out` has room for `src.want` (at most `size`) bytes.
+        unsafe { src.pread_to(out.as_mut_ptr()) }.map(Some)
+    }
+
     /// Where the bytes are, once they are readable; `None` when they are still downloading and
     /// `wait` is false. A reader takes its buffer only after any wait.
     fn read_source(&self, fh: u64, offset: u64, size: u32, wait: bool) -> FsResult<Option<ReadSource>> {
@@ -527,11 +537,25 @@ impl ReadSource {
         }
         let buf = out.vec();
         buf.reserve(self.want);
+        // SAFETY: the spare capacity of `buf`, which we own, holds `want` bytes; the first
+        // `done` are initialised by pread.
+        unsafe {
+            let done = self.pread_to(buf.as_mut_ptr())?;
+            buf.set_len(done);
+        }
+        Ok(out)
+    }
+
+    /// `pread` the bytes to `dst`; returns how many (fewer only at end of file).
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of `want` bytes.
+    unsafe fn pread_to(&self, dst: *mut u8) -> FsResult<usize> {
         let mut done = 0;
         while done < self.want {
-            // SAFETY: pread writes at most `want - done` bytes into the spare capacity of
-            // `buf`, which we own; `done` only counts bytes pread reported as written.
-            let n = unsafe { libc::pread(self.file.as_raw_fd(), buf.as_mut_ptr().add(done).cast(), self.want - done, (self.offset + done as u64) as libc::off_t) };
+            // SAFETY: pread writes at most `want - done` bytes at `dst + done`, which the
+            // caller vouches for; `done` only counts bytes pread reported as written.
+            let n = unsafe { libc::pread(self.file.as_raw_fd(), dst.add(done).cast(), self.want - done, (self.offset + done as u64) as libc::off_t) };
             match n {
                 0 => break,
                 n if n > 0 => done += n as usize,
@@ -543,12 +567,10 @@ impl ReadSource {
                 }
             }
         }
-        // SAFETY: the first `done` bytes were initialised by pread.
-        unsafe { buf.set_len(done) };
         if self.from_flat {
             crate::metrics::get().tier_bytes("flat", done as u64);
         }
-        Ok(out)
+        Ok(done)
     }
 }
 

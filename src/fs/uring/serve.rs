@@ -187,19 +187,18 @@ impl Server {
                 }
             }
             op::READ => {
-                let (fh, offset, size) = (f.u64(0), f.u64(8), f.u32(16));
-                if self.offload.is_some() {
-                    // what is local or already downloaded is answered here
-                    match core.try_read(fh, offset, size) {
-                        Ok(Some(buf)) => return read_reply(reply, &buf),
-                        Ok(None) => {}
-                        Err(e) => return fail(reply, name, &e),
-                    }
+                // read straight into the entry's payload; what is local or already
+                // downloaded is answered here, a read that must wait goes to a blocking thread
+                let (fh, offset, size) = (f.u64(0), f.u64(8), f.u32(16) as usize);
+                let mut reply = reply;
+                match read_reply(&mut reply, core, fh, offset, size, self.offload.is_none()) {
+                    Ok(Some(n)) => reply.send(Ok(n)),
+                    Ok(None) => self.run(reply, move |core, mut reply| match read_reply(&mut reply, core, fh, offset, size, true) {
+                        Ok(n) => reply.send(Ok(n.unwrap_or_default())),
+                        Err(e) => fail(reply, "read", &e),
+                    }),
+                    Err(e) => fail(reply, name, &e),
                 }
-                self.run(reply, move |core, reply| match core.read_buf(fh, offset, size) {
-                    Ok(buf) => read_reply(reply, &buf),
-                    Err(e) => fail(reply, "read", &e),
-                });
             }
             op::WRITE => {
                 let (fh, offset, size) = (f.u64(0), f.u64(8), f.u32(16) as usize);
@@ -367,9 +366,16 @@ fn data_reply(mut reply: Reply, data: &[u8]) {
     reply.send(Ok(n))
 }
 
-fn read_reply(reply: Reply, data: &[u8]) {
-    crate::metrics::get().fuse_read_bytes.inc_by(data.len() as u64);
-    data_reply(reply, data)
+/// Read up to `size` bytes into the reply's payload: `None` when they are still downloading
+/// and `wait` is false.
+fn read_reply(reply: &mut Reply, core: &FsCore, fh: u64, offset: u64, size: usize, wait: bool) -> Result<Option<usize>, FsError> {
+    let out = reply.payload();
+    let n = size.min(out.len());
+    let r = core.read_into(fh, offset, &mut out[..n], wait)?;
+    if let Some(n) = r {
+        crate::metrics::get().fuse_read_bytes.inc_by(n as u64);
+    }
+    Ok(r)
 }
 
 fn written(mut reply: Reply, r: Result<u32, FsError>) {

@@ -187,6 +187,9 @@ impl Queue {
 
     fn serve_counting(self: &Arc<Self>, served: &mut u64, handle: impl Fn(Reply, Arrived)) -> std::io::Result<()> {
         SERVING.with(|q| q.set(Some(self.qid)));
+        // entries the kernel failed a command of: the others keep serving
+        let mut lost = 0;
+        let mut first_error = None;
         loop {
             match self.ring.submitter().submit_and_wait(1) {
                 Ok(_) => {}
@@ -215,7 +218,16 @@ impl Queue {
                         continue;
                     }
                     r if r == -libc::ENOTCONN || r == -libc::ECONNABORTED || r == -libc::ENODEV || r == -libc::ECANCELED => return Ok(()),
-                    r => return Err(std::io::Error::from_raw_os_error(-r)),
+                    r => {
+                        let e = std::io::Error::from_raw_os_error(-r);
+                        tracing::error!(qid = self.qid, slot, error = %e, "io_uring: the kernel failed an entry's command; the queue goes on without it");
+                        lost += 1;
+                        first_error.get_or_insert(e);
+                        if lost == self.slots.len() {
+                            return Err(first_error.unwrap_or_else(|| std::io::Error::other("every entry failed")));
+                        }
+                        continue;
+                    }
                 }
                 let s = &self.slots[slot];
                 // SAFETY: the kernel completed this entry's command: its buffers are ours
@@ -227,7 +239,10 @@ impl Queue {
                 let reply = Reply { queue: self.clone(), slot, unique, commit_id: ent.u64(ENT_COMMIT_ID), sent: false };
                 crate::metrics::get().fuse_uring_requests.inc();
                 *served += 1;
-                handle(reply, Arrived { header: &header[..40], op: &header[OP_IN..OP_IN + OP_IN_SIZE], payload: &payload[..payload_len] });
+                let req = Arrived { header: &header[..40], op: &header[OP_IN..OP_IN + OP_IN_SIZE], payload: &payload[..payload_len] };
+                // a handler that panics has its reply answer EIO as it unwinds (logged by the
+                // panic hook); the queue serves on
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(reply, req)));
             }
         }
     }

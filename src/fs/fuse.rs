@@ -269,25 +269,7 @@ impl Filesystem for WombatFuse {
         let _req = begin(req, "lookup", parent.0);
         match self.core.lookup_for_kernel(parent.0, name.as_bytes()) {
             Ok(Some(a)) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
-            Ok(None) => {
-                // negative entry: inode 0 with a TTL lets the kernel cache the miss
-                let mut neg = file_attr(&Attr {
-                    ino: 0,
-                    size: 0,
-                    blocks: 0,
-                    atime: SystemTime::UNIX_EPOCH,
-                    mtime: SystemTime::UNIX_EPOCH,
-                    ctime: SystemTime::UNIX_EPOCH,
-                    kind: Kind::File,
-                    perm: 0,
-                    nlink: 0,
-                    uid: 0,
-                    gid: 0,
-                    rdev: 0,
-                });
-                neg.ino = INodeNo(0);
-                reply.entry(&self.ttl, &neg, Generation(0))
-            }
+            Ok(None) => reply.entry(&self.ttl, &file_attr(&Attr::negative()), Generation(0)),
             Err(e) => reply.error(errno("lookup", &e)),
         }
     }

@@ -90,6 +90,15 @@ pub struct Attr {
     pub rdev: u32,
 }
 
+impl Attr {
+    /// A lookup's answer for a name that does not exist: inode 0, which with a TTL lets the
+    /// kernel cache the miss (a negative entry).
+    pub fn negative() -> Attr {
+        let t = SystemTime::UNIX_EPOCH;
+        Attr { ino: 0, size: 0, blocks: 0, atime: t, mtime: t, ctime: t, kind: Kind::File, perm: 0, nlink: 0, uid: 0, gid: 0, rdev: 0 }
+    }
+}
+
 /// Who is calling.
 #[derive(Clone, Copy, Debug)]
 pub struct Caller {

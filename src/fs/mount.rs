@@ -67,8 +67,9 @@ pub fn mount(core: Arc<FsCore>, spec: &MountSpec) -> std::io::Result<Mounted> {
     };
     let mounted = Mounted { session: session.spawn()? };
     if let (Some(negotiated), Some(dev)) = (negotiated, dev) {
-        let server = Server { core, ttl: spec.attr_ttl, notifier, offload: spec.offload.clone(), passthrough: passthrough.clone(), dev: dev.clone(), acl: acl(spec), owner: unsafe { libc::geteuid() } };
-        start_uring(negotiated, server, dev, &passthrough);
+        // SAFETY: geteuid cannot fail.
+        let owner = unsafe { libc::geteuid() };
+        start_uring(&negotiated, Server { core, ttl: spec.attr_ttl, notifier, offload: spec.offload.clone(), passthrough, dev, acl: acl(spec), owner });
     } else {
         tracing::info!("fuse transport: /dev/fuse");
     }
@@ -77,13 +78,14 @@ pub fn mount(core: Arc<FsCore>, spec: &MountSpec) -> std::io::Result<Mounted> {
 
 /// Serve the mount from io_uring queues if the kernel accepted them at `FUSE_INIT`; logs
 /// once which transport the mount runs on.
-fn start_uring(negotiated: Arc<Negotiated>, server: Server, dev: Arc<std::os::fd::OwnedFd>, passthrough: &Passthrough) {
+fn start_uring(negotiated: &Negotiated, server: Server) {
+    let server = Arc::new(server);
     match negotiated.wait(Duration::from_secs(10)) {
-        Some(true) => match crate::fs::uring::start(Arc::new(server), dev, crate::fs::fuse::MAX_WRITE as usize) {
+        Some(true) => match crate::fs::uring::start(server.clone(), crate::fs::fuse::MAX_WRITE as usize) {
             Ok(()) => tracing::info!(queues = crate::fs::uring::queues(), depth = crate::fs::uring::DEPTH, "fuse transport: io_uring"),
             Err(e) => {
                 // the kernel switches to the rings only once every queue has registered
-                passthrough.set_dev_only(false);
+                server.passthrough.set_dev_only(false);
                 tracing::warn!(error = %e, "fuse transport: /dev/fuse (the io_uring queues could not start)");
             }
         },

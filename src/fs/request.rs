@@ -127,8 +127,8 @@ pub fn fopen_bits(o: &Opened) -> u32 {
 }
 
 /// `FOPEN_DIRECT_IO`
-pub const FOPEN_DIRECT_IO: u32 = 1 << 0;
+pub const FOPEN_DIRECT_IO: u32 = fuser::FopenFlags::FOPEN_DIRECT_IO.bits();
 /// `FOPEN_KEEP_CACHE`
-pub const FOPEN_KEEP_CACHE: u32 = 1 << 1;
+pub const FOPEN_KEEP_CACHE: u32 = fuser::FopenFlags::FOPEN_KEEP_CACHE.bits();
 /// `FOPEN_PASSTHROUGH`
-pub const FOPEN_PASSTHROUGH: u32 = 1 << 7;
+pub const FOPEN_PASSTHROUGH: u32 = fuser::FopenFlags::FOPEN_PASSTHROUGH.bits();

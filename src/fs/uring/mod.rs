@@ -17,7 +17,6 @@ pub mod queue;
 pub mod serve;
 pub mod wire;
 
-use std::os::fd::OwnedFd;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -61,11 +60,11 @@ pub fn queues() -> usize {
 /// Start one queue per possible CPU on `dev`, each served by its own thread (pinned to its
 /// CPU); returns once every queue registered its entries. `payload` is the largest request
 /// or reply body (the mount's `max_write` and `max_pages`).
-pub fn start(server: Arc<Server>, dev: Arc<OwnedFd>, payload: usize) -> std::io::Result<()> {
+pub fn start(server: Arc<Server>, payload: usize) -> std::io::Result<()> {
     let n = queues();
     let (tx, rx) = std::sync::mpsc::channel();
     for qid in 0..n {
-        let (server, dev, tx) = (server.clone(), dev.clone(), tx.clone());
+        let (server, dev, tx) = (server.clone(), server.dev.clone(), tx.clone());
         std::thread::Builder::new().name(format!("wombatfs-ring{qid}")).spawn(move || {
             pin_to(qid);
             let queue = match Queue::new(qid as u16, DEPTH, payload, &dev).and_then(|q| {

@@ -190,6 +190,8 @@ impl Queue {
         // entries the kernel failed a command of: the others keep serving
         let mut lost = 0;
         let mut first_error = None;
+        // the completions of one wait, taken off the ring before any is served
+        let mut done: Vec<(u64, i32, u32)> = Vec::with_capacity(self.slots.len() + 1);
         loop {
             match self.ring.submitter().submit_and_wait(1) {
                 Ok(_) => {}
@@ -197,8 +199,8 @@ impl Queue {
                 Err(e) => return Err(e),
             }
             // SAFETY: only this thread reads the completion ring.
-            let done: Vec<(u64, i32, u32)> = unsafe { self.ring.completion_shared() }.map(|c| (c.user_data(), c.result(), c.flags())).collect();
-            for (data, res, flags) in done {
+            done.extend(unsafe { self.ring.completion_shared() }.map(|c| (c.user_data(), c.result(), c.flags())));
+            for (data, res, flags) in done.drain(..) {
                 if data == WAKE {
                     let mut n = 0u64;
                     // SAFETY: reads 8 bytes into a live u64 (non-blocking; resets the count).

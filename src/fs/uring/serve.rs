@@ -3,7 +3,7 @@
 
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use fuser::Notifier;
 
@@ -13,7 +13,7 @@ use crate::fs::passthrough::{Backing, DevBacking, OpenError, OpenReply, Passthro
 use crate::fs::request::{self, type_bits, FOPEN_PASSTHROUGH};
 use crate::fs::uring::queue::{Arrived, Reply};
 use crate::fs::uring::wire::{fattr, names, op, time, Fields, Out};
-use crate::fs::{Attr, Caller, Kind, SetAttr, SetTime, BLOCK_SIZE, NAME_MAX};
+use crate::fs::{Attr, Caller, SetAttr, SetTime, BLOCK_SIZE, NAME_MAX};
 
 /// Who may use the mount besides the kernel's own checks (`allow_other`, `allow_root`), as
 /// fuser enforces it on `/dev/fuse`.
@@ -89,14 +89,9 @@ fn uid_free(opcode: u32) -> bool {
     matches!(opcode, op::DESTROY | op::READ | op::READDIR | op::READDIRPLUS | op::WRITE | op::FSYNC | op::FSYNCDIR | op::RELEASE | op::RELEASEDIR)
 }
 
-fn negative() -> Attr {
-    let t = SystemTime::UNIX_EPOCH;
-    Attr { ino: 0, size: 0, blocks: 0, atime: t, mtime: t, ctime: t, kind: Kind::File, perm: 0, nlink: 0, uid: 0, gid: 0, rdev: 0 }
-}
-
 impl Server {
     /// Serve `req`, replying through `reply` (now, or from a blocking thread).
-    pub fn handle(&self, reply: Reply, req: Arrived) {
+    pub fn handle(self: &Arc<Self>, reply: Reply, req: Arrived) {
         let h = Fields(req.header);
         let head = Head { opcode: h.u32(4), unique: h.u64(8), nodeid: h.u64(16), uid: h.u32(24), gid: h.u32(28) };
         let name = op_name(head.opcode);
@@ -113,7 +108,7 @@ impl Server {
         match head.opcode {
             op::LOOKUP => match core.lookup_for_kernel(ino, next_name()) {
                 Ok(Some(a)) => self.entry_reply(reply, &a, false),
-                Ok(None) => self.entry_reply(reply, &negative(), false),
+                Ok(None) => self.entry_reply(reply, &Attr::negative(), false),
                 Err(e) => fail(reply, name, &e),
             },
             op::GETATTR => self.attr_reply(reply, name, core.getattr(ino)),
@@ -164,23 +159,14 @@ impl Server {
             }
             op::OPEN => {
                 let flags = f.u32(0) as i32;
-                let (core, passthrough, dev, notifier) = (core.clone(), self.passthrough.clone(), self.dev.clone(), self.notifier.clone());
-                let open = move || {
-                    let open = RingOpen { reply, dev, entry: None };
-                    match passthrough.open(&core, ino, flags, open) {
-                        Ok(o) => crate::fs::fuse::attrs_changed(&notifier, ino, &o),
-                        Err((open, OpenError::Core(e))) => fail(open.reply, "open", &e),
-                        Err((open, OpenError::Busy)) => fail(open.reply, "open", &FsError::Busy("open for passthrough reading")),
-                    }
-                };
                 if !self.passthrough.may_wait(ino, flags) {
-                    return open();
+                    return self.open(reply, ino, flags);
                 }
                 // it waits for releases, which may arrive on this queue: not on its thread
-                let handed = request::hand_off();
+                let (server, handed) = (self.clone(), request::hand_off());
                 let spawned = std::thread::Builder::new().name("wombatfs-open".into()).spawn(move || {
                     let _req = request::resume(handed);
-                    open()
+                    server.open(reply, ino, flags)
                 });
                 if let Err(e) = spawned {
                     tracing::error!(error = %e, "io_uring: no thread for an open that may wait; the kernel gets EIO");
@@ -287,6 +273,15 @@ impl Server {
             // what fuser answers for ops wombatfs does not implement (ACCESS, locks, LSEEK,
             // COPY_FILE_RANGE, …): the kernel then does without them
             _ => reply.error(libc::ENOSYS),
+        }
+    }
+
+    fn open(&self, reply: Reply, ino: u64, flags: i32) {
+        let open = RingOpen { reply, dev: self.dev.clone(), entry: None };
+        match self.passthrough.open(&self.core, ino, flags, open) {
+            Ok(o) => crate::fs::fuse::attrs_changed(&self.notifier, ino, &o),
+            Err((open, OpenError::Core(e))) => fail(open.reply, "open", &e),
+            Err((open, OpenError::Busy)) => fail(open.reply, "open", &FsError::Busy("open for passthrough reading")),
         }
     }
 

@@ -71,8 +71,11 @@ impl Stamp {
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        // after a seal the path has been renamed into the flat tier; otherwise discard it
-        let _ = std::fs::remove_file(&self.path);
+        // after a seal the path has been renamed into the flat tier (and cleared here, so
+        // a sealed file costs no failed unlink); otherwise discard it
+        if !self.path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 

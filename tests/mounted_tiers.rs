@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::mount::Mount;
 use common::s3::{endpoint, unique_prefix, PrivateServer};
+use common::scrape::{get, scrape};
 
 const MIB: usize = 1 << 20;
 
@@ -159,6 +160,45 @@ fn eviction_never_breaks_an_open_handle_and_evicted_blobs_survive_a_restart_in_f
     assert_eq!((s["object_store_gets"], s["foyer_hits"]), (0, 1), "{s:?}");
     assert_eq!(xattr(&m.path("ns/held"), "user.wombatfs.tier"), "flat", "and it is back in the flat tier");
     m.unmount();
+}
+
+/// A reader of a small blob that is only in foyer is served by the kernel: the open brings the
+/// blob into the flat tier first and hands the kernel its flat file, so no READ reaches the
+/// daemon. A blob above `FETCH_AT_OPEN_MAX` opens at once and streams through the daemon as
+/// its pieces arrive. Without passthrough (not root) both go through the daemon.
+#[test]
+fn a_small_blob_only_in_foyer_is_opened_through_passthrough() {
+    let Some(ep) = endpoint() else { return };
+    let args = s3_args(&ep, &unique_prefix("openfetch"), &["--flat-size", "16MiB", "--foyer-memory", "8MiB", "--foyer-disk", "256MiB"]);
+    let m = Mount::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let passthrough = m.log().contains("passthrough: on");
+    fs::create_dir(m.path("ns")).unwrap();
+    let small = block(2000, 4 * MIB + 123);
+    let large = block(2001, wombatfs::fs::io::FETCH_AT_OPEN_MAX as usize + MIB);
+    fs::write(m.path("ns/small"), &small).unwrap();
+    fs::write(m.path("ns/large"), &large).unwrap();
+    for i in 0..8 {
+        fs::write(m.path(&format!("ns/fill{i}")), block(i, 4 * MIB)).unwrap();
+    }
+    for name in ["small", "large"] {
+        wait_for(Duration::from_secs(60), &format!("{name} evicted into foyer"), || xattr(&m.path(&format!("ns/{name}")), "user.wombatfs.tier") == "foyer");
+    }
+    let count = |s: &std::collections::BTreeMap<String, f64>| (get(s, "wombatfs_passthrough_opens_total"), get(s, "wombatfs_fuse_read_bytes_total"));
+    let hits = stats(&m)["foyer_hits"];
+    let (opens0, read0) = count(&scrape(&m));
+    assert!(fs::read(m.path("ns/small")).unwrap() == small, "the small blob reads back whole");
+    let (opens1, read1) = count(&scrape(&m));
+    assert_eq!(xattr(&m.path("ns/small"), "user.wombatfs.tier"), "flat", "the open brought it into the flat tier");
+    if passthrough {
+        assert_eq!((opens1 - opens0, read1 - read0), (1.0, 0.0), "one passthrough open, no byte read through the daemon\n{}", m.log());
+    } else {
+        assert_eq!((opens1 - opens0, read1 - read0), (0.0, small.len() as f64), "without passthrough the daemon serves every byte");
+    }
+    assert!(fs::read(m.path("ns/large")).unwrap() == large, "the large blob reads back whole");
+    let (opens2, read2) = count(&scrape(&m));
+    assert_eq!(opens2, opens1, "a blob above the limit is not held at open: its reads go through the daemon");
+    assert_eq!(read2 - read1, large.len() as f64);
+    assert_eq!(stats(&m)["foyer_hits"], hits + 2, "both came from foyer");
 }
 
 #[test]

@@ -136,10 +136,6 @@ impl WombatFuse {
             Err(e) => reply.error(errno(op, &e)),
         }
     }
-
-    fn after_open(&self, ino: u64, o: &Opened) {
-        attrs_changed(&self.notifier, ino, o)
-    }
 }
 
 /// After an open that changed the inode's attributes (atime): the kernel's cached attributes
@@ -370,10 +366,17 @@ impl Filesystem for WombatFuse {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _req = begin(req, "open", ino.0);
-        match self.passthrough.open(&self.core, ino.0, flags.0, reply) {
-            Ok(o) => self.after_open(ino.0, &o),
+        let (passthrough, notifier) = (self.passthrough.clone(), self.notifier.clone());
+        let open = move |core: &FsCore| match passthrough.open(core, ino.0, flags.0, reply) {
+            Ok(o) => attrs_changed(&notifier, ino.0, &o),
             Err((reply, OpenError::Core(e))) => reply.error(errno("open", &e)),
             Err((reply, OpenError::Busy)) => reply.error(errno("open", &FsError::Busy("open for passthrough reading"))),
+        };
+        if self.passthrough.fetches_first(&self.core, ino.0, flags.0) {
+            // it waits for foyer's disk: on the blocking pool, not on a FUSE thread
+            self.run(open);
+        } else {
+            open(&self.core);
         }
     }
 

@@ -22,6 +22,10 @@ use crate::index::records::{InodeKind, Ts};
 /// enough for LRU evictors that read `st_atime`).
 const ATIME_SLACK_SECS: i64 = 1;
 
+/// A passthrough reader's open brings a blob of at most this many bytes from foyer into the
+/// flat tier before it answers ([`FsCore::foyer_only_blob`]).
+pub const FETCH_AT_OPEN_MAX: u64 = 8 << 20;
+
 impl FsCore {
     /// Register a handle on an inode, creating its shared state on first open.
     fn register(&self, ino: u64, write: bool) -> FsResult<(u64, Arc<OpenInode>)> {
@@ -104,6 +108,28 @@ impl FsCore {
         let (fh, file) = self.register(attr.ino, acc != libc::O_RDONLY)?;
         self.budgets.note_use(attr.ino);
         Ok((attr, self.open_reply(fh, &file, false, acc != libc::O_RDONLY, flags)))
+    }
+
+    /// For a passthrough reader of `ino`: its blob, when it is at most [`FETCH_AT_OPEN_MAX`]
+    /// bytes, not in the flat tier and in foyer. The open then brings it into the flat tier
+    /// first ([`FsCore::fetch_to_flat`]) so that the kernel serves the reads: foyer's disk
+    /// returns a small blob in a few ms, and a reader of it through the daemon would wait
+    /// that long for its first READ anyway and then pay a FUSE copy for every byte.
+    pub fn foyer_only_blob(&self, ino: u64) -> Option<BlobId> {
+        let (blob, size) = match self.read_tree().get(ino).ok()? {
+            rec @ crate::index::records::InodeRecord { kind: InodeKind::File { blob }, .. } => (*blob, rec.size),
+            _ => return None,
+        };
+        let store = &self.store;
+        (size > 0 && size <= FETCH_AT_OPEN_MAX && !store.flat().contains(&blob) && store.foyer().is_some_and(|f| f.contains(&blob))).then_some(blob)
+    }
+
+    /// Bring `blob` into the flat tier from the nearest tier, waiting for it (see
+    /// [`FsCore::foyer_only_blob`]). A failure only means the open goes the daemon's way.
+    pub fn fetch_to_flat(&self, blob: &BlobId) {
+        if let Err(e) = self.store.open_blob(blob) {
+            tracing::debug!(%blob, error = %e, "a blob could not be brought into the flat tier at open; its reads go through the daemon");
+        }
     }
 
     /// For FUSE passthrough: the blob a read-only handle reads when its inode is sealed (no

@@ -75,9 +75,14 @@ impl Eviction {
             return;
         }
         let me = self.clone();
-        self.rt.spawn_blocking(move || {
-            me.evict_now();
+        self.rt.spawn_blocking(move || loop {
+            let n = me.evict_now();
             me.evicting.store(false, Ordering::Release);
+            // a blob adopted while this ran found `evicting` set and left its eviction to
+            // this one: go again while over the bound and something could be evicted
+            if n == 0 || me.flat.bytes() <= me.flat.limit() || me.evicting.swap(true, Ordering::AcqRel) {
+                break;
+            }
         });
     }
 

@@ -311,10 +311,13 @@ mod tests {
         assert!(whole.complete(), "every piece was marked readable as it was verified");
         assert_eq!(std::fs::read(&whole.path).unwrap(), data);
         // piece 2 damaged in the cache: the pieces before it may be readable (verified), it is not
-        f.cache.insert((id.0, 2), Bytes::from(vec![0u8; PIECE as usize]));
+        f.cache.insert((id.0, 2), Bytes::from(vec![0xAB; PIECE as usize]));
         let bad = fetch_file("bad");
         assert_eq!(rt.block_on(f.read_into(&id, &bad.file, Some(&bad))).unwrap(), None);
         assert!(!bad.ready(2 * PIECE, 1), "an unverified piece is never readable");
+        let mut there = vec![0u8; PIECE as usize];
+        let n = bad.file.read_at(&mut there, 2 * PIECE).unwrap();
+        assert!(n > 0 && !there[..n].iter().all(|&b| b == 0xAB), "a piece that fails its check is never written");
         assert!(!f.contains(&id), "the blob is dropped");
         // a proof table that does not hash to the id: nothing is marked
         f.insert_file(&id, &file_with(dir.path(), "b", &data), data.len() as u64).unwrap();

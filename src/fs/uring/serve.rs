@@ -159,10 +159,11 @@ impl Server {
             }
             op::OPEN => {
                 let flags = f.u32(0) as i32;
-                if !self.passthrough.may_wait(ino, flags) {
+                if !self.passthrough.may_wait(ino, flags) && !self.passthrough.fetches_first(&self.core, ino, flags) {
                     return self.open(reply, ino, flags);
                 }
-                // it waits for releases, which may arrive on this queue: not on its thread
+                // it waits for releases, which may arrive on this queue, or for foyer's disk:
+                // not on its thread
                 let (server, handed) = (self.clone(), request::hand_off());
                 let spawned = std::thread::Builder::new().name("wombatfs-open".into()).spawn(move || {
                     let _req = request::resume(handed);

@@ -113,3 +113,51 @@ fn crashes_after_a_bucket_write_lose_nothing_on_any_node() {
     }
     scenario.teardown();
 }
+
+/// The flat tier's bound holds for a blob adopted while an eviction runs: that adoption finds
+/// the eviction running and leaves its own to it, so the running one goes round again (it
+/// stopped after its first round before, leaving the tier over its bound until the next
+/// adoption).
+#[test]
+fn a_blob_adopted_while_an_eviction_runs_is_evicted_by_it() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use wombatfs::blob::BlobId;
+    let scenario = fail::FailScenario::setup();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let objects = Arc::new(wombatfs::tiers::local::LocalStore::open(&dir.path().join("objects"), wombatfs::codec::Compression::None).unwrap());
+    let bs = Arc::new(wombatfs::store::BlobStore::open(&dir.path().join("cache"), objects, rt.handle()).unwrap());
+    const MIB: usize = 1 << 20;
+    bs.flat().set_limit(8 * MIB as u64);
+    // adopted into the flat tier and stored in the (local) object store: evictable
+    let put = |bs: &wombatfs::store::BlobStore, seed: u64| {
+        let data = common::random_bytes(3 * MIB, seed);
+        let id = BlobId::of(&data);
+        drop(bs.adopt_bytes(&id, &data).unwrap());
+        assert!(bs.put_now(&id), "stored");
+    };
+    for seed in 1..=3 {
+        put(&bs, seed);
+    }
+    assert!(bs.flat().bytes() > bs.flat().limit(), "9 MiB over an 8 MiB bound");
+    let once = Arc::new(AtomicBool::new(false));
+    let (b, o) = (bs.clone(), once.clone());
+    fail::cfg_callback("evict-victims-chosen", move || {
+        if !o.swap(true, Ordering::SeqCst) {
+            // a promotion while the victims of the first round are being removed
+            put(&b, 4);
+            b.maybe_evict();
+        }
+    })
+    .unwrap();
+    bs.maybe_evict();
+    let t = std::time::Instant::now();
+    while bs.flat().bytes() > bs.flat().limit() {
+        assert!(t.elapsed().as_secs() < 10, "the flat tier stays over its bound: {} bytes", bs.flat().bytes());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(once.load(Ordering::SeqCst), "the adoption happened during the eviction");
+    fail::remove("evict-victims-chosen");
+    scenario.teardown();
+}

@@ -124,11 +124,14 @@ impl FsCore {
         (size > 0 && size <= FETCH_AT_OPEN_MAX && !store.flat().contains(&blob) && store.foyer().is_some_and(|f| f.contains(&blob))).then_some(blob)
     }
 
-    /// Bring `blob` into the flat tier from the nearest tier, waiting for it (see
-    /// [`FsCore::foyer_only_blob`]). A failure only means the open goes the daemon's way.
+    /// Bring `blob` from foyer into the flat tier, waiting for foyer's disk, never for the
+    /// object store (see [`FsCore::foyer_only_blob`]). A blob foyer no longer has, or a
+    /// failure, only means the open goes the daemon's way.
     pub fn fetch_to_flat(&self, blob: &BlobId) {
-        if let Err(e) = self.store.open_blob(blob) {
-            tracing::debug!(%blob, error = %e, "a blob could not be brought into the flat tier at open; its reads go through the daemon");
+        match self.store.adopt_from_foyer(blob) {
+            Ok(true) => {}
+            Ok(false) => tracing::debug!(%blob, "foyer no longer had a blob at open; its reads go through the daemon"),
+            Err(e) => tracing::debug!(%blob, error = %e, "a blob could not be brought into the flat tier at open; its reads go through the daemon"),
         }
     }
 

@@ -289,6 +289,17 @@ impl BlobStore {
         Ok(f)
     }
 
+    /// Bring a blob that foyer holds into the flat tier, waiting for foyer's disk but never
+    /// for the object store (see [`ReadPath::adopt_from_foyer`]); the flat tier's bound is
+    /// enforced after. Must not be called from inside the runtime.
+    pub fn adopt_from_foyer(&self, id: &BlobId) -> Result<bool, StoreError> {
+        let adopted = self.read.adopt_from_foyer(id)?;
+        if adopted {
+            self.maybe_evict();
+        }
+        Ok(adopted)
+    }
+
     /// Open a blob of `len` bytes for reading without waiting for the network (see
     /// [`ReadPath::open_reader`]); the flat tier's bound is enforced after a promotion.
     pub fn open_reader(&self, id: &BlobId, len: u64) -> Result<BlobReader, StoreError> {

@@ -116,12 +116,10 @@ impl ReadPath {
             Err(StoreError::NotFound(_)) => {}
             other => return other,
         }
-        let (f, tmp) = self.staging.create()?;
-        if self.rt.block_on(self.read_foyer(id, None, &f)) {
-            self.flat.adopt(&tmp, id)?;
+        if self.adopt_from_foyer(id)? {
             return self.flat.open_blob(id);
         }
-        drop(f);
+        let (_, tmp) = self.staging.create()?;
         let _ = std::fs::remove_file(&tmp);
         self.object_gets.fetch_add(1, Ordering::Relaxed);
         match self.rt.block_on(self.objects.get_blob(id, &tmp)) {
@@ -136,6 +134,20 @@ impl ReadPath {
         }
         self.flat.adopt(&tmp, id)?;
         self.flat.open_blob(id)
+    }
+
+    /// Bring a blob that foyer holds into the flat tier, waiting for foyer's disk but never
+    /// for the object store; false when foyer does not have it (whole and verified). Must not
+    /// be called from inside the runtime.
+    pub fn adopt_from_foyer(&self, id: &BlobId) -> Result<bool, StoreError> {
+        let (f, tmp) = self.staging.create()?;
+        if self.rt.block_on(self.read_foyer(id, None, &f)) {
+            self.flat.adopt(&tmp, id)?;
+            return Ok(true);
+        }
+        drop(f);
+        let _ = std::fs::remove_file(&tmp);
+        Ok(false)
     }
 
     /// Open a blob of `len` bytes without waiting for the network: a flat-tier file, or a

@@ -372,11 +372,13 @@ impl Filesystem for WombatFuse {
             Err((reply, OpenError::Core(e))) => reply.error(errno("open", &e)),
             Err((reply, OpenError::Busy)) => reply.error(errno("open", &FsError::Busy("open for passthrough reading"))),
         };
-        if self.passthrough.fetches_first(&self.core, ino.0, flags.0) {
+        match self.passthrough.fetch_first(&self.core, ino.0, flags.0) {
             // it waits for foyer's disk: on the blocking pool, not on a FUSE thread
-            self.run(open);
-        } else {
-            open(&self.core);
+            Some(blob) => self.run(move |core| {
+                core.fetch_to_flat(&blob);
+                open(core)
+            }),
+            None => open(&self.core),
         }
     }
 

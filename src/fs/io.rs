@@ -116,9 +116,11 @@ impl FsCore {
     /// returns a small blob in a few ms, and a reader of it through the daemon would wait
     /// that long for its first READ anyway and then pay a FUSE copy for every byte.
     pub fn foyer_only_blob(&self, ino: u64) -> Option<BlobId> {
-        let (blob, size) = match self.read_tree().get(ino).ok()? {
-            rec @ crate::index::records::InodeRecord { kind: InodeKind::File { blob }, .. } => (*blob, rec.size),
-            _ => return None,
+        let (blob, size) = {
+            let t = self.read_tree();
+            let rec = t.get(ino).ok()?;
+            let InodeKind::File { blob } = rec.kind else { return None };
+            (blob, rec.size)
         };
         let store = &self.store;
         (size > 0 && size <= FETCH_AT_OPEN_MAX && !store.flat().contains(&blob) && store.foyer().is_some_and(|f| f.contains(&blob))).then_some(blob)

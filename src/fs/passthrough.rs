@@ -197,11 +197,12 @@ impl Passthrough {
             && self.inodes.lock().unwrap_or_else(|p| p.into_inner()).get(&ino).is_some_and(|io| io.passthrough > 0)
     }
 
-    /// Whether an open of `ino` with `flags` first brings the inode's blob from foyer into the
-    /// flat tier (a reader of a small blob only there, [`FsCore::foyer_only_blob`]): it waits
-    /// for foyer's disk, so a transport runs it off the threads that serve other requests.
-    pub fn fetches_first(&self, core: &FsCore, ino: u64, flags: i32) -> bool {
-        self.on.load(Ordering::Relaxed) && flags & libc::O_ACCMODE == libc::O_RDONLY && core.foyer_only_blob(ino).is_some()
+    /// The blob an open of `ino` with `flags` should first bring from foyer into the flat tier
+    /// ([`FsCore::fetch_to_flat`]) so the kernel can serve it: a reader of a small blob only
+    /// there ([`FsCore::foyer_only_blob`]). That waits for foyer's disk, so a transport does it,
+    /// then the open, off the threads that serve other requests.
+    pub fn fetch_first(&self, core: &FsCore, ino: u64, flags: i32) -> Option<BlobId> {
+        (self.on.load(Ordering::Relaxed) && flags & libc::O_ACCMODE == libc::O_RDONLY).then(|| core.foyer_only_blob(ino)).flatten()
     }
 
     /// At FUSE init: ask the kernel for passthrough; logs once which mode the mount runs in.
@@ -271,11 +272,6 @@ impl Passthrough {
             };
         }
         let read_only = flags & libc::O_ACCMODE == libc::O_RDONLY;
-        if read_only {
-            if let Some(blob) = core.foyer_only_blob(ino) {
-                core.fetch_to_flat(&blob);
-            }
-        }
         let deadline = Instant::now() + WAIT;
         let mut inodes = self.inodes.lock().unwrap_or_else(|p| p.into_inner());
         let joins_writer = inodes.get(&ino).is_some_and(|io| matches!(io.backing, Some((Source::Staging(_), _))));

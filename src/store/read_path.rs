@@ -116,10 +116,11 @@ impl ReadPath {
             Err(StoreError::NotFound(_)) => {}
             other => return other,
         }
-        if self.adopt_from_foyer(id)? {
+        let (f, tmp) = self.staging.create()?;
+        if self.adopt_staged_from_foyer(id, &f, &tmp)? {
             return self.flat.open_blob(id);
         }
-        let (_, tmp) = self.staging.create()?;
+        drop(f);
         let _ = std::fs::remove_file(&tmp);
         self.object_gets.fetch_add(1, Ordering::Relaxed);
         match self.rt.block_on(self.objects.get_blob(id, &tmp)) {
@@ -141,13 +142,21 @@ impl ReadPath {
     /// be called from inside the runtime.
     pub fn adopt_from_foyer(&self, id: &BlobId) -> Result<bool, StoreError> {
         let (f, tmp) = self.staging.create()?;
-        if self.rt.block_on(self.read_foyer(id, None, &f)) {
-            self.flat.adopt(&tmp, id)?;
-            return Ok(true);
+        let adopted = self.adopt_staged_from_foyer(id, &f, &tmp)?;
+        if !adopted {
+            let _ = std::fs::remove_file(&tmp);
         }
-        drop(f);
-        let _ = std::fs::remove_file(&tmp);
-        Ok(false)
+        Ok(adopted)
+    }
+
+    /// Fill the staging file `f` at `tmp` from foyer and adopt it; false (the file left to
+    /// the caller) when foyer does not have the blob.
+    fn adopt_staged_from_foyer(&self, id: &BlobId, f: &File, tmp: &std::path::Path) -> Result<bool, StoreError> {
+        if !self.rt.block_on(self.read_foyer(id, None, f)) {
+            return Ok(false);
+        }
+        self.flat.adopt(tmp, id)?;
+        Ok(true)
     }
 
     /// Open a blob of `len` bytes without waiting for the network: a flat-tier file, or a

@@ -189,7 +189,6 @@ impl Queue {
         SERVING.with(|q| q.set(Some(self.qid)));
         // entries the kernel failed a command of: the others keep serving
         let mut lost = 0;
-        let mut first_error = None;
         // the completions of one wait, taken off the ring before any is served
         let mut done: Vec<(u64, i32, u32)> = Vec::with_capacity(self.slots.len() + 1);
         loop {
@@ -224,9 +223,8 @@ impl Queue {
                         let e = std::io::Error::from_raw_os_error(-r);
                         tracing::error!(qid = self.qid, slot, error = %e, "io_uring: the kernel failed an entry's command; the queue goes on without it");
                         lost += 1;
-                        first_error.get_or_insert(e);
                         if lost == self.slots.len() {
-                            return Err(first_error.unwrap_or_else(|| std::io::Error::other("every entry failed")));
+                            return Err(e);
                         }
                         continue;
                     }

@@ -159,14 +159,18 @@ impl Server {
             }
             op::OPEN => {
                 let flags = f.u32(0) as i32;
-                if !self.passthrough.may_wait(ino, flags) && !self.passthrough.fetches_first(&self.core, ino, flags) {
+                let fetch = self.passthrough.fetch_first(&self.core, ino, flags);
+                if fetch.is_none() && !self.passthrough.may_wait(ino, flags) {
                     return self.open(reply, ino, flags);
                 }
-                // it waits for releases, which may arrive on this queue, or for foyer's disk:
+                // it waits for foyer's disk, or for releases, which may arrive on this queue:
                 // not on its thread
                 let (server, handed) = (self.clone(), request::hand_off());
                 let spawned = std::thread::Builder::new().name("wombatfs-open".into()).spawn(move || {
                     let _req = request::resume(handed);
+                    if let Some(blob) = fetch {
+                        server.core.fetch_to_flat(&blob);
+                    }
                     server.open(reply, ino, flags)
                 });
                 if let Err(e) = spawned {

@@ -1,5 +1,6 @@
 //! What the daemon itself spends on a small-file create, without FUSE: the core's handlers
-//! (`create`, `write`, `flush`, `release`, as a FUSE worker calls them) timed one by one over
+//! (`lookup_for_kernel`, `create`, `write`, `flush`, `release`, as a FUSE worker calls them)
+//! timed one by one over
 //! N files of 4 KiB, beside a native create+write+close loop in a directory of the same
 //! filesystem. The difference between a mount's per-file time and this is the transport.
 //!

@@ -161,3 +161,85 @@ fn a_blob_adopted_while_an_eviction_runs_is_evicted_by_it() {
     fail::remove("evict-victims-chosen");
     scenario.teardown();
 }
+
+/// Run `f` once, the first time the seal reaches the point between its adoption of a blob
+/// (rename into the flat tier, link into the local store) and the tree lock.
+fn between_adoption_and_lock(f: impl FnOnce() + Send + 'static) {
+    let once = std::sync::Mutex::new(Some(f));
+    fail::cfg_callback("seal-adopted", move || {
+        // taken first: `f` may seal another file, which passes this point again
+        let f = once.lock().unwrap().take();
+        if let Some(f) = f {
+            f();
+        }
+    })
+    .unwrap();
+}
+
+/// A seal adopts its blob before it takes the tree lock. The last name of the same content
+/// deleted in between must not take the blob's files with it: the reclaim leaves a pinned
+/// blob alone, and the seal names it again. (Reclaiming it anyway lost the file: flat file
+/// and local object both deleted, the new name reading back EIO.)
+#[test]
+fn a_delete_of_the_same_content_while_a_seal_waits_for_the_lock_loses_nothing() {
+    let scenario = fail::FailScenario::setup();
+    let mut f = Fixture::new();
+    f.mkdir_p("ns");
+    let data = common::random_bytes(300_000, 21);
+    f.write_file("ns/old", &data).unwrap();
+    let (core, ns) = (f.core_arc(), f.resolve("ns").unwrap());
+    between_adoption_and_lock(move || core.unlink(ns, b"old").unwrap());
+    f.write_file("ns/new", &data).unwrap();
+    fail::remove("seal-adopted");
+    assert_eq!(f.resolve("ns/old"), Err(libc::ENOENT), "the delete ran inside the seal");
+    assert!(f.read_file("ns/new").unwrap() == data);
+    f.remount();
+    assert!(f.read_file("ns/new").unwrap() == data, "after a clean remount");
+    f.crash();
+    assert!(f.read_file("ns/new").unwrap() == data, "after a crash");
+    // its flat copy lost, the file comes back from the local store: both names were kept
+    let id = wombatfs::blob::BlobId::of(&data);
+    std::fs::remove_file(f.cache().join("flat").join(id.fanout()).join(id.to_hex())).unwrap();
+    f.remount();
+    assert!(f.read_file("ns/new").unwrap() == data, "from the local store");
+    scenario.teardown();
+}
+
+/// A file unlinked while its seal is between the adoption and the lock is not published, and
+/// its staging file — renamed into the flat tier by then — must not stay its writers' file:
+/// they get a copy, and another name sealed with the same content meanwhile keeps the flat
+/// file. (Without the copy the unlinked file's next write changed the other name's blob.)
+#[test]
+fn a_file_unlinked_while_its_seal_waits_for_the_lock_writes_on_a_copy_of_its_own() {
+    let scenario = fail::FailScenario::setup();
+    let mut f = Fixture::new();
+    f.mkdir_p("ns");
+    let data = common::random_bytes(200_000, 22);
+    let fh = f.open_write("ns/doomed", true).unwrap();
+    f.core().write(fh, 0, &data).unwrap();
+    let (core, ns, twin) = (f.core_arc(), f.resolve("ns").unwrap(), data.clone());
+    // meanwhile: the file is unlinked, and the same content is sealed under another name,
+    // which finds the adopted flat file (the unlinked file's staging file) and names it
+    between_adoption_and_lock(move || {
+        core.unlink(ns, b"doomed").unwrap();
+        let caller = wombatfs::fs::Caller { uid: 0, gid: 0 };
+        let (_, o) = core.create(caller, ns, b"twin", 0o644, 0, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL).unwrap();
+        core.write(o.fh, 0, &twin).unwrap();
+        core.flush(o.fh).unwrap();
+        core.release(o.fh);
+    });
+    f.core().flush(fh).unwrap();
+    fail::remove("seal-adopted");
+    // the unlinked file's writer goes on: its bytes change, the twin's do not
+    f.core().write(fh, 0, b"OVERWRITTEN").unwrap();
+    let mut want = data.clone();
+    want[..11].copy_from_slice(b"OVERWRITTEN");
+    assert!(f.core().read(fh, 0, data.len() as u32).unwrap() == want, "the writer reads its own bytes");
+    f.core().flush(fh).unwrap();
+    f.core().release(fh);
+    assert!(f.read_file("ns/twin").unwrap() == data, "the twin is untouched");
+    f.remount();
+    assert!(f.read_file("ns/twin").unwrap() == data, "after a remount");
+    assert_eq!(f.resolve("ns/doomed"), Err(libc::ENOENT));
+    scenario.teardown();
+}

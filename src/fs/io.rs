@@ -430,21 +430,54 @@ impl FsCore {
         if upload_now {
             self.store.upload_now(&id, &src)?;
         }
-        let mut t = self.write_tree();
-        if t.orphans.contains(&file.ino) || !t.inodes.contains_key(&file.ino) {
+        let (unlinked, known) = {
+            let t = self.read_tree();
+            (t.orphans.contains(&file.ino) || !t.inodes.contains_key(&file.ino), t.knows_blob(&id))
+        };
+        if unlinked {
             // unlinked while open: nothing to publish; the staging file stays for open readers
             s.hash.mark_broken();
             return Ok(false);
         }
-        // pinned (never evicted) until the upload is queued by the commit below
-        let _pinned = self.store.adopt(&src, &id)?;
+        // The seal's filesystem calls — the rename into the flat tier and, with the local
+        // store, the link into it — are made before the tree lock, so that lookups, creates
+        // and other seals do not wait behind them. Pinned, the blob is neither evicted nor
+        // reclaimed (a delete of the same content meanwhile leaves it) until the commit below
+        // has named it and queued its upload.
+        let pinned = self.store.adopt(&src, &id)?;
+        let stored = !upload_now && !known && self.store.put_now(&id);
+        // test hook: a request that runs between the adoption and the lock
+        fail::fail_point!("seal-adopted");
+        let mut t = self.write_tree();
+        if t.orphans.contains(&file.ino) || !t.inodes.contains_key(&file.ino) {
+            // unlinked meanwhile: nothing names the adopted blob for this file
+            drop(pinned);
+            if !t.knows_blob(&id) {
+                // nor any other name: its files go again (unless another seal holds it)
+                if let Err(e) = self.store.reclaim(id, size) {
+                    tracing::warn!(%id, error = %e, "could not remove an unreferenced blob");
+                }
+            }
+            drop(t);
+            if !s.kernel_writes {
+                // the staging file was renamed into the flat tier, and this file's writers
+                // may still write it: they get a copy of their own
+                let (copy, path) = self.store.staging_copy(&s.file, s.size)?;
+                s.file = Arc::new(copy);
+                s.path = path;
+            }
+            s.hash.mark_broken();
+            return Ok(false);
+        }
         let mut tx = Tx::default();
         if upload_now {
             // uploaded above: queueing it again would cost a second PUT, and the publisher,
             // which waits for queued uploads, would keep the waiting closer for it
             t.incref_published(&mut tx, id, size);
         } else {
-            t.incref(&mut tx, &self.store, id, size);
+            // new to this node: stored above, or (reclaimed meanwhile and so new again, or the
+            // put failed) now
+            t.incref_stored(&mut tx, id, size, || stored || self.store.put_now(&id));
         }
         let rec = t.get_mut(file.ino)?;
         let old = match &mut rec.kind {

@@ -328,13 +328,24 @@ impl Tree {
     /// Take a reference on a blob that is already in the flat tier. A blob new to this node is
     /// recorded and queued for upload.
     pub fn incref(&mut self, tx: &mut Tx, store: &BlobStore, id: BlobId, size: u64) {
+        self.incref_stored(tx, id, size, || store.put_now(&id));
+    }
+
+    /// Like [`Tree::incref`], with the cheap local put decided by `stored` (called only for a
+    /// blob new to this node): a seal makes that put before it takes the tree lock.
+    pub fn incref_stored(&mut self, tx: &mut Tx, id: BlobId, size: u64, stored: impl FnOnce() -> bool) {
         if self.blobs.incref(id, size) {
             tx.ops.push(Op::Put(keys::blob(&id), records::encode(&BlobRecord { size })));
-            if !store.put_now(&id) {
+            if !stored() {
                 tx.ops.push(Op::Put(keys::upload(&id), Vec::new()));
                 tx.uploads.push(id);
             }
         }
+    }
+
+    /// Whether this node knows the blob (some name refers to it).
+    pub fn knows_blob(&self, id: &BlobId) -> bool {
+        self.blobs.contains_key(id)
     }
 
     /// Take a reference on a blob already in the object store — another node published it, or

@@ -55,6 +55,11 @@ impl Eviction {
         });
     }
 
+    /// Whether a seal or an adoption holds `id` (see [`Eviction::pin`]).
+    pub fn is_pinned(&self, id: &BlobId) -> bool {
+        self.pinned.contains_key(id)
+    }
+
     /// Whether a blob must stay in the flat tier: pinned, or its upload not durable yet.
     fn must_stay(&self, id: &BlobId) -> bool {
         self.pinned.contains_key(id) || self.ctx.queued.contains_key(id)

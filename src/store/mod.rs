@@ -237,7 +237,14 @@ impl BlobStore {
     /// A blob whose upload is still queued keeps its flat file until the upload is done: a
     /// change not yet published may name it, and the nodes applying the journal up to that
     /// change must find it in the bucket.
+    ///
+    /// A pinned blob is left alone: a seal adopted the same content and is about to name it
+    /// again (it adopts before it takes the tree lock). If that seal gives up instead, the
+    /// files stay unreferenced until the next mount removes the flat one.
     pub fn reclaim(&self, id: BlobId, size: u64) -> Result<(), StoreError> {
+        if self.eviction.is_pinned(&id) {
+            return Ok(());
+        }
         if let Some(f) = self.foyer() {
             f.remove(&id, size);
         }

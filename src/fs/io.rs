@@ -475,9 +475,9 @@ impl FsCore {
             // which waits for queued uploads, would keep the waiting closer for it
             t.incref_published(&mut tx, id, size);
         } else {
-            // new to this node: stored above, or (reclaimed meanwhile and so new again, or the
-            // put failed) now
-            t.incref_stored(&mut tx, id, size, || stored || self.store.put_now(&id));
+            // new to this node: stored above; or known then and reclaimed meanwhile, so new
+            // again: stored now; a put that failed above is queued as an upload instead
+            t.incref_stored(&mut tx, id, size, || stored || (known && self.store.put_now(&id)));
         }
         let rec = t.get_mut(file.ino)?;
         let old = match &mut rec.kind {

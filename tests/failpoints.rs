@@ -129,17 +129,21 @@ fn a_blob_adopted_while_an_eviction_runs_is_evicted_by_it() {
     let objects = Arc::new(wombatfs::tiers::local::LocalStore::open(&dir.path().join("objects"), wombatfs::codec::Compression::None).unwrap());
     let bs = Arc::new(wombatfs::store::BlobStore::open(&dir.path().join("cache"), objects, rt.handle()).unwrap());
     const MIB: usize = 1 << 20;
-    bs.flat().set_limit(8 * MIB as u64);
-    // adopted into the flat tier and stored in the (local) object store: evictable
+    // adopted into the flat tier and stored in the (local) object store: evictable (the pin
+    // ends after the put; its end starts an eviction if the tier is over its bound)
     let put = |bs: &wombatfs::store::BlobStore, seed: u64| {
         let data = common::random_bytes(3 * MIB, seed);
         let id = BlobId::of(&data);
-        drop(bs.adopt_bytes(&id, &data).unwrap());
+        let pinned = bs.adopt_bytes(&id, &data).unwrap();
         assert!(bs.put_now(&id), "stored");
+        drop(pinned);
     };
+    // the bound is lowered only once the three are in: no eviction starts before the test's
+    bs.flat().set_limit(16 * MIB as u64);
     for seed in 1..=3 {
         put(&bs, seed);
     }
+    bs.flat().set_limit(8 * MIB as u64);
     assert!(bs.flat().bytes() > bs.flat().limit(), "9 MiB over an 8 MiB bound");
     let once = Arc::new(AtomicBool::new(false));
     let (b, o) = (bs.clone(), once.clone());
@@ -241,5 +245,37 @@ fn a_file_unlinked_while_its_seal_waits_for_the_lock_writes_on_a_copy_of_its_own
     f.remount();
     assert!(f.read_file("ns/twin").unwrap() == data, "after a remount");
     assert_eq!(f.resolve("ns/doomed"), Err(libc::ENOENT));
+    scenario.teardown();
+}
+
+/// As above, with no room for that copy: the close reports the error, and the unlinked file,
+/// still readable, takes no more writes (they would change the other name's blob).
+#[test]
+fn without_room_for_that_copy_the_unlinked_file_takes_no_more_writes() {
+    let scenario = fail::FailScenario::setup();
+    let mut f = Fixture::new();
+    f.mkdir_p("ns");
+    let data = common::random_bytes(150_000, 23);
+    let fh = f.open_write("ns/doomed", true).unwrap();
+    f.core().write(fh, 0, &data).unwrap();
+    let (core, ns, twin) = (f.core_arc(), f.resolve("ns").unwrap(), data.clone());
+    between_adoption_and_lock(move || {
+        core.unlink(ns, b"doomed").unwrap();
+        let caller = wombatfs::fs::Caller { uid: 0, gid: 0 };
+        let (_, o) = core.create(caller, ns, b"twin", 0o644, 0, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL).unwrap();
+        core.write(o.fh, 0, &twin).unwrap();
+        core.flush(o.fh).unwrap();
+        core.release(o.fh);
+    });
+    fail::cfg("seal-unlinked-copy", "return").unwrap();
+    assert_eq!(f.core().flush(fh).unwrap_err().errno(), libc::EIO, "the close reports the failed copy");
+    fail::remove("seal-adopted");
+    fail::remove("seal-unlinked-copy");
+    assert_eq!(f.core().write(fh, 0, b"OVERWRITTEN").unwrap_err().errno(), libc::EIO, "no more writes");
+    assert!(f.core().read(fh, 0, data.len() as u32).unwrap() == data, "still readable");
+    f.core().release(fh);
+    assert!(f.read_file("ns/twin").unwrap() == data, "the twin is untouched");
+    f.remount();
+    assert!(f.read_file("ns/twin").unwrap() == data, "after a remount");
     scenario.teardown();
 }

@@ -459,14 +459,28 @@ impl FsCore {
                 }
             }
             drop(t);
+            s.hash.mark_broken();
             if !s.kernel_writes {
                 // the staging file was renamed into the flat tier, and this file's writers
                 // may still write it: they get a copy of their own
-                let (copy, path) = self.store.staging_copy(&s.file, s.size)?;
-                s.file = Arc::new(copy);
-                s.path = path;
+                let copied = (|| {
+                    fail::fail_point!("seal-unlinked-copy", |_| Err(crate::tiers::StoreError::io("failpoint", std::io::Error::other("no space"))));
+                    self.store.staging_copy(&s.file, s.size)
+                })();
+                match copied {
+                    Ok((copy, path)) => {
+                        s.file = Arc::new(copy);
+                        s.path = path;
+                    }
+                    Err(e) => {
+                        // no room for a copy: the file stays readable, but a write would
+                        // change a blob's file, so it takes none (EIO) from now on
+                        s.file = Arc::new(reopen_read_only(&s.file)?);
+                        s.path = std::path::PathBuf::new();
+                        return Err(e.into());
+                    }
+                }
             }
-            s.hash.mark_broken();
             return Ok(false);
         }
         let mut tx = Tx::default();
@@ -647,4 +661,11 @@ impl Drop for RemoveUnlessAdopted {
             let _ = std::fs::remove_file(&self.0);
         }
     }
+}
+
+/// A second, read-only descriptor of an open file (through `/proc/self/fd`): it needs no
+/// space on the file's filesystem.
+fn reopen_read_only(f: &File) -> std::io::Result<File> {
+    use std::os::fd::AsRawFd;
+    File::open(format!("/proc/self/fd/{}", f.as_raw_fd()))
 }

@@ -209,21 +209,15 @@ fn a_delete_of_the_same_content_while_a_seal_waits_for_the_lock_loses_nothing() 
     scenario.teardown();
 }
 
-/// A file unlinked while its seal is between the adoption and the lock is not published, and
-/// its staging file — renamed into the flat tier by then — must not stay its writers' file:
-/// they get a copy, and another name sealed with the same content meanwhile keeps the flat
-/// file. (Without the copy the unlinked file's next write changed the other name's blob.)
-#[test]
-fn a_file_unlinked_while_its_seal_waits_for_the_lock_writes_on_a_copy_of_its_own() {
-    let scenario = fail::FailScenario::setup();
-    let mut f = Fixture::new();
+/// `ns/doomed` open for writing with random bytes, and, set for its seal, between the adoption
+/// and the lock: its unlink, and the same bytes sealed under `ns/twin`, which finds the adopted
+/// flat file (the unlinked file's staging file) and names it. Returns the bytes and the handle.
+fn doomed_and_its_twin(f: &Fixture, seed: u64) -> (Vec<u8>, u64) {
     f.mkdir_p("ns");
-    let data = common::random_bytes(200_000, 22);
+    let data = common::random_bytes(200_000, seed);
     let fh = f.open_write("ns/doomed", true).unwrap();
     f.core().write(fh, 0, &data).unwrap();
     let (core, ns, twin) = (f.core_arc(), f.resolve("ns").unwrap(), data.clone());
-    // meanwhile: the file is unlinked, and the same content is sealed under another name,
-    // which finds the adopted flat file (the unlinked file's staging file) and names it
     between_adoption_and_lock(move || {
         core.unlink(ns, b"doomed").unwrap();
         let caller = wombatfs::fs::Caller { uid: 0, gid: 0 };
@@ -232,6 +226,18 @@ fn a_file_unlinked_while_its_seal_waits_for_the_lock_writes_on_a_copy_of_its_own
         core.flush(o.fh).unwrap();
         core.release(o.fh);
     });
+    (data, fh)
+}
+
+/// A file unlinked while its seal is between the adoption and the lock is not published, and
+/// its staging file — renamed into the flat tier by then — must not stay its writers' file:
+/// they get a copy, and another name sealed with the same content meanwhile keeps the flat
+/// file. (Without the copy the unlinked file's next write changed the other name's blob.)
+#[test]
+fn a_file_unlinked_while_its_seal_waits_for_the_lock_writes_on_a_copy_of_its_own() {
+    let scenario = fail::FailScenario::setup();
+    let mut f = Fixture::new();
+    let (data, fh) = doomed_and_its_twin(&f, 22);
     f.core().flush(fh).unwrap();
     fail::remove("seal-adopted");
     // the unlinked file's writer goes on: its bytes change, the twin's do not
@@ -254,19 +260,7 @@ fn a_file_unlinked_while_its_seal_waits_for_the_lock_writes_on_a_copy_of_its_own
 fn without_room_for_that_copy_the_unlinked_file_takes_no_more_writes() {
     let scenario = fail::FailScenario::setup();
     let mut f = Fixture::new();
-    f.mkdir_p("ns");
-    let data = common::random_bytes(150_000, 23);
-    let fh = f.open_write("ns/doomed", true).unwrap();
-    f.core().write(fh, 0, &data).unwrap();
-    let (core, ns, twin) = (f.core_arc(), f.resolve("ns").unwrap(), data.clone());
-    between_adoption_and_lock(move || {
-        core.unlink(ns, b"doomed").unwrap();
-        let caller = wombatfs::fs::Caller { uid: 0, gid: 0 };
-        let (_, o) = core.create(caller, ns, b"twin", 0o644, 0, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL).unwrap();
-        core.write(o.fh, 0, &twin).unwrap();
-        core.flush(o.fh).unwrap();
-        core.release(o.fh);
-    });
+    let (data, fh) = doomed_and_its_twin(&f, 23);
     fail::cfg("seal-unlinked-copy", "return").unwrap();
     assert_eq!(f.core().flush(fh).unwrap_err().errno(), libc::EIO, "the close reports the failed copy");
     fail::remove("seal-adopted");

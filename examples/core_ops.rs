@@ -13,16 +13,9 @@
 //! `write`, `close`: LOOKUP (a miss), CREATE, WRITE, FLUSH (the seal), RELEASE.
 
 use std::io::Write;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wombatfs::codec::Compression;
-use wombatfs::fs::core::{CoreOptions, FsCore};
 use wombatfs::fs::Caller;
-use wombatfs::index::Index;
-use wombatfs::store::{BlobStore, StoreOptions};
-use wombatfs::tiers::local::LocalStore;
-use wombatfs::tiers::ObjectStore;
 
 const ROOT: u64 = 1;
 
@@ -44,14 +37,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let native_us = t0.elapsed().as_secs_f64() * 1e6 / n as f64;
 
-    // the core on a cache dir beside it, the embedded default (local object store)
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let cache = work.path().join("cache");
-    std::fs::create_dir(&cache)?;
-    let objects: Arc<dyn ObjectStore> = Arc::new(LocalStore::open(&cache.join("objects"), Compression::Auto(1))?);
-    let store = Arc::new(BlobStore::open_with(&cache, objects, rt.handle(), StoreOptions::default())?);
-    let (index, records) = Index::open(&cache.join("index"), rt.handle())?;
-    let core = FsCore::load(&cache, store, index, records, CoreOptions::default())?;
+    // the core on a cache dir beside it, opened as a mount opens it, with the embedded
+    // default (local object store)
+    let node = wombatfs::daemon::open_node(&wombatfs::cli::embedded_settings(&work.path().join("cache"), None, &[])?)?;
+    let core = node.core().clone();
     let caller = Caller { uid: 0, gid: 0 };
     let ns = core.mkdir(caller, ROOT, b"ns", 0o755, 0)?.ino;
 
@@ -95,6 +84,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("core {total:.2} us/file");
         }
     }
-    core.close()?;
+    drop(core);
+    node.shutdown()?;
     Ok(())
 }

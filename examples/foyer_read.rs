@@ -33,7 +33,7 @@ fn main() {
         for id in &ids {
             let p = dir.join("dst");
             let _ = std::fs::remove_file(&p);
-            let file = std::fs::OpenOptions::new().create(true).read(true).write(true).open(&p).unwrap();
+            let file = std::fs::OpenOptions::new().create_new(true).read(true).write(true).open(&p).unwrap();
             let t0 = Instant::now();
             let got = rt.block_on(f.read_into(id, &file, None)).unwrap();
             assert!(got.is_some());

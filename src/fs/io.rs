@@ -432,7 +432,7 @@ impl FsCore {
         }
         let (unlinked, known) = {
             let t = self.read_tree();
-            (t.orphans.contains(&file.ino) || !t.inodes.contains_key(&file.ino), t.knows_blob(&id))
+            (t.unlinked(file.ino), t.knows_blob(&id))
         };
         if unlinked {
             // unlinked while open: nothing to publish; the staging file stays for open readers
@@ -449,7 +449,7 @@ impl FsCore {
         // test hook: a request that runs between the adoption and the lock
         fail::fail_point!("seal-adopted");
         let mut t = self.write_tree();
-        if t.orphans.contains(&file.ino) || !t.inodes.contains_key(&file.ino) {
+        if t.unlinked(file.ino) {
             // unlinked meanwhile: nothing names the adopted blob for this file
             drop(pinned);
             if !t.knows_blob(&id) {
@@ -461,25 +461,7 @@ impl FsCore {
             drop(t);
             s.hash.mark_broken();
             if !s.kernel_writes {
-                // the staging file was renamed into the flat tier, and this file's writers
-                // may still write it: they get a copy of their own
-                let copied = (|| {
-                    fail::fail_point!("seal-unlinked-copy", |_| Err(crate::tiers::StoreError::io("failpoint", std::io::Error::other("no space"))));
-                    self.store.staging_copy(&s.file, s.size)
-                })();
-                match copied {
-                    Ok((copy, path)) => {
-                        s.file = Arc::new(copy);
-                        s.path = path;
-                    }
-                    Err(e) => {
-                        // no room for a copy: the file stays readable, but a write would
-                        // change a blob's file, so it takes none (EIO) from now on
-                        s.file = Arc::new(reopen_read_only(&s.file)?);
-                        s.path = std::path::PathBuf::new();
-                        return Err(e.into());
-                    }
-                }
+                self.detach_from_blob(s)?;
             }
             return Ok(false);
         }
@@ -530,6 +512,29 @@ impl FsCore {
         st.size = size;
         st.reader = None;
         Ok(true)
+    }
+
+    /// The staging file `s` was renamed into the flat tier by a seal that then found its file
+    /// unlinked, and the file's writers may still write it: they get a copy of their own. With
+    /// no room for a copy the file stays readable but takes no more writes (EIO), since a
+    /// write would change a blob's file; the error is returned.
+    fn detach_from_blob(&self, s: &mut Staging) -> FsResult<()> {
+        let copied = (|| {
+            fail::fail_point!("seal-unlinked-copy", |_| Err(crate::tiers::StoreError::io("failpoint", std::io::Error::other("no space"))));
+            self.store.staging_copy(&s.file, s.size)
+        })();
+        match copied {
+            Ok((copy, path)) => {
+                s.file = Arc::new(copy);
+                s.path = path;
+                Ok(())
+            }
+            Err(e) => {
+                s.file = Arc::new(reopen_read_only(&s.file)?);
+                s.path = std::path::PathBuf::new();
+                Err(e.into())
+            }
+        }
     }
 
     /// `close()` of a descriptor: seal if the file was written, so close ⇒ durable.

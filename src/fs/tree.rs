@@ -343,6 +343,11 @@ impl Tree {
         }
     }
 
+    /// Whether the inode lost its last name (unlinked while open, or gone).
+    pub fn unlinked(&self, ino: u64) -> bool {
+        self.orphans.contains(&ino) || !self.inodes.contains_key(&ino)
+    }
+
     /// Whether this node knows the blob (some name refers to it).
     pub fn knows_blob(&self, id: &BlobId) -> bool {
         self.blobs.contains_key(id)

@@ -142,11 +142,11 @@ impl ReadPath {
     /// be called from inside the runtime.
     pub fn adopt_from_foyer(&self, id: &BlobId) -> Result<bool, StoreError> {
         let (f, tmp) = self.staging.create()?;
-        let adopted = self.adopt_staged_from_foyer(id, &f, &tmp)?;
-        if !adopted {
+        let adopted = self.adopt_staged_from_foyer(id, &f, &tmp);
+        if !matches!(adopted, Ok(true)) {
             let _ = std::fs::remove_file(&tmp);
         }
-        Ok(adopted)
+        adopted
     }
 
     /// Fill the staging file `f` at `tmp` from foyer and adopt it; false (the file left to

@@ -33,13 +33,15 @@ pub struct Eviction {
     rt: tokio::runtime::Handle,
     pinned: dashmap::DashMap<BlobId, u32>,
     evicting: AtomicBool,
+    /// an eviction was asked for while one ran (it goes round again)
+    wanted: AtomicBool,
     /// blobs evicted from the flat tier
     pub evictions: AtomicU64,
 }
 
 impl Eviction {
     pub(crate) fn new(flat: Arc<FlatTier>, foyer: Option<Arc<FoyerTier>>, ctx: Arc<UploadCtx>, rt: tokio::runtime::Handle) -> Self {
-        Eviction { flat, foyer, ctx, rt, pinned: Default::default(), evicting: AtomicBool::new(false), evictions: AtomicU64::new(0) }
+        Eviction { flat, foyer, ctx, rt, pinned: Default::default(), evicting: AtomicBool::new(false), wanted: AtomicBool::new(false), evictions: AtomicU64::new(0) }
     }
 
     /// Keep a blob in the flat tier (it is being published and its upload not queued yet).
@@ -76,16 +78,24 @@ impl Eviction {
 
     /// Evict in the background when the flat tier is over its bound (one eviction at a time).
     pub fn maybe_evict(self: &Arc<Self>) {
-        if self.flat.bytes() <= self.flat.limit() || self.evicting.swap(true, Ordering::AcqRel) {
+        if self.flat.bytes() <= self.flat.limit() {
+            return;
+        }
+        if self.evicting.swap(true, Ordering::AcqRel) {
+            // left to the running eviction, which goes round again for it
+            self.wanted.store(true, Ordering::Release);
             return;
         }
         let me = self.clone();
         self.rt.spawn_blocking(move || loop {
+            me.wanted.store(false, Ordering::Release);
             let n = me.evict_now();
             me.evicting.store(false, Ordering::Release);
-            // a blob adopted while this ran found `evicting` set and left its eviction to
-            // this one: go again while over the bound and something could be evicted
-            if n == 0 || me.flat.bytes() <= me.flat.limit() || me.evicting.swap(true, Ordering::AcqRel) {
+            // go again while over the bound if this round evicted something, or if an
+            // eviction was asked for meanwhile (a blob adopted, or one unpinned that this
+            // round had to skip): it found `evicting` set and left its work to this one
+            let again = n > 0 || me.wanted.swap(false, Ordering::AcqRel);
+            if !again || me.flat.bytes() <= me.flat.limit() || me.evicting.swap(true, Ordering::AcqRel) {
                 break;
             }
         });

@@ -13,9 +13,12 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::{compressible_bytes, random_bytes, Fixture};
 use wombatfs::blob::BlobId;
+use wombatfs::tiers::faulty::{Fault, FaultyStore, Op};
+use wombatfs::tiers::memory::MemoryStore;
 
 const THREADS: usize = 4;
 const OPS: usize = 2000;
@@ -118,38 +121,73 @@ fn run(f: &Fixture, t: usize, pool: &[Arc<Vec<u8>>]) -> BTreeMap<String, Arc<Vec
     names.into_iter().map(|(n, ino)| (n, inodes[ino].clone())).collect()
 }
 
-/// Every name holds its bytes, nothing else is listed, and the flat tier and the local store
-/// hold exactly the named blobs plus the empty blob every new file starts bound to.
-fn check(f: &Fixture, model: &BTreeMap<String, Arc<Vec<u8>>>, when: &str) {
+/// Every name holds its bytes and nothing else is listed.
+fn check_names(f: &Fixture, model: &BTreeMap<String, Arc<Vec<u8>>>, when: &str) {
     for (name, data) in model {
         assert!(f.read_file(name).unwrap() == **data, "{when}: {name} reads back its bytes");
     }
     let listed: BTreeSet<String> = f.list("ns").unwrap().into_iter().map(|(n, _)| format!("ns/{n}")).collect();
     assert_eq!(listed, model.keys().cloned().collect::<BTreeSet<_>>(), "{when}: the listing is the names written");
-    f.drain();
-    let mut blobs: BTreeSet<BlobId> = model.values().map(|d| BlobId::of(d)).collect();
-    blobs.insert(BlobId::of(b""));
-    assert_eq!(f.flat_count(), blobs.len(), "{when}: flat files are the named blobs");
-    assert_eq!(f.object_count(), blobs.len(), "{when}: local-store objects are the named blobs");
 }
 
-#[test]
-fn concurrent_seals_of_shared_bytes_keep_every_name_and_leak_no_blob() {
-    let mut f = Fixture::new();
-    f.mkdir("ns").unwrap();
+/// The blobs still named, plus the empty blob every new file starts bound to.
+fn named_blobs(model: &BTreeMap<String, Arc<Vec<u8>>>) -> usize {
+    let mut blobs: BTreeSet<BlobId> = model.values().map(|d| BlobId::of(d)).collect();
+    blobs.insert(BlobId::of(b""));
+    blobs.len()
+}
+
+/// `check_names`, and once uploads are done the flat tier and the local store hold exactly
+/// the named blobs.
+fn check(f: &Fixture, model: &BTreeMap<String, Arc<Vec<u8>>>, when: &str) {
+    check_names(f, model, when);
+    f.drain();
+    assert_eq!(f.flat_count(), named_blobs(model), "{when}: flat files are the named blobs");
+    assert_eq!(f.object_count(), named_blobs(model), "{when}: local-store objects are the named blobs");
+}
+
+/// The threads' runs on `f`, merged (each thread owns its names).
+fn race(f: &Fixture) -> BTreeMap<String, Arc<Vec<u8>>> {
     let pool = pool();
     let models: Vec<_> = std::thread::scope(|s| {
         let threads: Vec<_> = (0..THREADS).map(|t| s.spawn({
-            let (f, pool) = (&f, &pool);
+            let pool = &pool;
             move || run(f, t, pool)
         })).collect();
         threads.into_iter().map(|h| h.join().expect("a thread failed")).collect()
     });
     let model: BTreeMap<_, _> = models.into_iter().flatten().collect();
     assert!(model.len() >= THREADS, "the runs left names to check ({})", model.len());
+    model
+}
+
+#[test]
+fn concurrent_seals_of_shared_bytes_keep_every_name_and_leak_no_blob() {
+    let mut f = Fixture::new();
+    f.mkdir("ns").unwrap();
+    let model = race(&f);
     check(&f, &model, "after the run");
     f.remount();
     check(&f, &model, "after a clean remount");
     f.crash();
     check(&f, &model, "after a crash");
+}
+
+/// Over a shared bucket a blob's reclaim waits for its queued upload, and a seal of the same
+/// bytes meanwhile cancels it: the same race, with each upload held 2 ms so that reclaims
+/// wait often, then a node that starts from the bucket alone must read every name back.
+#[test]
+fn concurrent_seals_over_a_bucket_publish_every_name_with_its_bytes() {
+    let bucket = Arc::new(MemoryStore::new());
+    let slow = FaultyStore::new(bucket.clone());
+    slow.set(Op::PutBlob, Fault::Slow(Duration::from_millis(2)), None);
+    let f = Fixture::node(Arc::new(slow));
+    f.mkdir("ns").unwrap();
+    let model = race(&f);
+    check_names(&f, &model, "after the run");
+    f.publish();
+    assert_eq!(f.flat_count(), named_blobs(&model), "flat files are the named blobs once uploads are done");
+    let fresh = Fixture::node(bucket);
+    fresh.poll();
+    check_names(&fresh, &model, "on a node started from the bucket");
 }

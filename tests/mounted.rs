@@ -284,7 +284,7 @@ fn background_mode_returns_once_mounted() {
     fs::create_dir(&mnt).unwrap();
     let out = Command::new(bin()).env("WOMBATFS_METRICS_ADDR", "127.0.0.1:0").arg("mount").arg(&mnt).arg("--cache-dir").arg(&cache).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let guard = scopeguard(&mnt);
+    let guard = scopeguard(&mnt, Some(&cache));
     assert!(is_mounted(&mnt), "mounted when the command returns");
     fs::create_dir(mnt.join("ns")).unwrap();
     fs::write(mnt.join("ns/f"), b"bg").unwrap();
@@ -298,28 +298,45 @@ fn background_mode_returns_once_mounted() {
     assert!(!is_mounted(&other));
     assert!(Command::new("fusermount3").arg("-u").arg(&mnt).status().unwrap().success());
     // the daemon flushes and releases the cache dir; remounting sees the file
-    let t = std::time::Instant::now();
-    while fs::read_to_string(cache.join("lock")).ok().and_then(|p| p.trim().parse::<i32>().ok()).is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0) {
-        assert!(t.elapsed().as_secs() < 30, "daemon did not exit after unmount");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    assert!(daemon_gone(&cache), "daemon did not exit after unmount");
     let out = Command::new(bin()).env("WOMBATFS_METRICS_ADDR", "127.0.0.1:0").arg("mount").arg(&mnt).arg("--cache-dir").arg(&cache).output().unwrap();
     assert!(out.status.success());
     assert_eq!(fs::read(mnt.join("ns/f")).unwrap(), b"bg");
     assert!(fs::read_to_string(cache.join("wombatfs.log")).unwrap().contains("clean shutdown"));
+    // unmounted and waited for, so the daemon's last index write is not made after the temp
+    // dir is removed (it recreated `cache/index` there)
+    assert!(Command::new("fusermount3").arg("-u").arg(&mnt).status().unwrap().success());
+    assert!(daemon_gone(&cache), "daemon did not exit after unmount");
     drop(guard);
 }
 
-fn scopeguard(mnt: &Path) -> impl Drop + '_ {
-    struct G<'a>(&'a Path);
+/// Whether the daemon holding `cache`'s lock has exited (waits up to 30 s).
+fn daemon_gone(cache: &Path) -> bool {
+    let t = std::time::Instant::now();
+    while fs::read_to_string(cache.join("lock")).ok().and_then(|p| p.trim().parse::<i32>().ok()).is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0) {
+        if t.elapsed().as_secs() >= 30 {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    true
+}
+
+/// Unmounts `mnt` if a test ends with it mounted (a failed assertion), and then waits for a
+/// background daemon on `cache` to exit before the test's temp dir goes.
+fn scopeguard<'a>(mnt: &'a Path, cache: Option<&'a Path>) -> impl Drop + 'a {
+    struct G<'a>(&'a Path, Option<&'a Path>);
     impl Drop for G<'_> {
         fn drop(&mut self) {
             if is_mounted(self.0) {
                 common::mount::lazy_unmount(self.0);
             }
+            if let Some(cache) = self.1 {
+                daemon_gone(cache);
+            }
         }
     }
-    G(mnt)
+    G(mnt, cache)
 }
 
 #[test]
@@ -454,7 +471,7 @@ fn disk_full_is_enospc_and_loses_nothing() {
         assert!(t.elapsed().as_secs() < 20);
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let _guard = scopeguard(&mnt);
+    let _guard = scopeguard(&mnt, None);
     fs::create_dir(mnt.join("ns")).unwrap();
     let keep = pattern(4 << 20, 1);
     fs::write(mnt.join("ns/keep"), &keep).unwrap();

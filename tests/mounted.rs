@@ -12,7 +12,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::process::Command;
 
-use common::mount::{bin, is_mounted, Mount};
+use common::mount::{bin, daemon_gone, is_mounted, Mount};
 
 fn cstr(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap()
@@ -298,7 +298,7 @@ fn background_mode_returns_once_mounted() {
     assert!(!is_mounted(&other));
     assert!(Command::new("fusermount3").arg("-u").arg(&mnt).status().unwrap().success());
     // the daemon flushes and releases the cache dir; remounting sees the file
-    assert!(daemon_gone(&cache), "daemon did not exit after unmount");
+    assert!(daemon_gone(&cache, std::time::Duration::from_secs(30)), "daemon did not exit after unmount");
     let out = Command::new(bin()).env("WOMBATFS_METRICS_ADDR", "127.0.0.1:0").arg("mount").arg(&mnt).arg("--cache-dir").arg(&cache).output().unwrap();
     assert!(out.status.success());
     assert_eq!(fs::read(mnt.join("ns/f")).unwrap(), b"bg");
@@ -306,20 +306,8 @@ fn background_mode_returns_once_mounted() {
     // unmounted and waited for, so the daemon's last index write is not made after the temp
     // dir is removed (it recreated `cache/index` there)
     assert!(Command::new("fusermount3").arg("-u").arg(&mnt).status().unwrap().success());
-    assert!(daemon_gone(&cache), "daemon did not exit after unmount");
+    assert!(daemon_gone(&cache, std::time::Duration::from_secs(30)), "daemon did not exit after unmount");
     drop(guard);
-}
-
-/// Whether the daemon holding `cache`'s lock has exited (waits up to 30 s).
-fn daemon_gone(cache: &Path) -> bool {
-    let t = std::time::Instant::now();
-    while fs::read_to_string(cache.join("lock")).ok().and_then(|p| p.trim().parse::<i32>().ok()).is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0) {
-        if t.elapsed().as_secs() >= 30 {
-            return false;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    true
 }
 
 /// Unmounts `mnt` if a test ends with it mounted (a failed assertion), and then waits for a
@@ -332,7 +320,7 @@ fn scopeguard<'a>(mnt: &'a Path, cache: Option<&'a Path>) -> impl Drop + 'a {
                 common::mount::lazy_unmount(self.0);
             }
             if let Some(cache) = self.1 {
-                daemon_gone(cache);
+                daemon_gone(cache, std::time::Duration::from_secs(30));
             }
         }
     }

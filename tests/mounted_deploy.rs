@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::mount::{answers, bin, is_mounted, lazy_unmount, wait_child};
+use common::mount::{answers, bin, daemon_gone, is_mounted, lazy_unmount, wait_child};
 
 fn is_root() -> bool {
     // SAFETY: geteuid cannot fail.
@@ -21,23 +21,9 @@ fn run(cmd: &mut Command) -> Output {
     out
 }
 
-/// The daemon of a cache dir (its pid is in the lock file) is gone: exited and not a zombie.
+/// The daemon of a cache dir is gone: exited and not a zombie.
 fn wait_daemon_gone(cache: &Path) {
-    let pid = std::fs::read_to_string(cache.join("lock")).unwrap_or_default();
-    let pid = pid.trim();
-    if pid.is_empty() {
-        return;
-    }
-    let t = Instant::now();
-    loop {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // `pid (comm) S …`: gone, or a zombie nobody reaped yet
-        if stat.rsplit(')').next().is_none_or(|rest| rest.trim_start().starts_with('Z')) || stat.is_empty() {
-            return;
-        }
-        assert!(t.elapsed() < Duration::from_secs(60), "daemon {pid} did not exit; log:\n{}", log(cache));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(daemon_gone(cache, Duration::from_secs(60)), "daemon of {} did not exit; log:\n{}", cache.display(), log(cache));
 }
 
 fn log(cache: &Path) -> String {

@@ -6,6 +6,29 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Whether the daemon of `cache` (its pid is in the lock file) is gone within `limit`: exited,
+/// or a zombie nobody reaped yet. A background daemon is no child of the test, so waiting on
+/// it means watching its pid.
+pub fn daemon_gone(cache: &Path, limit: Duration) -> bool {
+    let pid = std::fs::read_to_string(cache.join("lock")).unwrap_or_default();
+    let pid = pid.trim();
+    if pid.is_empty() {
+        return true;
+    }
+    let t = Instant::now();
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // `pid (comm) S …`
+        if stat.is_empty() || stat.rsplit(')').next().is_none_or(|rest| rest.trim_start().starts_with('Z')) {
+            return true;
+        }
+        if t.elapsed() >= limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_wombatfs")
 }
